@@ -1,0 +1,56 @@
+//! Subcommands, one file each. Each has an `Args` (clap derive) and a `run(args) -> anyhow::Result<()>`.
+
+mod convert;
+mod debug;
+mod inspect;
+mod sample;
+mod sample_data;
+
+use clap::{Parser, Subcommand};
+
+/// Augment robot trajectory datasets with composed video diffusion (Video Adapter).
+#[derive(Debug, Parser)]
+#[command(name = "vadapt", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate procedural LanguageTable-like episodes (sim and real renderings) as LeRobot v3.0 and RLDS.
+    SampleData(sample_data::Args),
+    /// Show what is in a dataset (format, episodes, keys, shapes, fps, tasks).
+    Inspect(inspect::Args),
+    /// Convert between dataset formats (RLDS -> LeRobot v3.0, LeRobot v2.1 -> v3.0, LeRobot -> RLDS).
+    Convert(convert::Args),
+    /// Generate one video from a single model (one-off sampling).
+    Sample(sample::Args),
+    /// Fixed-interface commands used by parity tests and outside checks.
+    #[command(subcommand)]
+    Debug(debug::Command),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::SampleData(a) => sample_data::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Debug(c) => debug::run(c),
+    }
+}
+
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

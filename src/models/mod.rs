@@ -1,0 +1,36 @@
+//! Denoising models. `unet_3d` is compatible with diffusers' `UNet3DConditionModel` (same config.json and
+//! weight names).
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// What a model's output means (diffusers `prediction_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parameterization {
+    /// The added noise, epsilon.
+    Epsilon,
+    /// v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
+    VPrediction,
+    /// The clean sample x0.
+    Sample,
+}
+
+/// A video denoiser: one batched forward of (noisy video, timestep, text conditioning).
+///
+/// Tensors follow diffusers: `sample` (batch, channels, frames, height, width) f32, `timestep` (batch,)
+/// f32 holding integer train timesteps, `encoder_hidden_states` (batch, tokens, dim). Extra conditioning
+/// channels (edges, first frame) are concatenated onto `sample` by the caller. Conditional and
+/// unconditional passes go through one call by stacking them on the batch axis.
+pub trait Denoiser: Send + Sync {
+    fn forward(&self, sample: &Tensor, timestep: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor>;
+    /// Channels `sample` must have (noisy video + conditioning channels).
+    fn in_channels(&self) -> usize;
+    /// Channels of the output (the video's channels).
+    fn out_channels(&self) -> usize;
+    /// Width of `encoder_hidden_states`.
+    fn cross_attention_dim(&self) -> usize;
+    fn parameterization(&self) -> Parameterization;
+}

@@ -1,0 +1,3 @@
+//! All integration tests in one binary (one link instead of one per file).
+
+mod common;
