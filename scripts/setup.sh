@@ -2,6 +2,7 @@
 # Installs everything vadapt's build and tests need on a fresh Debian machine. Idempotent: a second run
 # installs nothing and takes a second.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   pkg-config clang libclang-dev              # bindgen for ffmpeg-sys-next
@@ -25,4 +26,24 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install Rust stable (rustup) first" >&2
   exit 1
+fi
+
+# Python venv for the interoperability tests (lerobot writes/loads LeRobot v3.0, tensorflow-datasets writes RLDS).
+# About 9 GB and 5 minutes on a fresh machine (PyPI's torch wheel carries CUDA libraries); skipped when the pinned
+# requirements are already installed. VADAPT_SKIP_PYTHON=1 skips it (the interop tests then fail, saying why).
+if [ "${VADAPT_SKIP_PYTHON:-0}" != "1" ]; then
+  REQ=tests/interop/requirements.txt
+  STAMP=.venv/.vadapt-requirements
+  if ! cmp -s "$REQ" "$STAMP" 2>/dev/null; then
+    if [ ! -x .venv/bin/python ]; then
+      python3 -m venv .venv 2>/dev/null || {
+        rm -rf .venv
+        ${SUDO:-} apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv .venv
+      }
+    fi
+    echo "setup: installing Python interop packages into .venv (first run only, a few minutes)" >&2
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
+    cp "$REQ" "$STAMP"
+  fi
 fi
