@@ -1,1 +1,4 @@
-//! Vision ops (in progress)
+//! Image operations on frames: Sobel edges (the model conditioning) and resampling.
+
+pub mod edges;
+pub mod resize;

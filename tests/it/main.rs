@@ -1,3 +1,4 @@
 //! All integration tests in one binary (one link instead of one per file).
 
 mod common;
+mod edges;
