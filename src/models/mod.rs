@@ -1,6 +1,11 @@
 //! Denoising models. `unet_3d` is compatible with diffusers' `UNet3DConditionModel` (same config.json and
 //! weight names).
 
+pub mod attention;
+pub mod resnet;
+pub mod unet_3d;
+pub mod unet_3d_blocks;
+
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -25,7 +30,12 @@ pub enum Parameterization {
 /// channels (edges, first frame) are concatenated onto `sample` by the caller. Conditional and
 /// unconditional passes go through one call by stacking them on the batch axis.
 pub trait Denoiser: Send + Sync {
-    fn forward(&self, sample: &Tensor, timestep: &Tensor, encoder_hidden_states: &Tensor) -> Result<Tensor>;
+    fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+    ) -> Result<Tensor>;
     /// Channels `sample` must have (noisy video + conditioning channels).
     fn in_channels(&self) -> usize;
     /// Channels of the output (the video's channels).

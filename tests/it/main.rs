@@ -3,3 +3,4 @@
 mod common;
 mod edges;
 mod schedulers;
+mod unet3d;

@@ -1,0 +1,261 @@
+//! Attention blocks of the UNet3D, ported from diffusers 0.42.1: `models/attention_processor.py::Attention`
+//! (AttnProcessor2_0: softmax(q k^T / sqrt(d)) v), `models/attention.py` (`BasicTransformerBlock`, `FeedForward`
+//! with GEGLU), `models/transformers/transformer_2d.py` (continuous input, linear projection) and
+//! `models/transformers/transformer_temporal.py`.
+
+use candle_core::{Module, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use super::resnet::GroupNorm;
+use crate::error::Result;
+
+/// Multi-head attention. Queries from `x`; keys/values from `context` (cross-attention) or `x` (self-attention).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    pub fn new(
+        query_dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        head_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        let ctx = context_dim.unwrap_or(query_dim);
+        Ok(Self {
+            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: candle_nn::linear_no_bias(ctx, inner, vb.pp("to_k"))?,
+            to_v: candle_nn::linear_no_bias(ctx, inner, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        })
+    }
+
+    /// (B, N, heads*d) -> (B*heads, N, d)
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        Ok(x.reshape((b, n, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * self.heads, n, self.head_dim))?)
+    }
+
+    /// `x` (B, N, query_dim), `context` (B, M, context_dim) or None.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let ctx = context.unwrap_or(x);
+        // The scale is folded into q (one pass over N*d instead of N*M).
+        let q = self.split_heads(&(self.to_q.forward(x)? * self.scale)?)?;
+        let k = self.split_heads(&self.to_k.forward(ctx)?)?;
+        let v = self.split_heads(&self.to_v.forward(ctx)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?; // (B*heads, N, d)
+        let out = out
+            .reshape((b, self.heads, n, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, n, self.heads * self.head_dim))?;
+        Ok(self.to_out.forward(&out)?)
+    }
+}
+
+/// `FeedForward(dim, activation_fn="geglu")`: `net.0.proj` Linear(dim, 2*4*dim) split into (h, gate),
+/// `h * gelu(gate)` (exact erf GELU), then `net.2` Linear(4*dim, dim).
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    proj: Linear,
+    out: Linear,
+    inner: usize,
+}
+
+impl FeedForward {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let inner = 4 * dim;
+        Ok(Self {
+            proj: candle_nn::linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?,
+            out: candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?,
+            inner,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hg = self.proj.forward(x)?;
+        let last = hg.rank() - 1;
+        let h = hg.narrow(last, 0, self.inner)?;
+        let gate = hg.narrow(last, self.inner, self.inner)?;
+        Ok(self.out.forward(&(h * gate.gelu_erf()?)?)?)
+    }
+}
+
+/// `BasicTransformerBlock` (norm_type "layer_norm", eps 1e-5):
+/// `x = attn1(norm1(x)) + x; x = attn2(norm2(x), context) + x; x = ff(norm3(x)) + x`.
+/// With `double_self_attention` attn2 is a second self-attention (the temporal transformers).
+#[derive(Debug, Clone)]
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    attn2_is_cross: bool,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        cross_attention_dim: Option<usize>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            attn1: Attention::new(dim, None, heads, head_dim, vb.pp("attn1"))?,
+            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            attn2: Attention::new(dim, cross_attention_dim, heads, head_dim, vb.pp("attn2"))?,
+            attn2_is_cross: cross_attention_dim.is_some(),
+            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            ff: FeedForward::new(dim, vb.pp("ff"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
+        let ctx = if self.attn2_is_cross { context } else { None };
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, ctx)? + &x)?;
+        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + &x)?)
+    }
+}
+
+/// `Transformer2DModel` for continuous inputs with `use_linear_projection = True` (what `get_down_block` /
+/// `get_up_block` and the mid block build in UNet3D): spatial attention over the h*w tokens of each frame, and
+/// cross-attention to the text.
+#[derive(Debug, Clone)]
+pub struct Transformer2DModel {
+    norm: GroupNorm,
+    proj_in: Linear,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Linear,
+    span: tracing::Span,
+}
+
+impl Transformer2DModel {
+    pub fn new(
+        heads: usize,
+        head_dim: usize,
+        channels: usize,
+        groups: usize,
+        cross_attention_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: candle_nn::linear(channels, inner, vb.pp("proj_in"))?,
+            blocks: vec![BasicTransformerBlock::new(
+                inner,
+                heads,
+                head_dim,
+                Some(cross_attention_dim),
+                vb.pp("transformer_blocks").pp("0"),
+            )?],
+            proj_out: candle_nn::linear(inner, channels, vb.pp("proj_out"))?,
+            span: tracing::span!(tracing::Level::TRACE, "transformer_2d"),
+        })
+    }
+
+    /// `x` (b*f, c, h, w), `context` (b*f, tokens, dim).
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (bf, c, h, w) = x.dims4()?;
+        let hs = self
+            .norm
+            .forward(x)?
+            .permute((0, 2, 3, 1))?
+            .reshape((bf, h * w, c))?;
+        let mut hs = self.proj_in.forward(&hs)?;
+        for block in &self.blocks {
+            hs = block.forward(&hs, Some(context))?;
+        }
+        let hs = self
+            .proj_out
+            .forward(&hs)?
+            .reshape((bf, h, w, c))?
+            .permute((0, 3, 1, 2))?;
+        Ok((hs + x)?)
+    }
+}
+
+/// `TransformerTemporalModel`: self-attention along the frames of every pixel (double self-attention, no text).
+/// GroupNorm statistics span the frames (the input is normed as (b, c, f, h, w)).
+#[derive(Debug, Clone)]
+pub struct TransformerTemporalModel {
+    norm: GroupNorm,
+    proj_in: Linear,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Linear,
+    span: tracing::Span,
+}
+
+impl TransformerTemporalModel {
+    pub fn new(
+        heads: usize,
+        head_dim: usize,
+        channels: usize,
+        groups: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            norm: GroupNorm::new(groups, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: candle_nn::linear(channels, inner, vb.pp("proj_in"))?,
+            blocks: vec![BasicTransformerBlock::new(
+                inner,
+                heads,
+                head_dim,
+                None,
+                vb.pp("transformer_blocks").pp("0"),
+            )?],
+            proj_out: candle_nn::linear(inner, channels, vb.pp("proj_out"))?,
+            span: tracing::span!(tracing::Level::TRACE, "transformer_temporal"),
+        })
+    }
+
+    /// `x` (b*f, c, h, w) -> same.
+    pub fn forward(&self, x: &Tensor, num_frames: usize) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (bf, c, h, w) = x.dims4()?;
+        let b = bf / num_frames;
+        // (b, f, c, h, w) -> (b, c, f, h, w) for the norm, then (b, h, w, f, c) -> (b*h*w, f, c)
+        let hs = x
+            .reshape((b, num_frames, c, h, w))?
+            .permute((0, 2, 1, 3, 4))?;
+        let hs = self.norm.forward(&hs.contiguous()?)?;
+        let hs = hs
+            .permute((0, 3, 4, 2, 1))?
+            .reshape((b * h * w, num_frames, c))?;
+        let mut hs = self.proj_in.forward(&hs)?;
+        for block in &self.blocks {
+            hs = block.forward(&hs, None)?;
+        }
+        let hs = self.proj_out.forward(&hs)?;
+        // (b, h, w, f, c) -> (b, f, c, h, w) -> (b*f, c, h, w)
+        let hs = hs
+            .reshape((b, h, w, num_frames, c))?
+            .permute((0, 3, 4, 1, 2))?
+            .reshape((bf, c, h, w))?;
+        Ok((hs + x)?)
+    }
+}

@@ -1,0 +1,262 @@
+//! Convolutional building blocks of the UNet3D, ported from diffusers 0.42.1 `models/resnet.py`
+//! (`ResnetBlock2D`, `TemporalConvLayer`, `Downsample2D`, `Upsample2D`) and `torch.nn.GroupNorm`.
+//! Spatial layers work on the frames-in-batch layout (batch * frames, channels, height, width).
+
+use candle_core::{DType, Module, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use crate::error::Result;
+
+/// `torch.nn.GroupNorm`: statistics over each group of channels and every position after the channel axis
+/// (for a 5-D (b, c, f, h, w) input that includes the frames, as ModelScope's temporal layers need).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    num_groups: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn new(num_groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        if num_groups == 0 || channels % num_groups != 0 {
+            return Err(crate::Error::model(
+                crate::Location::none().field(vb.prefix()),
+                format!("GroupNorm: {channels} channels are not divisible into {num_groups} groups (norm_num_groups)"),
+            ));
+        }
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            num_groups,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (b, c) = (dims[0], dims[1]);
+        let x = x.to_dtype(DType::F32)?;
+        let grouped = x.reshape((b, self.num_groups, ()))?;
+        let mean = grouped.mean_keepdim(D::Minus1)?;
+        let centered = grouped.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .reshape(dims.as_slice())?;
+        let mut shape = vec![1, c];
+        shape.extend(std::iter::repeat(1).take(dims.len() - 2));
+        Ok(normed
+            .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
+            .broadcast_add(&self.bias.reshape(shape.as_slice())?)?)
+    }
+}
+
+pub(crate) fn conv2d(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        dilation: 1,
+        groups: 1,
+        cudnn_fwd_algo: None,
+    };
+    Ok(candle_nn::conv2d(cin, cout, k, cfg, vb)?)
+}
+
+/// diffusers `ResnetBlock2D` (pre-norm, `time_embedding_norm = "default"`, SiLU, output_scale_factor 1):
+/// `h = conv2(silu(norm2(conv1(silu(norm1(x))) + time_emb_proj(silu(temb))))); out = shortcut(x) + h`.
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    time_emb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    conv_shortcut: Option<Conv2d>,
+    span: tracing::Span,
+}
+
+impl ResnetBlock2D {
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        temb: usize,
+        groups: usize,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: GroupNorm::new(groups, cin, eps, vb.pp("norm1"))?,
+            conv1: conv2d(cin, cout, 3, 1, 1, vb.pp("conv1"))?,
+            time_emb_proj: candle_nn::linear(temb, cout, vb.pp("time_emb_proj"))?,
+            norm2: GroupNorm::new(groups, cout, eps, vb.pp("norm2"))?,
+            conv2: conv2d(cout, cout, 3, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if cin != cout {
+                Some(conv2d(cin, cout, 1, 1, 0, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+            span: tracing::span!(tracing::Level::TRACE, "resnet"),
+        })
+    }
+
+    /// `x` (b*f, c, h, w), `temb` (b*f, temb_channels).
+    pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let t = self
+            .time_emb_proj
+            .forward(&temb.silu()?)?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let h = h.broadcast_add(&t)?;
+        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(c) => c.forward(x)?,
+            None => x.clone(),
+        };
+        Ok((shortcut + h)?)
+    }
+}
+
+/// A Conv3d with kernel (3, 1, 1) and padding (1, 0, 0): a 3-tap convolution over frames, pointwise in space.
+/// Computed as ONE matmul of the stacked taps `[W_0; W_1; W_2]` (3*out, in) with the video (b, in, f*h*w), then
+/// `y[t] = W_0 x[t-1] + W_1 x[t] + W_2 x[t+1] + bias` by adding frame-shifted slices (zero padding at both ends).
+#[derive(Debug, Clone)]
+struct TemporalConv {
+    taps: Tensor,
+    bias: Tensor,
+    cout: usize,
+}
+
+impl TemporalConv {
+    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((cout, cin, 3, 1, 1), "weight")?;
+        // (out, in, 3, 1, 1) -> (3, out, in) -> (3*out, in)
+        let taps = w
+            .squeeze(4)?
+            .squeeze(3)?
+            .permute((2, 0, 1))?
+            .contiguous()?
+            .reshape((3 * cout, cin))?;
+        Ok(Self {
+            taps,
+            bias: vb.get(cout, "bias")?,
+            cout,
+        })
+    }
+
+    /// `x` (b, c, f, hw) -> (b, out, f, hw)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, f, hw) = x.dims4()?;
+        let y = self
+            .taps
+            .broadcast_matmul(&x.reshape((b, c, f * hw))?)?
+            .reshape((b, 3, self.cout, f, hw))?;
+        let mut out = y.narrow(1, 1, 1)?.squeeze(1)?;
+        if f > 1 {
+            let zeros = Tensor::zeros((b, self.cout, 1, hw), out.dtype(), out.device())?;
+            let prev = y.narrow(1, 0, 1)?.squeeze(1)?.narrow(2, 0, f - 1)?;
+            let next = y.narrow(1, 2, 1)?.squeeze(1)?.narrow(2, 1, f - 1)?;
+            out = (out + Tensor::cat(&[&zeros, &prev], 2)?)?;
+            out = (out + Tensor::cat(&[&next, &zeros], 2)?)?;
+        }
+        Ok(out.broadcast_add(&self.bias.reshape((1, self.cout, 1, 1))?)?)
+    }
+}
+
+/// diffusers `TemporalConvLayer` (ModelScope): four (GroupNorm, SiLU, temporal conv) stages and a residual.
+/// Weight names follow the `nn.Sequential` indices: `conv1.0` norm, `conv1.2` conv; `convN.0` norm, `convN.3` conv.
+#[derive(Debug, Clone)]
+pub struct TemporalConvLayer {
+    stages: Vec<(GroupNorm, TemporalConv)>,
+    span: tracing::Span,
+}
+
+impl TemporalConvLayer {
+    pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> Result<Self> {
+        let mut stages = Vec::with_capacity(4);
+        for (name, conv_index) in [
+            ("conv1", "2"),
+            ("conv2", "3"),
+            ("conv3", "3"),
+            ("conv4", "3"),
+        ] {
+            // torch.nn.GroupNorm default eps 1e-5.
+            let norm = GroupNorm::new(groups, channels, 1e-5, vb.pp(name).pp("0"))?;
+            stages.push((
+                norm,
+                TemporalConv::new(channels, channels, vb.pp(name).pp(conv_index))?,
+            ));
+        }
+        Ok(Self {
+            stages,
+            span: tracing::span!(tracing::Level::TRACE, "temporal_conv"),
+        })
+    }
+
+    /// `x` (b*f, c, h, w) -> same.
+    pub fn forward(&self, x: &Tensor, num_frames: usize) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (bf, c, h, w) = x.dims4()?;
+        let b = bf / num_frames;
+        // (b*f, c, h, w) -> (b, c, f, h*w)
+        let identity = x
+            .reshape((b, num_frames, c, h * w))?
+            .permute((0, 2, 1, 3))?
+            .contiguous()?;
+        let mut hs = identity.clone();
+        for (norm, conv) in &self.stages {
+            hs = conv.forward(&norm.forward(&hs)?.silu()?)?;
+        }
+        let out = (identity + hs)?;
+        Ok(out
+            .permute((0, 2, 1, 3))?
+            .contiguous()?
+            .reshape((bf, c, h, w))?)
+    }
+}
+
+/// diffusers `Downsample2D(use_conv=True, padding=1)`: a 3x3 conv with stride 2.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(channels, channels, 3, 2, padding, vb.pp("conv"))?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.conv.forward(x)?)
+    }
+}
+
+/// diffusers `Upsample2D(use_conv=True)`: nearest-neighbour upsampling (x2, or to the skip connection's size when
+/// the input size is not divisible) followed by a 3x3 conv.
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            conv: conv2d(channels, channels, 3, 1, 1, vb.pp("conv"))?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (th, tw) = size.unwrap_or((2 * h, 2 * w));
+        Ok(self.conv.forward(&x.upsample_nearest2d(th, tw)?)?)
+    }
+}
