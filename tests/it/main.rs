@@ -4,3 +4,4 @@ mod common;
 mod edges;
 mod schedulers;
 mod unet3d;
+mod compose;
