@@ -5,3 +5,4 @@ mod edges;
 mod schedulers;
 mod unet3d;
 mod compose;
+mod video;
