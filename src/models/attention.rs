@@ -9,6 +9,9 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use super::resnet::GroupNorm;
 use crate::error::Result;
 
+/// Upper bound of one attention score block (see [`Attention::forward`]).
+const SCORE_CHUNK_BYTES: usize = 8 << 20;
+
 /// Multi-head attention. Queries from `x`; keys/values from `context` (cross-attention) or `x` (self-attention).
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -59,9 +62,26 @@ impl Attention {
         let q = self.split_heads(&(self.to_q.forward(x)? * self.scale)?)?;
         let k = self.split_heads(&self.to_k.forward(ctx)?)?;
         let v = self.split_heads(&self.to_v.forward(ctx)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?; // (B*heads, N, d)
+        let m = k.dim(1)?;
+        let seqs = b * self.heads;
+        // Chunk over the (batch * heads) sequences so one score block stays under SCORE_CHUNK_BYTES: the full
+        // (B*heads, N, M) matrix is hundreds of MB at 24x40 and every fresh allocation of that size costs page faults.
+        let per_seq = n * m * std::mem::size_of::<f32>();
+        let chunk = (SCORE_CHUNK_BYTES / per_seq.max(1)).clamp(1, seqs);
+        let mut parts = Vec::with_capacity(seqs.div_ceil(chunk));
+        for start in (0..seqs).step_by(chunk) {
+            let len = chunk.min(seqs - start);
+            let scores = q
+                .narrow(0, start, len)?
+                .matmul(&k.narrow(0, start, len)?.t()?)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            parts.push(probs.matmul(&v.narrow(0, start, len)?)?);
+        }
+        // (B*heads, N, d)
+        let out = match parts.len() {
+            1 => parts.swap_remove(0),
+            _ => Tensor::cat(&parts, 0)?,
+        };
         let out = out
             .reshape((b, self.heads, n, self.head_dim))?
             .transpose(1, 2)?
