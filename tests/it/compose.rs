@@ -457,3 +457,236 @@ fn wrong_channel_counts_are_reported() {
     .unwrap_err();
     assert!(err.to_string().contains("input channels"), "{err}");
 }
+
+/// The exact denoiser of a point mass at `x0` under its own train schedule: at (fractional) timestep τ with
+/// log-SNR ℓ(τ) (linear between integer steps, as `timestep_for_log_snr` assumes) and ᾱ = sigmoid(ℓ),
+/// ε(x, τ) = (x − √ᾱ x0) / √(1 − ᾱ), reported as ε or v = √ᾱ ε − √(1 − ᾱ) x0.
+struct Oracle {
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    param: Parameterization,
+}
+
+impl Denoiser for Oracle {
+    fn forward(&self, sample: &Tensor, timestep: &Tensor, _ctx: &Tensor) -> vadapt::Result<Tensor> {
+        let ts = timestep.to_vec1::<f32>()?;
+        let mut out = Vec::new();
+        for (i, &tau) in ts.iter().enumerate() {
+            let lo = (tau.floor() as usize).min(self.schedule.num_train_timesteps() - 1);
+            let hi = (lo + 1).min(self.schedule.num_train_timesteps() - 1);
+            let f = tau as f64 - lo as f64;
+            let l = (1.0 - f) * self.schedule.log_snr(lo) + f * self.schedule.log_snr(hi);
+            let ab = 1.0 / (1.0 + (-l).exp());
+            let x = sample.narrow(0, i, 1)?.narrow(1, 0, 3)?;
+            let eps = ((&x - (&self.x0 * ab.sqrt())?)? / (1.0 - ab).sqrt())?;
+            out.push(match self.param {
+                Parameterization::Epsilon => eps,
+                Parameterization::VPrediction => {
+                    ((eps * ab.sqrt())? - (&self.x0 * (1.0 - ab).sqrt())?)?
+                }
+                Parameterization::Sample => self.x0.clone(),
+            });
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+    fn in_channels(&self) -> usize {
+        3
+    }
+    fn out_channels(&self) -> usize {
+        3
+    }
+    fn cross_attention_dim(&self) -> usize {
+        4
+    }
+    fn parameterization(&self) -> Parameterization {
+        self.param
+    }
+}
+
+fn plain_small(m: &Mock) -> Conditioned<'_> {
+    Conditioned {
+        model: m,
+        channels: None,
+        text: NoiseRng::new(4).randn((1, 3, 4), &Device::Cpu).unwrap(),
+        uncond: Tensor::zeros((1, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        schedule: None,
+    }
+}
+
+/// `own`: tell the sampler the prior's own schedule (log-SNR matching); otherwise it is fed the sampler's t.
+fn prior_of(m: &Oracle, own: bool) -> Prior<'_> {
+    Prior {
+        input: Conditioned {
+            model: m,
+            channels: None,
+            text: Tensor::zeros((1, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            uncond: Tensor::zeros((1, 3, 4), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            schedule: own.then(|| m.schedule.clone()),
+        },
+        strength: Strength::Constant(0.5),
+    }
+}
+
+#[test]
+fn priors_with_other_schedules_and_parameterizations_are_matched_by_log_snr() {
+    // The sampler runs a cosine schedule; the same oracle prior is expressed in the sampler's schedule with ε, in a
+    // linear (SD-style) schedule with ε, and in the linear schedule with v. After log-SNR matching and conversion to
+    // ε, all three must contribute the same ε at every step.
+    let sampler = NoiseSchedule::new(BetaSchedule::SquaredcosCapV2, 1000, 0.0, 0.0);
+    let linear = NoiseSchedule::new(BetaSchedule::ScaledLinear, 1000, 0.00085, 0.012);
+    let x0 = NoiseRng::new(3)
+        .randn((1, 3, 2, 4, 4), &Device::Cpu)
+        .unwrap();
+    let s = Mock::new(0.3, 0.5, 0.2, 3);
+    let oracle = |schedule: &NoiseSchedule, param| Oracle {
+        x0: x0.clone(),
+        schedule: schedule.clone(),
+        param,
+    };
+    let reference = oracle(&sampler, Parameterization::Epsilon);
+    let variants = [
+        (oracle(&linear, Parameterization::Epsilon), "linear/ε"),
+        (oracle(&linear, Parameterization::VPrediction), "linear/v"),
+        (oracle(&sampler, Parameterization::VPrediction), "cosine/v"),
+    ];
+    let settings = ComposeSettings {
+        rule: Rule::Composed,
+        guidance: 1.5,
+        compose_min_t: 0,
+    };
+    let x = x_t();
+    let mut worst = 0.0f32;
+    // Only noise levels the linear schedule reaches: the cosine schedule goes noisier (ᾱ_999 ≈ 0) than any linear
+    // step, and the matched timestep clamps there.
+    let reachable = |t: usize| {
+        let l = sampler.log_snr(t);
+        l <= linear.log_snr(0) && l >= linear.log_snr(999)
+    };
+    let ts: Vec<usize> = [999usize, 900, 800, 600, 300, 50, 1]
+        .into_iter()
+        .filter(|&t| reachable(t))
+        .collect();
+    assert!(ts.len() >= 5, "too few comparable steps: {ts:?}");
+    for t in ts {
+        let mut calls = 0;
+        let want = composed_eps(
+            &plain_small(&s),
+            &[prior_of(&reference, false)],
+            &x,
+            t,
+            &settings,
+            &sampler,
+            &mut calls,
+        )
+        .unwrap();
+        for (m, name) in &variants {
+            let got = composed_eps(
+                &plain_small(&s),
+                &[prior_of(m, true)],
+                &x,
+                t,
+                &settings,
+                &sampler,
+                &mut calls,
+            )
+            .unwrap();
+            let d = max_abs_diff(&flat(&got), &flat(&want));
+            let scale = flat(&want).iter().fold(1f32, |a, v| a.max(v.abs()));
+            assert!(
+                d <= 1e-3 * scale,
+                "{name} at t = {t}: max abs diff {d} (scale {scale})"
+            );
+            worst = worst.max(d / scale);
+        }
+    }
+    // Without matching (the prior fed the sampler's t as if it were its own), the linear prior is visibly off.
+    let mut calls = 0;
+    let (m, _) = &variants[0];
+    let unmatched = composed_eps(
+        &plain_small(&s),
+        &[prior_of(m, false)],
+        &x,
+        600,
+        &settings,
+        &sampler,
+        &mut calls,
+    )
+    .unwrap();
+    let want = composed_eps(
+        &plain_small(&s),
+        &[prior_of(&reference, false)],
+        &x,
+        600,
+        &settings,
+        &sampler,
+        &mut calls,
+    )
+    .unwrap();
+    assert!(
+        max_abs_diff(&flat(&unmatched), &flat(&want)) > 1e-2,
+        "schedule mismatch must matter in this test"
+    );
+    eprintln!("log-SNR matching: worst relative diff {worst:.3e}");
+}
+
+#[test]
+fn cond_and_uncond_batched_equal_separate_forwards() {
+    // A wrapper that runs every batch element on its own; the composed sampler must give the same trajectory
+    // (it stacks [uncond, cond] on the batch axis and must split them back in that order).
+    struct OneByOne<'a>(&'a Mock);
+    impl Denoiser for OneByOne<'_> {
+        fn forward(&self, sample: &Tensor, t: &Tensor, ctx: &Tensor) -> vadapt::Result<Tensor> {
+            let parts = (0..sample.dim(0)?)
+                .map(|i| {
+                    self.0.forward(
+                        &sample.narrow(0, i, 1)?,
+                        &t.narrow(0, i, 1)?,
+                        &ctx.narrow(0, i, 1)?,
+                    )
+                })
+                .collect::<vadapt::Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&parts, 0)?)
+        }
+        fn in_channels(&self) -> usize {
+            self.0.in_channels()
+        }
+        fn out_channels(&self) -> usize {
+            3
+        }
+        fn cross_attention_dim(&self) -> usize {
+            4
+        }
+        fn parameterization(&self) -> Parameterization {
+            self.0.param
+        }
+    }
+    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
+    let (s1, p1) = (OneByOne(&s), OneByOne(&p));
+    for rule in [Rule::Composed, Rule::CfgMix, Rule::Inverse] {
+        let settings = ComposeSettings {
+            rule,
+            guidance: 3.0,
+            compose_min_t: 100,
+        };
+        let run = |sm: &dyn Denoiser, pm: &dyn Denoiser| {
+            let (cs, cp) = (cond(&s, 1), cond(&p, 2));
+            let wrap = |c: Conditioned, m| Conditioned { model: m, ..c };
+            sample(
+                &wrap(cs, sm),
+                &[Prior {
+                    input: wrap(cp, pm),
+                    strength: Strength::Constant(0.4),
+                }],
+                ddim(6).as_mut(),
+                x_t(),
+                &settings,
+                &mut NoiseRng::new(0),
+                false,
+            )
+            .unwrap()
+            .x0
+        };
+        let d = max_abs_diff(&flat(&run(&s, &p)), &flat(&run(&s1, &p1)));
+        assert!(d < 1e-6, "{rule:?}: batched vs one-by-one differ by {d}");
+    }
+}
