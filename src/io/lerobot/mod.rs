@@ -1,1 +1,9 @@
-//! (in progress)
+//! LeRobot datasets: read v3.0 and v2.1, write v3.0 (the layout of lerobot's `datasets/` package).
+
+pub mod layout;
+pub mod meta;
+pub mod reader;
+pub mod stats;
+
+pub use meta::{EpisodeMeta, Info, Version, VideoRef};
+pub use reader::{EncodedImageFrames, LeRobotDataset};
