@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
 use vadapt::compose::{composed_eps, sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::models::{Denoiser, Parameterization};
 use vadapt::rng::NoiseRng;
 use vadapt::schedulers::{BetaSchedule, NoiseSchedule, SchedulerConfig};
@@ -60,6 +61,96 @@ fn run_fixture(rule: &str, file: &str) {
     }
     assert!(max_abs_diff(&got["x0"].1, &want["x0"].1) <= 1e-3);
     eprintln!("{rule}: worst max abs diff over xs {worst:.3e}");
+    check_step0(rule, &want);
+}
+
+/// The first step's traces (t = 900, input cat([x_T, edge])): each model's ε and the combined ε handed to the
+/// scheduler, to tell a model mismatch from a rule mismatch.
+fn check_step0(rule: &str, want: &std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
+    let dev = Device::Cpu;
+    let dir = fixture("compose");
+    let adapter = UNet3DConditionModel::load(&dir.join("adapter"), &dev).expect("adapter UNet");
+    let prior = UNet3DConditionModel::load(&dir.join("prior"), &dev).expect("prior UNet");
+    let inputs =
+        candle_core::safetensors::load(dir.join("inputs.safetensors"), &dev).expect("inputs");
+    let get = |k: &str| {
+        inputs
+            .get(k)
+            .unwrap_or_else(|| panic!("inputs.safetensors lacks {k}"))
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    };
+    let (x, edge) = (get("x_T"), get("edge"));
+    let conditioned = |model, text: &str, uncond: &str| Conditioned {
+        model,
+        channels: Some(edge.clone()),
+        text: get(text),
+        uncond: get(uncond),
+        schedule: None,
+    };
+    let small = conditioned(&adapter, "adapter_text", "adapter_uncond");
+    let priors = [Prior {
+        input: conditioned(&prior, "prior_text", "prior_uncond"),
+        strength: Strength::Constant(0.4),
+    }];
+    let settings = ComposeSettings {
+        rule: if rule == "cfg_mix" {
+            Rule::CfgMix
+        } else {
+            Rule::Composed
+        },
+        guidance: 3.0,
+        compose_min_t: 100,
+    };
+    let schedule = SchedulerConfig::from_file(&dir.join("scheduler_config.json"))
+        .unwrap()
+        .build()
+        .unwrap()
+        .schedule()
+        .clone();
+    let mut calls = 0;
+    let eps = composed_eps(&small, &priors, &x, 900, &settings, &schedule, &mut calls).unwrap();
+    let mut traces = vec![("step0.eps", eps)];
+    // Each model once more, cond and uncond batched, to compare the per-model traces.
+    let inp = Tensor::cat(&[&x, &edge], 1).unwrap();
+    let inp2 = Tensor::cat(&[&inp, &inp], 0).unwrap();
+    let t2 = Tensor::full(900f32, 2, &dev).unwrap();
+    for (m, text, uncond, name) in [
+        (&adapter, "adapter_text", "adapter_uncond", "adapter"),
+        (&prior, "prior_text", "prior_uncond", "prior"),
+    ] {
+        let ctx = Tensor::cat(&[get(uncond), get(text)], 0).unwrap();
+        let out = Denoiser::forward(m, &inp2, &t2, &ctx).unwrap();
+        traces.push((
+            if name == "adapter" {
+                "step0.eps_adapter_uncond"
+            } else {
+                "step0.eps_prior_uncond"
+            },
+            out.narrow(0, 0, 1).unwrap(),
+        ));
+        traces.push((
+            if name == "adapter" {
+                "step0.eps_adapter_text"
+            } else {
+                "step0.eps_prior_text"
+            },
+            out.narrow(0, 1, 1).unwrap(),
+        ));
+    }
+    let mut compared = 0;
+    for (key, got) in traces {
+        let Some((shape, vals)) = want.get(key) else {
+            assert_eq!(key, "step0.eps_prior_uncond", "{rule} fixture lacks {key}");
+            continue; // only cfg_mix stores the prior's uncond trace (the composed rule never calls it)
+        };
+        assert_eq!(&got.dims().to_vec(), shape, "{key}");
+        let d = max_abs_diff(&flat(&got), vals);
+        assert!(d <= 1e-3, "{rule}: {key} max abs diff {d} > 1e-3");
+        eprintln!("{rule}: {key} max abs diff {d:.3e}");
+        compared += 1;
+    }
+    assert_eq!(compared, if rule == "cfg_mix" { 5 } else { 4 });
 }
 
 #[test]
