@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod resnet;
+pub mod text;
 pub mod unet_3d;
 pub mod unet_3d_blocks;
 

@@ -6,3 +6,4 @@ mod schedulers;
 mod unet3d;
 mod compose;
 mod video;
+mod text;
