@@ -7,3 +7,4 @@ mod unet3d;
 mod compose;
 mod video;
 mod text;
+mod rlds;
