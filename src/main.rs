@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // SVT-AV1 prints a banner at info level on every encoder start; errors only unless the user says otherwise.
+    if std::env::var_os("SVT_LOG").is_none() {
+        std::env::set_var("SVT_LOG", "1");
+    }
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {

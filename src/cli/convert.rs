@@ -1,8 +1,76 @@
-//! (in progress: owned by one helper, see the session plan)
+//! `vadapt convert IN OUT [--to lerobot|rlds]`: RLDS -> LeRobot v3.0, LeRobot v2.1 -> v3.0, LeRobot -> RLDS.
+//! Frames are re-encoded; every non-image column is carried over bit-exact (RLDS sources get fresh LeRobot
+//! indices, since lerobot needs `episode_index` from 0 and `index` equal to the row number).
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
+use vadapt::io::open_dataset;
+use vadapt::io::rlds::{RldsWriteOptions, RldsWriter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// LeRobot v3.0
+    Lerobot,
+    /// RLDS TFRecord in the LanguageTable layout
+    Rlds,
+}
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Input dataset (LeRobot root or RLDS builder directory).
+    pub input: PathBuf,
+    /// Output directory (must not exist yet).
+    pub output: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "lerobot")]
+    pub to: Target,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.output.exists() {
+        bail!(
+            "{}: output already exists; choose a new directory",
+            args.output.display()
+        );
+    }
+    let ds = open_dataset(&args.input)?;
+    let indices = ds.episode_indices();
+    let bar = super::progress_bar(indices.len() as u64, "converting");
+    match args.to {
+        Target::Lerobot => {
+            let options = WriterOptions {
+                reindex: ds.format() == "rlds",
+                ..WriterOptions::default()
+            };
+            let mut writer = LeRobotWriter::create(&args.output, ds.fps(), ds.features(), options)?;
+            for index in indices {
+                writer.save_episode(&ds.read_episode(index)?)?;
+                bar.inc(1);
+            }
+            let summary = writer.finalize()?;
+            bar.finish_and_clear();
+            println!(
+                "wrote {}: {} episodes, {} frames, {} tasks, {} data and {} video files",
+                args.output.display(),
+                summary.episodes,
+                summary.frames,
+                summary.tasks,
+                summary.data_files.len(),
+                summary.video_files.len()
+            );
+        }
+        Target::Rlds => {
+            let mut writer = RldsWriter::create(&args.output, RldsWriteOptions::default())?;
+            for index in indices {
+                writer.write_episode(&ds.read_episode(index)?)?;
+                bar.inc(1);
+            }
+            let dir = writer.finish()?;
+            bar.finish_and_clear();
+            println!("wrote {}", dir.display());
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ pub mod rlds;
 pub mod sample;
 pub mod video;
 
-use crate::episode::{EpisodeIndex, Episode, Features};
+use crate::episode::{Episode, EpisodeIndex, Features};
 use crate::error::Result;
 
 /// A dataset read one episode at a time (memory bounded by one episode, whatever the dataset size).
@@ -20,4 +20,33 @@ pub trait EpisodeSource {
     fn episode_indices(&self) -> Vec<EpisodeIndex>;
     /// Read one episode (frames stay lazily decoded).
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode>;
+}
+
+/// Open a dataset, detecting its format: a LeRobot root (`meta/info.json`, v2.1 or v3.0) or an RLDS builder
+/// directory (`dataset_info.json` in it or in a version directory below it).
+pub fn open_dataset(path: &std::path::Path) -> Result<Box<dyn EpisodeSource>> {
+    use crate::error::{Error, Location};
+    if !path.exists() {
+        return Err(Error::invalid(
+            Location::file(path),
+            "dataset path does not exist",
+        ));
+    }
+    if path.join("meta").join("info.json").exists() {
+        return Ok(Box::new(lerobot::LeRobotDataset::open(path)?));
+    }
+    let rlds_here = path.join("dataset_info.json").exists();
+    let rlds_below = std::fs::read_dir(path)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.path().join("dataset_info.json").exists())
+        })
+        .unwrap_or(false);
+    if rlds_here || rlds_below {
+        return Ok(Box::new(rlds::RldsDataset::open(path)?));
+    }
+    Err(Error::invalid(
+        Location::file(path),
+        "not a dataset vadapt knows: expected meta/info.json (LeRobot) or dataset_info.json (RLDS builder directory)",
+    ))
 }
