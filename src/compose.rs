@@ -49,6 +49,8 @@ pub struct Conditioned<'a> {
     /// Unconditional embedding for guidance (batch, tokens, dim).
     pub uncond: Tensor,
     /// The model's own train schedule, when it differs from the sampler's; evaluated at the matching log-SNR.
+    /// Noise levels outside that schedule's range (e.g. a cosine sampler's ᾱ_999 ≈ 0 for a linear-schedule prior)
+    /// clamp to its nearest end, t = 0 or T − 1: the model has never seen anything beyond.
     pub schedule: Option<NoiseSchedule>,
 }
 
