@@ -785,3 +785,54 @@ fn uncond_batches_stack_with_prompts() {
     assert_eq!(ctx.dims(), &[4, 77, 32]);
     assert_eq!(enc.config().hidden_size, 32);
 }
+
+/// The structure of openai/clip-vit-large-patch14's tokenizer.json (NFC + whitespace + lowercase normalizer, CLIP's
+/// `\p{L}` split regex, byte-level BPE with `</w>` word ends, Roberta post-processor) with a toy vocabulary: checks
+/// that the pure-Rust regex engine (fancy-regex, no onig) runs CLIP's pre-tokenizer.
+#[test]
+fn clip_style_bpe_tokenizer_runs_without_onig() {
+    let dev = Device::Cpu;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("clip");
+    write_tiny_clip(&dir);
+    let vocab = json!({
+        "<|startoftext|>": 0, "<|endoftext|>": 1, "p": 2, "u": 3, "s": 4, "h": 5, "h</w>": 6, "pu": 7,
+        "sh</w>": 8, "push</w>": 9, "!</w>": 10
+    });
+    let tok = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [
+            {"id": 0, "content": "<|startoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": true, "special": true},
+            {"id": 1, "content": "<|endoftext|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+        ],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}
+        ]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split",
+             "pattern": {"Regex": "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+             "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", 1], "cls": ["<|startoftext|>", 0],
+                           "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false,
+                  "vocab": vocab, "merges": ["p u", "s h</w>", "pu sh</w>"]}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let enc = ClipText::load(&dir, &dev).unwrap();
+    // "PUSH  push!": lowercased, whitespace split away, "!" its own pre-token, "push" merged to one token.
+    let ids = enc
+        .token_ids(&["PUSH  push!"])
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
+    assert_eq!(&ids[0][..6], &[0, 9, 9, 10, 1, 1], "{:?}", ids[0]);
+    assert_eq!(enc.encode(&["push!"]).unwrap().dims(), &[1, 16, 32]);
+}
