@@ -8,3 +8,4 @@ mod compose;
 mod video;
 mod text;
 mod rlds;
+mod sample_data;
