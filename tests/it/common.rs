@@ -29,7 +29,10 @@ pub fn vadapt_bin() -> PathBuf {
 
 /// Run `vadapt ARGS`, assert success, return stdout.
 pub fn vadapt(args: &[&str]) -> String {
-    let out = std::process::Command::new(vadapt_bin()).args(args).output().expect("run vadapt");
+    let out = std::process::Command::new(vadapt_bin())
+        .args(args)
+        .output()
+        .expect("run vadapt");
     assert!(
         out.status.success(),
         "vadapt {args:?} failed with {:?}\nstderr:\n{}",
@@ -39,16 +42,29 @@ pub fn vadapt(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8 stdout")
 }
 
-/// Load every tensor of a safetensors file as (shape, f32 values); U8 tensors are widened.
-pub fn load_f32(path: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+/// Load every tensor of a safetensors file as (shape, f32 values); U8 / I64 / F64 tensors are converted.
+pub fn load_f32(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
     let mut out = std::collections::BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
         let vals: Vec<f32> = match view.dtype() {
-            safetensors::Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             safetensors::Dtype::U8 => data.iter().map(|&b| b as f32).collect(),
+            safetensors::Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
+            safetensors::Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                .collect(),
             d => panic!("{name}: unexpected dtype {d:?}"),
         };
         out.insert(name.to_string(), (view.shape().to_vec(), vals));
@@ -59,5 +75,8 @@ pub fn load_f32(path: &std::path::Path) -> std::collections::BTreeMap<String, (V
 /// Max absolute difference of two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

@@ -7,5 +7,7 @@ mod unet3d;
 mod compose;
 mod video;
 mod text;
+mod lerobot;
 mod rlds;
 mod sample_data;
+mod interop;
