@@ -587,26 +587,101 @@ pub struct EncodedVideo {
 struct SendScaler(scaling::Context);
 unsafe impl Send for SendScaler {}
 
-/// Streaming mp4 encoder: RGB frames in, one mp4 out. Several episodes can be appended to one file
-/// (LeRobot v3.0), each starting on a keyframe, and each reports its `[from, to)` timestamps.
+/// How to open one codec instance (kept so every episode gets an identically configured encoder).
+#[derive(Debug, Clone)]
+struct CodecSetup {
+    name: &'static str,
+    width: u32,
+    height: u32,
+    rate: Rational,
+    opts: EncoderOptions,
+    global_header: bool,
+}
+
+impl CodecSetup {
+    fn open(&self, path: &Path) -> Result<(encoder::Video, ffmpeg::Codec)> {
+        let err = |m: String| video_err(path, None, None, m);
+        let name = self.name;
+        let codec =
+            encoder::find_by_name(name).ok_or_else(|| err(format!("encoder {name} not found")))?;
+        let mut ctx = codec::context::Context::new_with_codec(codec);
+        if self.opts.threads > 0 {
+            ctx.set_threading(codec::threading::Config {
+                kind: codec::threading::Type::Frame,
+                count: self.opts.threads,
+                ..Default::default()
+            });
+        }
+        let mut enc = ctx
+            .encoder()
+            .video()
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        enc.set_width(self.width);
+        enc.set_height(self.height);
+        enc.set_format(Pixel::YUV420P);
+        enc.set_time_base(self.rate.invert());
+        enc.set_frame_rate(Some(self.rate));
+        enc.set_gop(self.opts.gop.max(1));
+        // No B-frames: episodes are appended packet by packet, so decode order must equal presentation
+        // order (AV1 never reorders at the container level; H.264 would without this).
+        enc.set_max_b_frames(0);
+        if self.global_header {
+            enc.set_flags(codec::Flags::GLOBAL_HEADER);
+        }
+        let mut dict = Dictionary::new();
+        dict.set("crf", &self.opts.crf.to_string());
+        match name {
+            "libsvtav1" => {
+                if let Some(p) = self.opts.preset {
+                    dict.set("preset", &p.to_string());
+                }
+            }
+            "libaom-av1" => {
+                dict.set(
+                    "cpu-used",
+                    &self.opts.preset.unwrap_or(6).min(8).to_string(),
+                );
+                dict.set("row-mt", "1");
+                // Constant-quality mode: libaom needs b:v 0 for crf to mean CQ.
+                enc.set_bit_rate(0);
+            }
+            "libx264" => {
+                dict.set("preset", "veryfast");
+            }
+            _ => {}
+        }
+        let opened = enc.open_as_with(codec, dict).map_err(|e| {
+            err(format!(
+                "cannot open {name} (crf {}, gop {}): {e}",
+                self.opts.crf, self.opts.gop
+            ))
+        })?;
+        Ok((opened, codec))
+    }
+}
+
+/// Streaming mp4 writer: RGB frames in, one mp4 out. Several episodes can be appended to one file
+/// (LeRobot v3.0): each episode is encoded by its own, identically configured encoder instance (so it
+/// starts on a keyframe and its compressed size is exact once it ends, which is what file roll-over
+/// needs), and its packets are muxed at the running frame offset, like lerobot's
+/// `concatenate_video_files` does with stream copy. Each episode reports its `[from, to)` timestamps.
 /// The file is written under a temporary name in the same directory and renamed by [`finish`](Self::finish);
 /// dropping an unfinished encoder deletes the temporary file.
 pub struct Mp4Encoder {
     path: PathBuf,
     tmp_path: PathBuf,
     octx: format::context::Output,
-    encoder: encoder::Video,
+    setup: CodecSetup,
+    /// The current episode's encoder (None between episodes).
+    encoder: Option<encoder::Video>,
+    encoder_frames: u64,
     scaler: SendScaler,
     stream_tb: Rational,
     enc_tb: Rational,
     fps: f64,
-    width: u32,
-    height: u32,
     next_pts: i64,
     episode_start: Option<u64>,
-    force_key: bool,
     bytes: u64,
-    encoder_name: &'static str,
     finished: bool,
 }
 
@@ -615,7 +690,7 @@ impl std::fmt::Debug for Mp4Encoder {
         f.debug_struct("Mp4Encoder")
             .field("path", &self.path)
             .field("frames", &self.next_pts)
-            .field("encoder", &self.encoder_name)
+            .field("encoder", &self.setup.name)
             .finish()
     }
 }
@@ -650,91 +725,57 @@ impl Mp4Encoder {
         if !(fps > 0.0 && fps.is_finite()) {
             return Err(err(format!("fps must be positive, got {fps}")));
         }
-        let (codec_kind, name) = match opts.codec {
-            Some(c) => (
-                c,
-                c.find_encoder().ok_or_else(|| {
-                    err(format!(
-                        "no {c:?} encoder in this FFmpeg build (tried {:?})",
-                        c.encoder_names()
-                    ))
-                })?,
-            ),
-            None => VideoCodec::best_available()
-                .ok_or_else(|| err("no AV1 or H.264 encoder in this FFmpeg build".into()))?,
+        let name = match opts.codec {
+            Some(c) => c.find_encoder().ok_or_else(|| {
+                err(format!(
+                    "no {c:?} encoder in this FFmpeg build (tried {:?})",
+                    c.encoder_names()
+                ))
+            })?,
+            None => {
+                VideoCodec::best_available()
+                    .ok_or_else(|| err("no AV1 or H.264 encoder in this FFmpeg build".into()))?
+                    .1
+            }
         };
-        let codec =
-            encoder::find_by_name(name).ok_or_else(|| err(format!("encoder {name} vanished")))?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(e, parent))?;
         }
         let tmp_path = temp_path_for(&path);
         let mut octx = format::output_as(&tmp_path, "mp4")
             .map_err(|e| err(format!("cannot create mp4: {e}")))?;
-        let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
-
         let rate = fps_rational(fps);
         let enc_tb = rate.invert();
-        let mut ctx = codec::context::Context::new_with_codec(codec);
-        if opts.threads > 0 {
-            ctx.set_threading(codec::threading::Config {
-                kind: codec::threading::Type::Frame,
-                count: opts.threads,
-                ..Default::default()
-            });
-        }
-        let mut enc = ctx
-            .encoder()
-            .video()
-            .map_err(|e| err(format!("{name}: {e}")))?;
-        enc.set_width(width);
-        enc.set_height(height);
-        enc.set_format(Pixel::YUV420P);
-        enc.set_time_base(enc_tb);
-        enc.set_frame_rate(Some(rate));
-        enc.set_gop(opts.gop.max(1));
-        if global_header {
-            enc.set_flags(codec::Flags::GLOBAL_HEADER);
-        }
-        let mut dict = Dictionary::new();
-        dict.set("crf", &opts.crf.to_string());
-        match name {
-            "libsvtav1" => {
-                if let Some(p) = opts.preset {
-                    dict.set("preset", &p.to_string());
-                }
+        let setup = CodecSetup {
+            name,
+            width,
+            height,
+            rate,
+            opts: opts.clone(),
+            global_header: octx.format().flags().contains(format::Flags::GLOBAL_HEADER),
+        };
+        // The first encoder instance gives the stream its parameters and encodes the first episode.
+        let (first, codec) = match setup.open(&path) {
+            Ok(x) => x,
+            Err(e) => {
+                drop(octx);
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(e);
             }
-            "libaom-av1" => {
-                dict.set("cpu-used", &opts.preset.unwrap_or(6).min(8).to_string());
-                dict.set("row-mt", "1");
-                // Constant-quality mode: libaom needs b:v 0 for crf to mean CQ.
-                enc.set_bit_rate(0);
-            }
-            "libx264" => {
-                dict.set("preset", "veryfast");
-            }
-            _ => {}
-        }
-        let _ = codec_kind;
-        let encoder = enc.open_as_with(codec, dict).map_err(|e| {
-            err(format!(
-                "cannot open {name} (crf {}, gop {}): {e}",
-                opts.crf, opts.gop
-            ))
-        })?;
-        {
+        };
+        let header = (|| -> Result<Rational> {
             let mut ost = octx
                 .add_stream(codec)
                 .map_err(|e| err(format!("add stream: {e}")))?;
-            ost.set_parameters(&encoder);
+            ost.set_parameters(&first);
             ost.set_time_base(enc_tb);
             ost.set_rate(rate);
             ost.set_avg_frame_rate(rate);
-        }
-        octx.write_header()
-            .map_err(|e| err(format!("write header: {e}")))?;
-        // The mp4 muxer may pick a finer time base (it multiplies small timescales); rescale packets to it.
-        let stream_tb = octx.stream(0).map(|s| s.time_base()).unwrap_or(enc_tb);
+            octx.write_header()
+                .map_err(|e| err(format!("write header: {e}")))?;
+            // The mp4 muxer may pick a finer time base (it multiplies small timescales); packets are rescaled to it.
+            Ok(octx.stream(0).map(|s| s.time_base()).unwrap_or(enc_tb))
+        })();
         let scaler = scaling::Context::get(
             Pixel::RGB24,
             width,
@@ -744,36 +785,42 @@ impl Mp4Encoder {
             height,
             scaling::Flags::BILINEAR,
         )
-        .map_err(|e| err(format!("swscale rgb24 -> yuv420p: {e}")))?;
+        .map_err(|e| err(format!("swscale rgb24 -> yuv420p: {e}")));
+        let (stream_tb, scaler) = match (header, scaler) {
+            (Ok(tb), Ok(s)) => (tb, s),
+            (Err(e), _) | (_, Err(e)) => {
+                drop(octx);
+                let _ = std::fs::remove_file(&tmp_path);
+                return Err(e);
+            }
+        };
         Ok(Self {
             path,
             tmp_path,
             octx,
-            encoder,
+            setup,
+            encoder: Some(first),
+            encoder_frames: 0,
             scaler: SendScaler(scaler),
             stream_tb,
             enc_tb,
             fps,
-            width,
-            height,
             next_pts: 0,
             episode_start: None,
-            force_key: false,
             bytes: 0,
-            encoder_name: name,
             finished: false,
         })
     }
 
     /// The FFmpeg encoder in use ("libsvtav1", "libaom-av1", "libx264").
     pub fn encoder_name(&self) -> &'static str {
-        self.encoder_name
+        self.setup.name
     }
     /// Frames pushed so far.
     pub fn frames(&self) -> u64 {
         self.next_pts as u64
     }
-    /// Compressed bytes produced so far (the encoder may still hold a few frames).
+    /// Compressed bytes of the episodes ended so far (exact), plus whatever the current encoder has emitted.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -782,45 +829,66 @@ impl Mp4Encoder {
         &self.path
     }
 
-    /// Start a new episode at the current end of the file; its first frame is forced to be a keyframe
-    /// so the episode decodes on its own.
-    pub fn begin_episode(&mut self) {
+    /// Start a new episode at the current end of the file (ending the previous one if it is still open).
+    pub fn begin_episode(&mut self) -> Result<()> {
+        if self.encoder_frames > 0 {
+            self.end_current()?;
+        }
         self.episode_start = Some(self.next_pts as u64);
-        self.force_key = self.next_pts > 0;
+        Ok(())
     }
 
-    /// End the current episode (started by [`begin_episode`](Self::begin_episode), or the whole file so far).
-    pub fn end_episode(&mut self) -> EpisodeSpan {
+    /// End the current episode (started by [`begin_episode`](Self::begin_episode), or everything since
+    /// the last one ended): flush its encoder into the file and report its time range.
+    pub fn end_episode(&mut self) -> Result<EpisodeSpan> {
+        self.end_current()?;
         let first = self.episode_start.take().unwrap_or(0);
         let end = self.next_pts as u64;
-        EpisodeSpan {
+        Ok(EpisodeSpan {
             from_timestamp: first as f64 / self.fps,
             to_timestamp: end as f64 / self.fps,
             first_frame: first,
             frames: end - first,
+        })
+    }
+
+    fn end_current(&mut self) -> Result<()> {
+        if let Some(mut enc) = self.encoder.take() {
+            if self.encoder_frames > 0 {
+                enc.send_eof().map_err(|e| {
+                    video_err(
+                        &self.path,
+                        None,
+                        None,
+                        format!("{}: flush: {e}", self.setup.name),
+                    )
+                })?;
+                self.drain(&mut enc)?;
+            }
         }
+        self.encoder_frames = 0;
+        Ok(())
     }
 
     /// Append one frame.
     pub fn push(&mut self, img: &RgbImage) -> Result<()> {
-        if (img.width(), img.height()) != (self.width, self.height) {
+        let (w, h) = (self.setup.width, self.setup.height);
+        if (img.width(), img.height()) != (w, h) {
             return Err(video_err(
                 &self.path,
                 None,
                 None,
                 format!(
-                    "frame {} is {}x{}, the video is {}x{}",
+                    "frame {} is {}x{}, the video is {w}x{h}",
                     self.next_pts,
                     img.width(),
-                    img.height(),
-                    self.width,
-                    self.height
+                    img.height()
                 ),
             ));
         }
-        let mut rgb = frame::Video::new(Pixel::RGB24, self.width, self.height);
+        let mut rgb = frame::Video::new(Pixel::RGB24, w, h);
         let stride = rgb.stride(0);
-        let row = 3 * self.width as usize;
+        let row = 3 * w as usize;
         {
             let dst = rgb.data_mut(0);
             for (y, src) in img.as_raw().chunks_exact(row).enumerate() {
@@ -833,27 +901,30 @@ impl Mp4Encoder {
             .run(&rgb, &mut yuv)
             .map_err(|e| video_err(&self.path, None, None, format!("swscale: {e}")))?;
         yuv.set_pts(Some(self.next_pts));
-        if self.force_key {
-            yuv.set_kind(ffmpeg::picture::Type::I);
-            self.force_key = false;
-        } else {
-            yuv.set_kind(ffmpeg::picture::Type::None);
-        }
-        self.encoder.send_frame(&yuv).map_err(|e| {
+        yuv.set_kind(ffmpeg::picture::Type::None);
+        let mut enc = match self.encoder.take() {
+            Some(e) => e,
+            None => self.setup.open(&self.path)?.0,
+        };
+        let sent = enc.send_frame(&yuv).map_err(|e| {
             video_err(
                 &self.path,
                 None,
                 None,
-                format!("{}: encode frame {}: {e}", self.encoder_name, self.next_pts),
+                format!("{}: encode frame {}: {e}", self.setup.name, self.next_pts),
             )
-        })?;
+        });
+        let drained = sent.and_then(|_| self.drain(&mut enc));
+        self.encoder = Some(enc);
+        drained?;
+        self.encoder_frames += 1;
         self.next_pts += 1;
-        self.drain()
+        Ok(())
     }
 
-    fn drain(&mut self) -> Result<()> {
+    fn drain(&mut self, enc: &mut encoder::Video) -> Result<()> {
         let mut pkt = Packet::empty();
-        while self.encoder.receive_packet(&mut pkt).is_ok() {
+        while enc.receive_packet(&mut pkt).is_ok() {
             if pkt.duration() == 0 {
                 pkt.set_duration(1);
             }
@@ -868,15 +939,7 @@ impl Mp4Encoder {
 
     /// Flush the encoder, write the mp4 trailer and move the file to its final name.
     pub fn finish(mut self) -> Result<EncodedVideo> {
-        self.encoder.send_eof().map_err(|e| {
-            video_err(
-                &self.path,
-                None,
-                None,
-                format!("{}: flush: {e}", self.encoder_name),
-            )
-        })?;
-        self.drain()?;
+        self.end_current()?;
         self.octx
             .write_trailer()
             .map_err(|e| video_err(&self.tmp_path, None, None, format!("write trailer: {e}")))?;
@@ -890,7 +953,7 @@ impl Mp4Encoder {
             path: self.path.clone(),
             frames: self.next_pts as u64,
             bytes,
-            encoder: self.encoder_name,
+            encoder: self.setup.name,
             info,
         })
     }
@@ -905,7 +968,6 @@ impl Drop for Mp4Encoder {
     }
 }
 
-/// Encode `frames` to a new mp4 (one episode).
 pub fn encode_frames(
     path: impl AsRef<Path>,
     frames: &[RgbImage],
@@ -917,10 +979,10 @@ pub fn encode_frames(
         .first()
         .ok_or_else(|| video_err(path, None, None, "no frames to encode"))?;
     let mut enc = Mp4Encoder::create(path, first.width(), first.height(), fps, opts)?;
-    enc.begin_episode();
+    enc.begin_episode()?;
     for f in frames {
         enc.push(f)?;
     }
-    enc.end_episode();
+    enc.end_episode()?;
     enc.finish()
 }

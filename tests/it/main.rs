@@ -8,6 +8,7 @@ mod compose;
 mod video;
 mod text;
 mod lerobot;
+mod lerobot;
 mod rlds;
 mod sample_data;
 mod interop;

@@ -2,7 +2,7 @@
 
 use image::{Rgb, RgbImage};
 use vadapt::episode::FrameSource;
-use vadapt::io::video::{self, EncoderOptions, FrameQuery, Mp4Encoder, Mp4Frames, VideoCodec};
+use vadapt::io::video::{self, EncoderOptions, Mp4Encoder, Mp4Frames, VideoCodec};
 use vadapt::Error;
 
 /// Smooth synthetic frames (codec friendly): a gradient board whose blue level depends on `seed`,
@@ -125,11 +125,11 @@ fn episodes_share_one_mp4_and_decode_exactly() {
     let mut enc = Mp4Encoder::create(&path, w, h, fps, &opts(VideoCodec::Av1)).unwrap();
     let mut spans = Vec::new();
     for ep in &episodes {
-        enc.begin_episode();
+        enc.begin_episode().unwrap();
         for f in ep {
             enc.push(f).unwrap();
         }
-        spans.push(enc.end_episode());
+        spans.push(enc.end_episode().unwrap());
     }
     assert!(
         !path.exists(),

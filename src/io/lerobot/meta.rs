@@ -336,7 +336,8 @@ pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<Episod
                 )? as u64;
                 let with_ep = |e: Error| e.in_episode(ep);
                 let int = |name: &str| -> Result<u64> {
-                    int_at(col(&batch, name, &path)?, row, &path, name)
+                    col(&batch, name, &path)
+                        .and_then(|c| int_at(c, row, &path, name))
                         .map(|v| v as u64)
                         .map_err(with_ep)
                 };
@@ -344,7 +345,9 @@ pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<Episod
                 for key in video_keys {
                     let k = |s: &str| format!("videos/{key}/{s}");
                     let fl = |name: String| -> Result<f64> {
-                        f64_at(col(&batch, &name, &path)?, row, &path, &name).map_err(with_ep)
+                        col(&batch, &name, &path)
+                            .and_then(|c| f64_at(c, row, &path, &name))
+                            .map_err(with_ep)
                     };
                     videos.insert(
                         key.clone(),

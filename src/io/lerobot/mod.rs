@@ -4,6 +4,8 @@ pub mod layout;
 pub mod meta;
 pub mod reader;
 pub mod stats;
+pub mod writer;
 
 pub use meta::{EpisodeMeta, Info, Version, VideoRef};
 pub use reader::{EncodedImageFrames, LeRobotDataset};
+pub use writer::{LeRobotWriter, WriteSummary, WriterOptions};

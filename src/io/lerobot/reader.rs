@@ -429,14 +429,21 @@ impl EpisodeSource for LeRobotDataset {
                 }
             }
         }
-        for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "image") {
-            if !cameras.contains_key(key) {
+        for (key, f) in self.features.iter().filter(|(_, f)| f.dtype != "video") {
+            let present = if f.dtype == "image" {
+                cameras.contains_key(key)
+            } else {
+                keep_fields.iter().any(|x| x.name() == key)
+            };
+            if !present {
                 return Err(Error::invalid(
                     Location::file(&data_path).episode(ep).field(key),
-                    "image column is missing",
+                    format!(
+                        "required column is missing (info.json declares a {} feature)",
+                        f.dtype
+                    ),
                 ));
             }
-            let _ = f;
         }
         for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "video") {
             let path = self.video_path(m, key)?;
