@@ -8,7 +8,6 @@ mod compose;
 mod video;
 mod text;
 mod lerobot;
-mod lerobot;
 mod rlds;
 mod sample_data;
 mod interop;
