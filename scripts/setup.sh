@@ -29,21 +29,28 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Python venv for the interoperability tests (lerobot writes/loads LeRobot v3.0, tensorflow-datasets writes RLDS).
-# About 9 GB and 5 minutes on a fresh machine (PyPI's torch wheel carries CUDA libraries); skipped when the pinned
-# requirements are already installed. VADAPT_SKIP_PYTHON=1 skips it (the interop tests then fail, saying why).
+# About 9 GB and 5 minutes on a fresh machine (PyPI's torch wheel carries CUDA libraries). It lives outside the
+# checkout (VADAPT_VENV, default ~/.cache/vadapt/interop-venv) so every clone on a machine shares it, and
+# `.venv` in the checkout links to it; it is skipped when the pinned requirements are already installed.
+# VADAPT_SKIP_PYTHON=1 skips it (the interop tests then fail, saying why).
 if [ "${VADAPT_SKIP_PYTHON:-0}" != "1" ]; then
   REQ=tests/interop/requirements.txt
-  STAMP=.venv/.vadapt-requirements
+  VENV="${VADAPT_VENV:-$HOME/.cache/vadapt/interop-venv}"
+  STAMP="$VENV/.vadapt-requirements"
   if ! cmp -s "$REQ" "$STAMP" 2>/dev/null; then
-    if [ ! -x .venv/bin/python ]; then
-      python3 -m venv .venv 2>/dev/null || {
-        rm -rf .venv
+    mkdir -p "$(dirname "$VENV")"
+    if [ ! -x "$VENV/bin/python" ]; then
+      python3 -m venv "$VENV" 2>/dev/null || {
+        rm -rf "$VENV"
         ${SUDO:-} apt-get install -y -qq python3-venv >/dev/null
-        python3 -m venv .venv
+        python3 -m venv "$VENV"
       }
     fi
-    echo "setup: installing Python interop packages into .venv (first run only, a few minutes)" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$REQ"
+    echo "setup: installing Python interop packages into $VENV (first run only, a few minutes)" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
     cp "$REQ" "$STAMP"
+  fi
+  if [ ! -e .venv ] || [ -L .venv ]; then
+    ln -sfn "$VENV" .venv
   fi
 fi
