@@ -7,6 +7,7 @@
 //! * first order: `x_t = (sigma_t / sigma_s0) x - alpha_t (e^{-h} - 1) D0`
 //! * second order: `r0 = h_0 / h`, `D1 = (m0 - m1) / r0`,
 //!   `x_t = (sigma_t / sigma_s0) x - alpha_t (e^{-h} - 1) D0 - 0.5 alpha_t (e^{-h} - 1) D1`
+//!
 //! where `m` are x0 predictions. The first step has no history (first order); the last step is first order when
 //! `final_sigmas_type = "zero"` or `lower_order_final` with fewer than 15 steps.
 

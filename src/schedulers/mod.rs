@@ -410,7 +410,7 @@ impl NoiseSchedule {
         let (c1, c2): (Vec<f32>, Vec<f32>) =
             timesteps.iter().map(|&t| coef(self.alpha_bar(t))).unzip();
         let mut shape = vec![batch];
-        shape.extend(std::iter::repeat(1).take(a.rank() - 1));
+        shape.extend(std::iter::repeat_n(1, a.rank() - 1));
         let c1 = Tensor::from_vec(c1, shape.clone(), a.device())?;
         let c2 = Tensor::from_vec(c2, shape, a.device())?;
         Ok((a.broadcast_mul(&c1)? + b.broadcast_mul(&c2)?)?)
