@@ -11,3 +11,4 @@ mod lerobot;
 mod rlds;
 mod sample_data;
 mod interop;
+mod sample_cli;
