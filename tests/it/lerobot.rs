@@ -824,8 +824,16 @@ fn failed_or_abandoned_writes_leave_no_partial_output() {
         Frames::from_images(synthetic_frames(4, H, W, 0)),
     );
     assert_error_names_no_file(&w.save_episode(&ep).unwrap_err(), Some(0), CAM);
-    // The writer is still usable after a refused episode.
+    // The writer is still usable after a refused episode, also once files exist.
     w.save_episode(&make_episode(0, 5, 0, 0)).unwrap();
+    let mut bad = make_episode(1, 5, 5, 0);
+    bad.cameras.insert(
+        CAM.into(),
+        Frames::from_images(synthetic_frames(5, H, W + 2, 0)),
+    );
+    assert_error_names_no_file(&w.save_episode(&bad).unwrap_err(), Some(1), CAM);
+    w.save_episode(&make_episode(1, 5, 5, 0)).unwrap();
+    assert_eq!(w.num_episodes(), 2);
     drop(w);
     let left = files_under(&root);
     assert!(

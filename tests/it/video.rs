@@ -113,6 +113,11 @@ fn h264_round_trip_exact_count_fps_timestamps() {
 
 #[test]
 fn episodes_share_one_mp4_and_decode_exactly() {
+    shared_mp4(VideoCodec::Av1);
+    shared_mp4(VideoCodec::H264);
+}
+
+fn shared_mp4(codec: VideoCodec) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("videos/cam/chunk-000/file-000.mp4");
     let (h, w, fps) = (64, 96, 15.0);
@@ -122,7 +127,7 @@ fn episodes_share_one_mp4_and_decode_exactly() {
         .enumerate()
         .map(|(i, &n)| synthetic_frames(n, h, w, i as u32 * 2))
         .collect();
-    let mut enc = Mp4Encoder::create(&path, w, h, fps, &opts(VideoCodec::Av1)).unwrap();
+    let mut enc = Mp4Encoder::create(&path, w, h, fps, &opts(codec)).unwrap();
     let mut spans = Vec::new();
     for ep in &episodes {
         enc.begin_episode().unwrap();

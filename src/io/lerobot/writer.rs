@@ -122,7 +122,9 @@ pub struct LeRobotWriter {
     seen_episodes: std::collections::HashSet<u64>,
     data: Option<DataFile>,
     data_pos: (u64, u64),
-    data_started: bool,
+    /// Set once the current `save_episode` call has started writing files: an error after that
+    /// leaves the files inconsistent with the metadata, so the writer refuses to go on.
+    writing: bool,
     data_files: Vec<PathBuf>,
     schema: Option<SchemaRef>,
     videos: BTreeMap<String, VideoState>,
@@ -332,7 +334,7 @@ impl LeRobotWriter {
             seen_episodes: Default::default(),
             data: None,
             data_pos: (0, 0),
-            data_started: false,
+            writing: false,
             data_files: Vec::new(),
             schema: None,
             videos,
@@ -548,12 +550,15 @@ impl LeRobotWriter {
                 format!("writer unusable after an earlier error: {why}"),
             ));
         }
+        self.writing = false;
         let r = self.save_episode_inner(ep);
         if let Err(e) = &r {
-            if !matches!(e, Error::InvalidData { .. } | Error::Config { .. }) || self.data_started {
+            // Refused before any file was touched (bad columns, bad frames): the writer stays usable.
+            if self.writing {
                 self.failed = Some(e.to_string());
             }
         }
+        self.writing = false;
         r
     }
 
@@ -612,7 +617,7 @@ impl LeRobotWriter {
             ep_stats.insert(key.clone(), stats::image_stats(fr));
         }
         // 2. Data rows.
-        self.data_started = true;
+        self.writing = true;
         let from_index = self.total_frames;
         let data = self.write_rows(&batch)?;
         // 3. Videos.
