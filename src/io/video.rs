@@ -717,7 +717,7 @@ impl Mp4Encoder {
         init();
         let path = path.as_ref().to_path_buf();
         let err = |m: String| video_err(&path, None, None, m);
-        if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
             return Err(err(format!(
                 "frame size {width}x{height} must be non-zero and even for yuv420p"
             )));

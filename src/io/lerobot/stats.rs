@@ -98,7 +98,7 @@ fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 
 /// Stats of `rows` x `dims` values laid out row-major; `count` is what lerobot records as the sample count.
 fn stats_of(values: &[f64], dims: usize, kind: Kind, count: u64) -> FeatureStats {
-    let rows = if dims == 0 { 0 } else { values.len() / dims };
+    let rows = values.len().checked_div(dims).unwrap_or(0);
     let mut s = FeatureStats {
         kind,
         min: vec![f64::INFINITY; dims],
