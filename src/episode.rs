@@ -44,9 +44,15 @@ pub struct MemoryFrames {
 impl MemoryFrames {
     /// All frames must share one size; an empty list has size (0, 0).
     pub fn new(frames: Vec<RgbImage>) -> Self {
-        let size = frames.first().map(|f| (f.height(), f.width())).unwrap_or((0, 0));
+        let size = frames
+            .first()
+            .map(|f| (f.height(), f.width()))
+            .unwrap_or((0, 0));
         debug_assert!(frames.iter().all(|f| (f.height(), f.width()) == size));
-        Self { frames: Arc::new(frames), size }
+        Self {
+            frames: Arc::new(frames),
+            size,
+        }
     }
 }
 

@@ -18,7 +18,10 @@ impl Location {
         Self::default()
     }
     pub fn file(path: impl AsRef<Path>) -> Self {
-        Self { path: Some(path.as_ref().to_path_buf()), ..Self::default() }
+        Self {
+            path: Some(path.as_ref().to_path_buf()),
+            ..Self::default()
+        }
     }
     pub fn episode(mut self, episode: u64) -> Self {
         self.episode = Some(episode);
@@ -60,7 +63,10 @@ impl fmt::Display for Location {
 pub enum Error {
     /// A file could not be read, written, renamed or created.
     #[error("{loc}: {source}")]
-    Io { loc: Location, source: std::io::Error },
+    Io {
+        loc: Location,
+        source: std::io::Error,
+    },
 
     /// Input data is malformed: bad CRC, wrong shape, missing key, truncated record, NaN where not allowed, ...
     #[error("{loc}: {message}")]
@@ -99,25 +105,46 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(source: std::io::Error, path: impl AsRef<Path>) -> Self {
-        Error::Io { loc: Location::file(path), source }
+        Error::Io {
+            loc: Location::file(path),
+            source,
+        }
     }
     pub fn invalid(loc: Location, message: impl Into<String>) -> Self {
-        Error::InvalidData { loc, message: message.into() }
+        Error::InvalidData {
+            loc,
+            message: message.into(),
+        }
     }
     pub fn unsupported(loc: Location, message: impl Into<String>) -> Self {
-        Error::Unsupported { loc, message: message.into() }
+        Error::Unsupported {
+            loc,
+            message: message.into(),
+        }
     }
     pub fn config(loc: Location, message: impl Into<String>) -> Self {
-        Error::Config { loc, message: message.into() }
+        Error::Config {
+            loc,
+            message: message.into(),
+        }
     }
     pub fn video(loc: Location, message: impl Into<String>) -> Self {
-        Error::Video { loc, message: message.into() }
+        Error::Video {
+            loc,
+            message: message.into(),
+        }
     }
     pub fn model(loc: Location, message: impl Into<String>) -> Self {
-        Error::Model { loc, message: message.into() }
+        Error::Model {
+            loc,
+            message: message.into(),
+        }
     }
     pub fn table(loc: Location, message: impl ToString) -> Self {
-        Error::Table { loc, message: message.to_string() }
+        Error::Table {
+            loc,
+            message: message.to_string(),
+        }
     }
 
     /// The location this error carries, if any.
@@ -174,7 +201,10 @@ mod tests {
 
     #[test]
     fn location_reads_like_a_sentence() {
-        let loc = Location::file("data/chunk-000/file-000.parquet").episode(12).frame(34).field("action");
+        let loc = Location::file("data/chunk-000/file-000.parquet")
+            .episode(12)
+            .frame(34)
+            .field("action");
         assert_eq!(
             loc.to_string(),
             "episode 12, frame 34, field \"action\" (data/chunk-000/file-000.parquet)"

@@ -661,22 +661,45 @@ fn check_safetensors(path: &Path) -> Result<()> {
 
 /// Multiply-add FLOPs (2 per MAC) of one forward at (batch, frames, height, width): convolutions, linear layers and
 /// attention matmuls, which are all but a few percent of the work. Used to report achieved GFLOP/s.
-pub fn forward_flops(c: &UNet3DConfig, batch: usize, frames: usize, height: usize, width: usize, text_tokens: usize) -> f64 {
+pub fn forward_flops(
+    c: &UNet3DConfig,
+    batch: usize,
+    frames: usize,
+    height: usize,
+    width: usize,
+    text_tokens: usize,
+) -> f64 {
     let bf = (batch * frames) as f64;
     let tokens = text_tokens as f64;
-    let conv = |cin: usize, cout: usize, k: usize, hw: f64| 2.0 * (cin * cout * k * k) as f64 * hw * bf;
+    let conv =
+        |cin: usize, cout: usize, k: usize, hw: f64| 2.0 * (cin * cout * k * k) as f64 * hw * bf;
     let lin = |i: usize, o: usize, rows: f64| 2.0 * (i * o) as f64 * rows;
     // Self-attention over `n` tokens of width `inner` in `seqs` sequences (+ projections).
-    let self_attn = |inner: usize, n: f64, seqs: f64| lin(inner, inner, n * seqs) * 4.0 + 2.0 * 2.0 * n * n * inner as f64 * seqs;
+    let self_attn = |inner: usize, n: f64, seqs: f64| {
+        lin(inner, inner, n * seqs) * 4.0 + 2.0 * 2.0 * n * n * inner as f64 * seqs
+    };
     let cross_attn = |inner: usize, n: f64, seqs: f64, ctx: usize| {
-        lin(inner, inner, n * seqs) * 2.0 + lin(ctx, inner, tokens * seqs) * 2.0 + 2.0 * 2.0 * n * tokens * inner as f64 * seqs
+        lin(inner, inner, n * seqs) * 2.0
+            + lin(ctx, inner, tokens * seqs) * 2.0
+            + 2.0 * 2.0 * n * tokens * inner as f64 * seqs
     };
     let ff = |inner: usize, rows: f64| lin(inner, 8 * inner, rows) + lin(4 * inner, inner, rows);
-    let resnet = |cin: usize, cout: usize, hw: f64| conv(cin, cout, 3, hw) + conv(cout, cout, 3, hw) + if cin != cout { conv(cin, cout, 1, hw) } else { 0.0 };
+    let resnet = |cin: usize, cout: usize, hw: f64| {
+        conv(cin, cout, 3, hw)
+            + conv(cout, cout, 3, hw)
+            + if cin != cout {
+                conv(cin, cout, 1, hw)
+            } else {
+                0.0
+            }
+    };
     let temporal_conv = |ch: usize, hw: f64| 4.0 * 2.0 * (ch * ch * 3) as f64 * hw * bf;
     let spatial = |ch: usize, hw: f64| {
         let rows = hw * bf;
-        lin(ch, ch, rows) * 2.0 + self_attn(ch, hw, bf) + cross_attn(ch, hw, bf, c.cross_attention_dim) + ff(ch, rows)
+        lin(ch, ch, rows) * 2.0
+            + self_attn(ch, hw, bf)
+            + cross_attn(ch, hw, bf, c.cross_attention_dim)
+            + ff(ch, rows)
     };
     let temporal = |ch: usize, inner: usize, hw: f64| {
         let seqs = hw * batch as f64;
@@ -686,7 +709,8 @@ pub fn forward_flops(c: &UNet3DConfig, batch: usize, frames: usize, height: usiz
     let boc = &c.block_out_channels;
     let n = boc.len();
     let mut hw = (height * width) as f64;
-    let mut total = conv(c.in_channels, boc[0], 3, hw) + temporal(boc[0], 8 * c.attention_head_dim.get(0), hw);
+    let mut total =
+        conv(c.in_channels, boc[0], 3, hw) + temporal(boc[0], 8 * c.attention_head_dim.get(0), hw);
     let mut sizes = Vec::new();
     let mut ch_in = boc[0];
     for (i, kind) in c.down_block_types.iter().enumerate() {
@@ -705,7 +729,9 @@ pub fn forward_flops(c: &UNet3DConfig, batch: usize, frames: usize, height: usiz
         ch_in = boc[i];
     }
     let top = boc[n - 1];
-    total += 2.0 * (resnet(top, top, hw) + temporal_conv(top, hw)) + spatial(top, hw) + temporal(top, top, hw);
+    total += 2.0 * (resnet(top, top, hw) + temporal_conv(top, hw))
+        + spatial(top, hw)
+        + temporal(top, top, hw);
     let rev: Vec<usize> = boc.iter().rev().copied().collect();
     let mut prev = rev[0];
     for (i, kind) in c.up_block_types.iter().enumerate() {

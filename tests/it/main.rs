@@ -1,14 +1,14 @@
 //! All integration tests in one binary (one link instead of one per file).
 
 mod common;
-mod edges;
-mod schedulers;
-mod unet3d;
 mod compose;
-mod video;
-mod text;
+mod edges;
+mod interop;
 mod lerobot;
 mod rlds;
-mod sample_data;
-mod interop;
 mod sample_cli;
+mod sample_data;
+mod schedulers;
+mod text;
+mod unet3d;
+mod video;
