@@ -138,28 +138,11 @@ pub fn sobel(rgb: &[u8], height: usize, width: usize) -> SobelEdges {
 
 /// `sobel_dx / 4` of one frame: the model's edge conditioning channel, in [-1, 1].
 pub fn edge_in_unit_range(frame: &RgbImage) -> Plane {
-    let (h, w) = (frame.height() as usize, frame.width() as usize);
-    let gray = gray(frame.as_raw(), h, w);
-    let n = h * w;
-    let (mut dx, mut dy, mut mag) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    if n > 0 {
-        sobel_rows(
-            &gray,
-            &mut dx,
-            &mut dy,
-            &mut mag,
-            &mut Vec::new(),
-            &mut Vec::new(),
-        );
-    }
-    for v in &mut dx {
+    let mut dx = sobel(frame.as_raw(), frame.height() as usize, frame.width() as usize).sobel_dx;
+    for v in &mut dx.data {
         *v *= 0.25;
     }
-    Plane {
-        height: h,
-        width: w,
-        data: dx,
-    }
+    dx
 }
 
 /// The edge channel of a whole video, frames in parallel: `F` planes of `sobel_dx / 4`, concatenated
