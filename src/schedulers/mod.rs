@@ -596,7 +596,10 @@ mod tests {
                 assert_eq!(u, 999.0, "t = {t}");
             } else {
                 let (lo, hi) = (u.floor() as usize, u.ceil() as usize);
-                assert!(lin.log_snr(lo) >= target - 1e-9 && lin.log_snr(hi) <= target + 1e-9, "t = {t} -> {u}");
+                assert!(
+                    lin.log_snr(lo) >= target - 1e-9 && lin.log_snr(hi) <= target + 1e-9,
+                    "t = {t} -> {u}"
+                );
             }
         }
     }

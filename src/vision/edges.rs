@@ -138,7 +138,12 @@ pub fn sobel(rgb: &[u8], height: usize, width: usize) -> SobelEdges {
 
 /// `sobel_dx / 4` of one frame: the model's edge conditioning channel, in [-1, 1].
 pub fn edge_in_unit_range(frame: &RgbImage) -> Plane {
-    let mut dx = sobel(frame.as_raw(), frame.height() as usize, frame.width() as usize).sobel_dx;
+    let mut dx = sobel(
+        frame.as_raw(),
+        frame.height() as usize,
+        frame.width() as usize,
+    )
+    .sobel_dx;
     for v in &mut dx.data {
         *v *= 0.25;
     }
