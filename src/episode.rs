@@ -151,3 +151,30 @@ impl Episode {
         self.len() == 0
     }
 }
+
+/// Decode one encoded image (JPEG / PNG / any format the `image` crate reads) to RGB and check it has the size
+/// its dataset declares, as (height, width). Shared by every `FrameSource` over encoded image bytes (LeRobot image
+/// columns, RLDS steps); `loc` names the file, episode, frame and field.
+pub fn decode_image(
+    bytes: &[u8],
+    size: (u32, u32),
+    loc: crate::error::Location,
+) -> Result<RgbImage> {
+    use crate::error::Error;
+    let img = image::load_from_memory(bytes)
+        .map_err(|e| Error::invalid(loc.clone(), format!("cannot decode image: {e}")))?
+        .to_rgb8();
+    if (img.height(), img.width()) != size {
+        return Err(Error::invalid(
+            loc,
+            format!(
+                "image is {}x{}, the dataset declares {}x{}",
+                img.height(),
+                img.width(),
+                size.0,
+                size.1
+            ),
+        ));
+    }
+    Ok(img)
+}

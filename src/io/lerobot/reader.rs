@@ -294,28 +294,11 @@ impl FrameSource for EncodedImageFrames {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let loc = || {
-                    Location::file(&self.path)
-                        .episode(self.episode)
-                        .frame(i as u64)
-                        .field(self.key.clone())
-                };
-                let img = image::load_from_memory(b)
-                    .map_err(|e| Error::invalid(loc(), format!("image: {e}")))?
-                    .to_rgb8();
-                if (img.height(), img.width()) != self.size {
-                    return Err(Error::invalid(
-                        loc(),
-                        format!(
-                            "image is {}x{}, the feature says {}x{}",
-                            img.height(),
-                            img.width(),
-                            self.size.0,
-                            self.size.1
-                        ),
-                    ));
-                }
-                Ok(img)
+                let loc = Location::file(&self.path)
+                    .episode(self.episode)
+                    .frame(i as u64)
+                    .field(self.key.clone());
+                crate::episode::decode_image(b, self.size, loc)
             })
             .collect()
     }

@@ -494,23 +494,7 @@ impl FrameSource for EncodedFrames {
             .par_iter()
             .enumerate()
             .map(|(i, bytes)| {
-                let loc = || self.loc.clone().frame(i as u64);
-                let img = image::load_from_memory(bytes)
-                    .map_err(|e| Error::invalid(loc(), format!("cannot decode image: {e}")))?
-                    .to_rgb8();
-                if (img.height(), img.width()) != self.size {
-                    return Err(Error::invalid(
-                        loc(),
-                        format!(
-                            "image is {}x{}, expected {}x{}",
-                            img.height(),
-                            img.width(),
-                            self.size.0,
-                            self.size.1
-                        ),
-                    ));
-                }
-                Ok(img)
+                crate::episode::decode_image(bytes, self.size, self.loc.clone().frame(i as u64))
             })
             .collect()
     }
