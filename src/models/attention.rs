@@ -12,6 +12,26 @@ use crate::error::Result;
 /// Upper bound of one attention score block (see [`Attention::forward`]).
 const SCORE_CHUNK_BYTES: usize = 8 << 20;
 
+/// Softmax over the last axis. candle-nn's fused `softmax_last_dim` has no backward pass, so while a graph is
+/// being recorded for training (`track_op`) the composed version is used; inference keeps the fused kernel.
+fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.track_op() {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// LayerNorm, fused for inference and composed of differentiable ops while training (as [`softmax_last_dim`]).
+fn layer_norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
+    match ln.bias() {
+        Some(b) if x.track_op() || ln.weight().track_op() => {
+            candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
+        }
+        _ => ln.forward(x),
+    }
+}
+
 /// Multi-head attention. Queries from `x`; keys/values from `context` (cross-attention) or `x` (self-attention).
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -74,7 +94,7 @@ impl Attention {
             let scores = q
                 .narrow(0, start, len)?
                 .matmul(&k.narrow(0, start, len)?.t()?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = softmax_last_dim(&scores)?;
             parts.push(probs.matmul(&v.narrow(0, start, len)?)?);
         }
         // (B*heads, N, d)
@@ -152,10 +172,10 @@ impl BasicTransformerBlock {
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
+        let x = (self.attn1.forward(&layer_norm(&self.norm1, x)?, None)? + x)?;
         let ctx = if self.attn2_is_cross { context } else { None };
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, ctx)? + &x)?;
-        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + &x)?)
+        let x = (self.attn2.forward(&layer_norm(&self.norm2, &x)?, ctx)? + &x)?;
+        Ok((self.ff.forward(&layer_norm(&self.norm3, &x)?)? + &x)?)
     }
 }
 

@@ -180,7 +180,7 @@ impl ModelDir {
         }
     }
 
-    /// The conditioning channels, (batch, k, frames, h, w), from the edge channel (1, F, H, W) and the first frame
+    /// The conditioning channels, (1, k, frames, h, w), from the edge channel (1, F, H, W) and the first frame
     /// (3, H, W) in [-1, 1].
     pub fn channels(
         &self,
@@ -188,39 +188,52 @@ impl ModelDir {
         first_frame: Option<&Tensor>,
         frames: usize,
     ) -> Result<Option<Tensor>> {
-        let mut parts = Vec::new();
-        for c in &self.conditioning {
-            match c {
-                Conditioning::Edges => parts.push(
-                    edges
-                        .ok_or_else(|| {
-                            Error::config(
-                                Location::file(&self.path).field("edges"),
-                                "this model is conditioned on edges; give an edge video",
-                            )
-                        })?
-                        .unsqueeze(0)?,
-                ),
-                Conditioning::FirstFrame => {
-                    let f = first_frame.ok_or_else(|| {
+        conditioning_channels(&self.conditioning, edges, first_frame, frames, &self.path)
+    }
+}
+
+/// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in
+/// DESIGN.md's order: edges (1, F, H, W) then the first frame (3, H, W) repeated over time. `model` names the model
+/// in the error when a signal it needs is missing. Sampling and training build them the same way.
+pub fn conditioning_channels(
+    conditioning: &[Conditioning],
+    edges: Option<&Tensor>,
+    first_frame: Option<&Tensor>,
+    frames: usize,
+    model: &Path,
+) -> Result<Option<Tensor>> {
+    let mut parts = Vec::new();
+    for c in conditioning {
+        match c {
+            Conditioning::Edges => parts.push(
+                edges
+                    .ok_or_else(|| {
                         Error::config(
-                            Location::file(&self.path).field("first_frame"),
-                            "this model is conditioned on the first frame; give a video",
+                            Location::file(model).field("edges"),
+                            "this model is conditioned on edges; give an edge video",
                         )
-                    })?;
-                    let (c, h, w) = f.dims3()?;
-                    parts.push(
-                        f.unsqueeze(1)?
-                            .broadcast_as((c, frames, h, w))?
-                            .contiguous()?
-                            .unsqueeze(0)?,
-                    );
-                }
+                    })?
+                    .unsqueeze(0)?,
+            ),
+            Conditioning::FirstFrame => {
+                let f = first_frame.ok_or_else(|| {
+                    Error::config(
+                        Location::file(model).field("first_frame"),
+                        "this model is conditioned on the first frame; give a video",
+                    )
+                })?;
+                let (c, h, w) = f.dims3()?;
+                parts.push(
+                    f.unsqueeze(1)?
+                        .broadcast_as((c, frames, h, w))?
+                        .contiguous()?
+                        .unsqueeze(0)?,
+                );
             }
         }
-        if parts.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(Tensor::cat(&parts, 1)?))
     }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::cat(&parts, 1)?))
 }

@@ -26,8 +26,9 @@ impl GroupNorm {
             ));
         }
         Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
+            // Init hints only matter for a fresh `VarMap` (training): torch's GroupNorm starts at gain 1, bias 0.
+            weight: vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?,
             num_groups,
             eps,
         })
@@ -131,24 +132,37 @@ impl ResnetBlock2D {
 /// `y[t] = W_0 x[t-1] + W_1 x[t] + W_2 x[t+1] + bias` by adding frame-shifted slices (zero padding at both ends).
 #[derive(Debug, Clone)]
 struct TemporalConv {
-    taps: Tensor,
+    weight: Tensor,
     bias: Tensor,
+    cin: usize,
     cout: usize,
 }
 
 impl TemporalConv {
-    fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
-        let w = vb.get((cout, cin, 3, 1, 1), "weight")?;
-        // (out, in, 3, 1, 1) -> (3, out, in) -> (3*out, in)
-        let taps = w
-            .squeeze(4)?
-            .squeeze(3)?
-            .permute((2, 0, 1))?
-            .contiguous()?
-            .reshape((3 * cout, cin))?;
+    /// `zero_init`: diffusers zero-initialises the last conv of a `TemporalConvLayer` so that a fresh layer is the
+    /// identity (only used when the builder creates variables, i.e. training from scratch).
+    fn new(cin: usize, cout: usize, zero_init: bool, vb: VarBuilder) -> Result<Self> {
+        let init = if zero_init {
+            candle_nn::Init::Const(0.0)
+        } else {
+            candle_nn::init::DEFAULT_KAIMING_NORMAL
+        };
+        let bound = 1.0 / ((3 * cin) as f64).sqrt();
         Ok(Self {
-            taps,
-            bias: vb.get(cout, "bias")?,
+            weight: vb.get_with_hints((cout, cin, 3, 1, 1), "weight", init)?,
+            bias: vb.get_with_hints(
+                cout,
+                "bias",
+                if zero_init {
+                    candle_nn::Init::Const(0.0)
+                } else {
+                    candle_nn::Init::Uniform {
+                        lo: -bound,
+                        up: bound,
+                    }
+                },
+            )?,
+            cin,
             cout,
         })
     }
@@ -156,8 +170,15 @@ impl TemporalConv {
     /// `x` (b, c, f, hw) -> (b, out, f, hw)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, f, hw) = x.dims4()?;
-        let y = self
-            .taps
+        // (out, in, 3, 1, 1) -> (3, out, in) -> (3*out, in). Rebuilt on every call (a copy of 3*out*in floats,
+        // negligible next to the matmul) so that it follows the weight while training.
+        let taps = self
+            .weight
+            .reshape((self.cout, self.cin, 3))?
+            .permute((2, 0, 1))?
+            .contiguous()?
+            .reshape((3 * self.cout, self.cin))?;
+        let y = taps
             .broadcast_matmul(&x.reshape((b, c, f * hw))?)?
             .reshape((b, 3, self.cout, f, hw))?;
         let mut out = y.narrow(1, 1, 1)?.squeeze(1)?;
@@ -193,7 +214,7 @@ impl TemporalConvLayer {
             let norm = GroupNorm::new(groups, channels, 1e-5, vb.pp(name).pp("0"))?;
             stages.push((
                 norm,
-                TemporalConv::new(channels, channels, vb.pp(name).pp(conv_index))?,
+                TemporalConv::new(channels, channels, name == "conv4", vb.pp(name).pp(conv_index))?,
             ));
         }
         Ok(Self {

@@ -2,3 +2,4 @@
 
 pub mod edges;
 pub mod resize;
+pub mod tensor;
