@@ -13,6 +13,7 @@ pub mod io;
 pub mod models;
 pub mod rng;
 pub mod schedulers;
+pub mod train;
 pub mod vision;
 
 pub use error::{Error, Location, Result};

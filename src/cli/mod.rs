@@ -5,6 +5,7 @@ mod debug;
 mod inspect;
 mod sample;
 mod sample_data;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ pub enum Command {
     Convert(convert::Args),
     /// Generate one video from a single model (one-off sampling).
     Sample(sample::Args),
+    /// Train a small task model (or the demo prior) from a TOML recipe.
+    Train(train::Args),
     /// Fixed-interface commands used by parity tests and outside checks.
     #[command(subcommand)]
     Debug(debug::Command),
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Train(a) => train::run(a),
         Command::Debug(c) => debug::run(c),
     }
 }

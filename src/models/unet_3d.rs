@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::attention::TransformerTemporalModel;
-use super::resnet::{conv2d, GroupNorm};
+use super::resnet::{conv2d, Conv2d, GroupNorm};
 use super::unet_3d_blocks::{BlockSettings, DownBlock3D, MidBlock3D, UpBlock3D};
 use super::{Denoiser, Parameterization};
 use crate::error::{Error, IoResultExt, Location, Result};

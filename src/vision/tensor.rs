@@ -9,7 +9,11 @@ use crate::error::{Error, Location, Result};
 /// One frame as (3, H, W) in [-1, 1].
 pub fn frame_to_tensor(frame: &RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let data: Vec<f32> = frame.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    let data: Vec<f32> = frame
+        .as_raw()
+        .iter()
+        .map(|&v| v as f32 / 127.5 - 1.0)
+        .collect();
     Ok(Tensor::from_vec(data, (h, w, 3), device)?
         .permute((2, 0, 1))?
         .contiguous()?)
@@ -26,7 +30,11 @@ pub fn frames_to_tensor(frames: &[RgbImage], device: &Device) -> Result<Tensor> 
         if (f.width() as usize, f.height() as usize) != (w, h) {
             return Err(Error::invalid(
                 Location::none(),
-                format!("frames differ in size: {}x{} vs {w}x{h}", f.width(), f.height()),
+                format!(
+                    "frames differ in size: {}x{} vs {w}x{h}",
+                    f.width(),
+                    f.height()
+                ),
             ));
         }
         data.extend(f.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0));
@@ -60,13 +68,20 @@ mod tests {
     #[test]
     fn round_trip_is_exact() {
         let frames: Vec<RgbImage> = (0..3)
-            .map(|t| RgbImage::from_fn(5, 4, |x, y| image::Rgb([(x * 40 + t) as u8, (y * 60) as u8, 255])))
+            .map(|t| {
+                RgbImage::from_fn(5, 4, |x, y| {
+                    image::Rgb([(x * 40 + t) as u8, (y * 60) as u8, 255])
+                })
+            })
             .collect();
         let t = frames_to_tensor(&frames, &Device::Cpu).unwrap();
         assert_eq!(t.dims(), &[3, 3, 4, 5]);
         assert_eq!(tensor_to_frames(&t).unwrap(), frames);
         let one = frame_to_tensor(&frames[1], &Device::Cpu).unwrap();
-        let diff = (one - t.narrow(1, 1, 1).unwrap().squeeze(1).unwrap()).unwrap().abs().unwrap();
+        let diff = (one - t.narrow(1, 1, 1).unwrap().squeeze(1).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap();
         assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     }
 }

@@ -42,6 +42,25 @@ pub fn vadapt(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8 stdout")
 }
 
+/// Run vadapt expecting failure: asserts a non-zero exit without a panic and returns stderr.
+pub fn vadapt_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(vadapt_bin())
+        .args(args)
+        .output()
+        .expect("run vadapt");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "vadapt {args:?} should fail; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "vadapt {args:?} panicked:\n{stderr}"
+    );
+    stderr
+}
+
 /// Load every tensor of a safetensors file as (shape, f32 values); U8 / I64 / F64 tensors are converted.
 pub fn load_f32(
     path: &std::path::Path,

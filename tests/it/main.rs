@@ -10,5 +10,6 @@ mod sample_cli;
 mod sample_data;
 mod schedulers;
 mod text;
+mod train;
 mod unet3d;
 mod video;

@@ -3,7 +3,7 @@
 use crate::common::{fixture, vadapt};
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
 
-fn edge_video(dir: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn edge_video(dir: &std::path::Path) -> std::path::PathBuf {
     let frames: Vec<image::RgbImage> = (0..10)
         .map(|t| {
             image::RgbImage::from_fn(80, 48, |x, y| {

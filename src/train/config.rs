@@ -1,0 +1,566 @@
+//! `vadapt train --config pipelines/train_*.toml`: the training recipe, validated before any work starts.
+//!
+//! ```toml
+//! output = "runs/edge_to_sim"        # run directory: checkpoints/, model/, loss.csv, loss.png, samples/
+//! steps = 2000
+//! seed = 0
+//!
+//! [data]
+//! dataset = "datasets/sample/lerobot"           # anything `vadapt inspect` reads (LeRobot v2.1/v3.0, RLDS)
+//! target_key = "observation.images.sim"         # the video the model learns to generate
+//! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key)
+//! prompt = "{task}"                             # text template; {task} is the episode's task
+//! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
+//!
+//! [model]                                       # a fresh diffusers UNet3DConditionModel ...
+//! frames = 8
+//! height = 24
+//! width = 40
+//! conditioning = ["edges"]                      # [noisy RGB, edges, first frame] on channels
+//! block_out_channels = [32, 64]
+//! # init_from = "models/demo/edge_to_sim"       # ... or fine-tune an existing model directory
+//!
+//! [text_encoder]                                # optional: the byte-level text encoder (models::text)
+//! num_hidden_layers = 1
+//!
+//! [optim]
+//! lr = 1e-3
+//! warmup_steps = 100                            # then cosine decay to min_lr
+//! ```
+//! Relative paths are relative to the working directory (like `vadapt augment`'s pipelines).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::model_dir::Conditioning;
+use crate::models::Parameterization;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Run directory.
+    pub output: PathBuf,
+    /// Optimizer steps in total (a resumed run continues up to this).
+    pub steps: usize,
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub text_encoder: Option<TextEncoderConfig>,
+    #[serde(default)]
+    pub scheduler: NoiseConfig,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub guidance: DropoutConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Debug: train on the first batch (clips, noise and timesteps) over and over. A model that cannot overfit one
+    /// batch has a bug; the loss must fall by orders of magnitude.
+    #[serde(default)]
+    pub fixed_batch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// One dataset or several (their episodes are pooled).
+    #[serde(deserialize_with = "one_or_many")]
+    pub dataset: Vec<PathBuf>,
+    pub target_key: String,
+    #[serde(default)]
+    pub condition_key: Option<String>,
+    #[serde(default = "d_prompt")]
+    pub prompt: String,
+    #[serde(default)]
+    pub holdout_episodes: usize,
+    /// Take every n-th source frame (source fps / model fps).
+    #[serde(default = "d_one")]
+    pub frame_stride: usize,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    #[serde(default = "d_frames")]
+    pub frames: usize,
+    #[serde(default = "d_height")]
+    pub height: usize,
+    #[serde(default = "d_width")]
+    pub width: usize,
+    #[serde(default = "d_fps")]
+    pub fps: f64,
+    #[serde(default = "d_conditioning")]
+    pub conditioning: Vec<Conditioning>,
+    #[serde(default = "d_boc")]
+    pub block_out_channels: Vec<usize>,
+    /// Which levels have attention (CrossAttn blocks); default: all but the last, like diffusers' default.
+    #[serde(default)]
+    pub attention_levels: Option<Vec<bool>>,
+    #[serde(default = "d_one")]
+    pub layers_per_block: usize,
+    #[serde(default = "d_head")]
+    pub attention_head_dim: usize,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    /// Text embedding width; the text encoder's hidden size.
+    #[serde(default = "d_cross")]
+    pub cross_attention_dim: usize,
+    #[serde(default = "d_param")]
+    pub prediction_type: Parameterization,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextEncoderConfig {
+    #[serde(default = "d_one")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    /// Default: 4 x the width.
+    #[serde(default)]
+    pub intermediate_size: Option<usize>,
+    /// Tokens per prompt, BOS and EOS included.
+    #[serde(default = "d_tokens")]
+    pub max_tokens: usize,
+    /// Train the encoder jointly with the UNet; otherwise it stays at its seeded random initialisation (a fixed
+    /// random transformer still gives every prompt its own embedding, and those are computed once).
+    #[serde(default)]
+    pub train: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoiseConfig {
+    /// "linear", "scaled_linear" or "squaredcos_cap_v2" (diffusers names).
+    #[serde(default = "d_beta_schedule")]
+    pub beta_schedule: String,
+    #[serde(default = "d_train_steps")]
+    pub num_train_timesteps: usize,
+}
+
+impl Default for NoiseConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    #[serde(default = "d_batch")]
+    pub batch_size: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// The cosine decay ends here (fraction of `lr`).
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    #[serde(default = "d_adam_eps")]
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[serde(default = "d_one_f64")]
+    pub grad_clip: f64,
+    /// EMA decay (0 = no EMA; the saved model is then the raw weights).
+    #[serde(default = "d_ema")]
+    pub ema_decay: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+/// Classifier-free guidance dropout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropoutConfig {
+    /// Probability of replacing a clip's text by the unconditional embedding.
+    #[serde(default = "d_drop_text")]
+    pub drop_text: f64,
+    /// Probability of zeroing a clip's conditioning channels (edges, first frame).
+    #[serde(default)]
+    pub drop_conditions: f64,
+}
+
+impl Default for DropoutConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Loss CSV row every N steps.
+    #[serde(default = "d_one")]
+    pub every: usize,
+    /// Checkpoint every N steps (and always at the end).
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    /// Older checkpoints beyond this many are deleted (0 = keep all).
+    #[serde(default = "d_keep")]
+    pub keep_checkpoints: usize,
+    /// Sample sheet every N steps (0 = only at the end).
+    #[serde(default)]
+    pub sample_every: usize,
+    #[serde(default = "d_sample_steps")]
+    pub sample_steps: usize,
+    /// Held-out clips per sample sheet.
+    #[serde(default = "d_sample_clips")]
+    pub sample_clips: usize,
+    #[serde(default = "d_one_f64")]
+    pub sample_guidance: f64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+fn d_prompt() -> String {
+    "{task}".into()
+}
+fn d_one() -> usize {
+    1
+}
+fn d_one_f64() -> f64 {
+    1.0
+}
+fn d_frames() -> usize {
+    8
+}
+fn d_height() -> usize {
+    24
+}
+fn d_width() -> usize {
+    40
+}
+fn d_fps() -> f64 {
+    10.0
+}
+fn d_conditioning() -> Vec<Conditioning> {
+    vec![Conditioning::Edges]
+}
+fn d_boc() -> Vec<usize> {
+    vec![32, 64]
+}
+fn d_head() -> usize {
+    8
+}
+fn d_groups() -> usize {
+    8
+}
+fn d_cross() -> usize {
+    32
+}
+fn d_param() -> Parameterization {
+    Parameterization::Epsilon
+}
+fn d_heads() -> usize {
+    2
+}
+fn d_tokens() -> usize {
+    32
+}
+fn d_beta_schedule() -> String {
+    "squaredcos_cap_v2".into()
+}
+fn d_train_steps() -> usize {
+    1000
+}
+fn d_batch() -> usize {
+    4
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_wd() -> f64 {
+    1e-2
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.999
+}
+fn d_adam_eps() -> f64 {
+    1e-8
+}
+fn d_ema() -> f64 {
+    0.999
+}
+fn d_drop_text() -> f64 {
+    0.1
+}
+fn d_ckpt() -> usize {
+    500
+}
+fn d_keep() -> usize {
+    2
+}
+fn d_sample_steps() -> usize {
+    20
+}
+fn d_sample_clips() -> usize {
+    2
+}
+
+impl TrainConfig {
+    /// Parse and validate `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse and validate TOML text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            // toml's message names the key and shows the line.
+            Error::config(Location::file(path), e.to_string())
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot work, each reported with its key.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::config(Location::file(path).field(key), msg));
+        let m = &self.model;
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if self.data.dataset.is_empty() {
+            return bad("data.dataset", "name at least one dataset".into());
+        }
+        for d in &self.data.dataset {
+            if !d.exists() {
+                return bad("data.dataset", format!("{} does not exist", d.display()));
+            }
+        }
+        if self.data.frame_stride == 0 {
+            return bad("data.frame_stride", "must be at least 1".into());
+        }
+        if m.frames == 0 || m.height == 0 || m.width == 0 {
+            return bad("model", "frames, height and width must be positive".into());
+        }
+        let levels = m.block_out_channels.len();
+        if levels == 0 {
+            return bad(
+                "model.block_out_channels",
+                "needs at least one level".into(),
+            );
+        }
+        let factor = 1usize << (levels - 1);
+        if m.height % factor != 0 || m.width % factor != 0 {
+            return bad(
+                "model.height",
+                format!(
+                    "{}x{} must be divisible by {factor} ({levels} levels halve it {} times)",
+                    m.height,
+                    m.width,
+                    levels - 1
+                ),
+            );
+        }
+        if let Some(a) = &m.attention_levels {
+            if a.len() != levels {
+                return bad(
+                    "model.attention_levels",
+                    format!("has {} entries for {levels} levels", a.len()),
+                );
+            }
+        }
+        for &c in &m.block_out_channels {
+            if c % m.norm_num_groups != 0 || c % m.attention_head_dim != 0 {
+                return bad(
+                    "model.block_out_channels",
+                    format!(
+                        "{c} is not divisible by norm_num_groups {} and attention_head_dim {}",
+                        m.norm_num_groups, m.attention_head_dim
+                    ),
+                );
+            }
+        }
+        if let Some(init) = &m.init_from {
+            if !init.exists() {
+                return bad(
+                    "model.init_from",
+                    format!("{} does not exist", init.display()),
+                );
+            }
+        }
+        if let Some(t) = &self.text_encoder {
+            if t.num_attention_heads == 0 || m.cross_attention_dim % t.num_attention_heads != 0 {
+                return bad(
+                    "text_encoder.num_attention_heads",
+                    format!(
+                        "must divide model.cross_attention_dim {}",
+                        m.cross_attention_dim
+                    ),
+                );
+            }
+            if t.max_tokens < 3 {
+                return bad(
+                    "text_encoder.max_tokens",
+                    "must be at least 3 (BOS, a byte, EOS)".into(),
+                );
+            }
+        }
+        if !["linear", "scaled_linear", "squaredcos_cap_v2"]
+            .contains(&self.scheduler.beta_schedule.as_str())
+        {
+            return bad(
+                "scheduler.beta_schedule",
+                format!(
+                    "{:?}: expected linear, scaled_linear or squaredcos_cap_v2",
+                    self.scheduler.beta_schedule
+                ),
+            );
+        }
+        if m.prediction_type == Parameterization::Sample {
+            return bad(
+                "model.prediction_type",
+                "train with epsilon or v_prediction".into(),
+            );
+        }
+        let o = &self.optim;
+        if o.batch_size == 0 {
+            return bad("optim.batch_size", "must be at least 1".into());
+        }
+        if !(o.lr > 0.0 && o.lr.is_finite()) {
+            return bad("optim.lr", format!("{} must be positive", o.lr));
+        }
+        for (key, v) in [
+            ("optim.beta1", o.beta1),
+            ("optim.beta2", o.beta2),
+            ("optim.ema_decay", o.ema_decay),
+            ("optim.min_lr_ratio", o.min_lr_ratio),
+            ("guidance.drop_text", self.guidance.drop_text),
+            ("guidance.drop_conditions", self.guidance.drop_conditions),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(key, format!("{v} is outside [0, 1]"));
+            }
+        }
+        if o.weight_decay < 0.0 || o.grad_clip < 0.0 || o.eps <= 0.0 {
+            return bad(
+                "optim",
+                "weight_decay and grad_clip must be >= 0, eps > 0".into(),
+            );
+        }
+        if self.log.every == 0 || self.log.checkpoint_every == 0 {
+            return bad(
+                "log",
+                "every and checkpoint_every must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The diffusers `config.json` of the UNet this recipe trains.
+    pub fn unet_config_json(&self) -> serde_json::Value {
+        let m = &self.model;
+        let levels = m.block_out_channels.len();
+        let attention = m
+            .attention_levels
+            .clone()
+            .unwrap_or_else(|| (0..levels).map(|i| levels == 1 || i + 1 < levels).collect());
+        let down: Vec<&str> = attention
+            .iter()
+            .map(|&a| {
+                if a {
+                    "CrossAttnDownBlock3D"
+                } else {
+                    "DownBlock3D"
+                }
+            })
+            .collect();
+        let up: Vec<&str> = attention
+            .iter()
+            .rev()
+            .map(|&a| if a { "CrossAttnUpBlock3D" } else { "UpBlock3D" })
+            .collect();
+        let in_channels = 3 + m.conditioning.iter().map(|c| c.channels()).sum::<usize>();
+        let mut v = serde_json::json!({
+            "_class_name": "UNet3DConditionModel",
+            "_diffusers_version": "0.42.1",
+            "act_fn": "silu",
+            "attention_head_dim": m.attention_head_dim,
+            "block_out_channels": m.block_out_channels,
+            "cross_attention_dim": m.cross_attention_dim,
+            "down_block_types": down,
+            "downsample_padding": 1,
+            "in_channels": in_channels,
+            "layers_per_block": m.layers_per_block,
+            "mid_block_scale_factor": 1,
+            "norm_eps": 1e-5,
+            "norm_num_groups": m.norm_num_groups,
+            "num_attention_heads": null,
+            "out_channels": 3,
+            "sample_size": m.height.max(m.width),
+            "time_cond_proj_dim": null,
+            "up_block_types": up,
+        });
+        if m.prediction_type != Parameterization::Epsilon {
+            v["prediction_type"] = serde_json::to_value(m.prediction_type).unwrap_or_default();
+        }
+        v
+    }
+
+    /// The diffusers `scheduler_config.json` saved with the model (DDIM with this recipe's noise schedule).
+    pub fn scheduler_config_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "_class_name": "DDIMScheduler",
+            "_diffusers_version": "0.42.1",
+            "num_train_timesteps": self.scheduler.num_train_timesteps,
+            "beta_start": 0.0001,
+            "beta_end": 0.02,
+            "beta_schedule": self.scheduler.beta_schedule,
+            "prediction_type": match self.model.prediction_type {
+                Parameterization::VPrediction => "v_prediction",
+                _ => "epsilon",
+            },
+            "clip_sample": false,
+            "set_alpha_to_one": false,
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+        })
+    }
+}

@@ -1,0 +1,244 @@
+//! Training clips: every episode of the configured datasets, resized to the model resolution once and kept in
+//! memory (24x40 RGB is 2.9 kB a frame, so 100k frames fit in 300 MB), cut into random clips of F frames.
+//!
+//! The target video is `data.target_key`; the conditioning (Sobel-x edges, first frame) comes from
+//! `data.condition_key`, so paired renderings of the same motion (sample data's `sim` and `real`) train a
+//! translation model: edges of the real video in, the sim video out. Edges are computed after resizing to the model
+//! resolution, exactly as sampling and `vadapt augment` compute them.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use image::RgbImage;
+
+use super::config::TrainConfig;
+use crate::error::{Error, Location, Result};
+use crate::io::open_dataset;
+use crate::models::model_dir::{conditioning_channels, Conditioning};
+use crate::rng::NoiseRng;
+use crate::vision::edges::edge_channel;
+use crate::vision::resize::resize_rgb;
+use crate::vision::tensor::{frame_to_tensor, frames_to_tensor};
+
+/// One episode at the model resolution.
+pub struct EpisodeClips {
+    /// Where it came from, for messages: "dataset#episode".
+    pub name: String,
+    pub prompt: String,
+    pub target: Vec<RgbImage>,
+    pub condition: Vec<RgbImage>,
+    /// `sobel_dx / 4` of each condition frame, (H * W) each.
+    pub edges: Vec<Vec<f32>>,
+}
+
+/// A batch of clips, ready for the model.
+pub struct Batch {
+    /// (B, 3, F, H, W) in [-1, 1].
+    pub video: Tensor,
+    /// (B, k, F, H, W) or `None` for an unconditional model.
+    pub channels: Option<Tensor>,
+    pub prompts: Vec<String>,
+}
+
+/// Where a clip starts: episode and first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClipRef {
+    pub episode: usize,
+    pub start: usize,
+}
+
+pub struct ClipSet {
+    pub train: Vec<EpisodeClips>,
+    pub holdout: Vec<EpisodeClips>,
+    frames: usize,
+    stride: usize,
+    height: usize,
+    width: usize,
+    conditioning: Vec<Conditioning>,
+}
+
+impl ClipSet {
+    /// Read and resize every episode. Episodes shorter than one clip are skipped with a warning; having no
+    /// usable episode is an error.
+    pub fn load(config: &TrainConfig) -> Result<Self> {
+        let d = &config.data;
+        let m = &config.model;
+        let span = (m.frames - 1) * d.frame_stride + 1;
+        let condition_key = d.condition_key.as_deref().unwrap_or(&d.target_key);
+        let mut all = Vec::new();
+        for root in &d.dataset {
+            let source = open_dataset(root)?;
+            for key in [d.target_key.as_str(), condition_key] {
+                if !source.features().get(key).is_some_and(|f| f.is_visual()) {
+                    let cams: Vec<&String> = source
+                        .features()
+                        .iter()
+                        .filter(|(_, f)| f.is_visual())
+                        .map(|(k, _)| k)
+                        .collect();
+                    return Err(Error::config(
+                        Location::file(root).field(key),
+                        format!("no such camera in this dataset (it has {cams:?})"),
+                    ));
+                }
+            }
+            for index in source.episode_indices() {
+                let ep = source.read_episode(index)?;
+                let loc = || Location::file(root).episode(index.0);
+                let decode = |key: &str| -> Result<Vec<RgbImage>> {
+                    let frames = ep.cameras.get(key).ok_or_else(|| {
+                        Error::invalid(loc().field(key), "episode has no such camera")
+                    })?;
+                    Ok(frames
+                        .decode()?
+                        .iter()
+                        .map(|f| resize_rgb(f, m.height as u32, m.width as u32))
+                        .collect())
+                };
+                let target = decode(&d.target_key)?;
+                if target.len() < span {
+                    tracing::warn!(
+                        "{}: episode {} has {} frames, a clip needs {span}; skipped",
+                        root.display(),
+                        index.0,
+                        target.len()
+                    );
+                    continue;
+                }
+                let condition = if condition_key == d.target_key {
+                    target.clone()
+                } else {
+                    decode(condition_key)?
+                };
+                if condition.len() != target.len() {
+                    return Err(Error::invalid(
+                        loc().field(condition_key),
+                        format!(
+                            "{} frames, but {} has {}",
+                            condition.len(),
+                            d.target_key,
+                            target.len()
+                        ),
+                    ));
+                }
+                let edges = condition
+                    .iter()
+                    .map(|f| edge_channel(std::slice::from_ref(f)))
+                    .collect();
+                all.push(EpisodeClips {
+                    name: format!("{}#{}", root.display(), index.0),
+                    prompt: d.prompt.replace("{task}", &ep.task),
+                    target,
+                    condition,
+                    edges,
+                });
+            }
+        }
+        let holdout = d.holdout_episodes.min(all.len().saturating_sub(1));
+        let train_n = all.len() - holdout;
+        if train_n == 0 {
+            return Err(Error::config(
+                Location::none().field("data.dataset"),
+                format!(
+                    "no episode with at least {span} frames ({} frames, stride {})",
+                    m.frames, d.frame_stride
+                ),
+            ));
+        }
+        let holdout_eps = all.split_off(train_n);
+        Ok(Self {
+            train: all,
+            holdout: holdout_eps,
+            frames: m.frames,
+            stride: d.frame_stride,
+            height: m.height,
+            width: m.width,
+            conditioning: m.conditioning.clone(),
+        })
+    }
+
+    fn span(&self) -> usize {
+        (self.frames - 1) * self.stride + 1
+    }
+
+    /// `n` random clips of the training episodes (episode uniformly, then start uniformly).
+    pub fn random_clips(&self, n: usize, rng: &mut NoiseRng) -> Vec<ClipRef> {
+        (0..n)
+            .map(|_| {
+                let episode = rng.below(self.train.len());
+                let start = rng.below(self.train[episode].target.len() - self.span() + 1);
+                ClipRef { episode, start }
+            })
+            .collect()
+    }
+
+    /// The first clip of each of the first `n` held-out episodes (or of training episodes when none is held out).
+    pub fn sample_clips(&self, n: usize) -> (Vec<ClipRef>, bool) {
+        let from_holdout = !self.holdout.is_empty();
+        let pool = if from_holdout {
+            &self.holdout
+        } else {
+            &self.train
+        };
+        let refs = (0..n.min(pool.len()))
+            .map(|episode| ClipRef { episode, start: 0 })
+            .collect();
+        (refs, from_holdout)
+    }
+
+    /// Assemble a batch; `holdout` picks the pool the refs point into.
+    pub fn batch(&self, clips: &[ClipRef], holdout: bool, device: &Device) -> Result<Batch> {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        let (h, w, f) = (self.height, self.width, self.frames);
+        let mut videos = Vec::with_capacity(clips.len());
+        let mut channels = Vec::with_capacity(clips.len());
+        let mut prompts = Vec::with_capacity(clips.len());
+        for c in clips {
+            let ep = &pool[c.episode];
+            let idx: Vec<usize> = (0..f).map(|i| c.start + i * self.stride).collect();
+            let target: Vec<RgbImage> = idx.iter().map(|&i| ep.target[i].clone()).collect();
+            videos.push(frames_to_tensor(&target, device)?.unsqueeze(0)?);
+            let mut e = Vec::with_capacity(f * h * w);
+            for &i in &idx {
+                e.extend_from_slice(&ep.edges[i]);
+            }
+            let edges = Tensor::from_vec(e, (1, f, h, w), device)?;
+            let first = frame_to_tensor(&ep.condition[c.start], device)?;
+            if let Some(ch) = conditioning_channels(
+                &self.conditioning,
+                Some(&edges),
+                Some(&first),
+                f,
+                Path::new(&ep.name),
+            )? {
+                channels.push(ch);
+            }
+            prompts.push(ep.prompt.clone());
+        }
+        Ok(Batch {
+            video: Tensor::cat(&videos, 0)?,
+            channels: if channels.is_empty() {
+                None
+            } else {
+                Some(Tensor::cat(&channels, 0)?)
+            },
+            prompts,
+        })
+    }
+
+    /// The condition frames of a clip (for sample sheets).
+    pub fn condition_frames(&self, clip: ClipRef, holdout: bool) -> Vec<RgbImage> {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        (0..self.frames)
+            .map(|i| pool[clip.episode].condition[clip.start + i * self.stride].clone())
+            .collect()
+    }
+
+    /// The target frames of a clip (ground truth in sample sheets).
+    pub fn target_frames(&self, clip: ClipRef, holdout: bool) -> Vec<RgbImage> {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        (0..self.frames)
+            .map(|i| pool[clip.episode].target[clip.start + i * self.stride].clone())
+            .collect()
+    }
+}

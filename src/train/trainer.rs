@@ -1,0 +1,735 @@
+//! The training loop: noise prediction (or v) on random clips, AdamW with warmup and cosine decay, global-norm
+//! clipping, EMA, checkpoints that resume bit-exactly.
+//!
+//! Objective (Ho et al. 2020, eq. 14; Salimans & Ho 2022 for v):
+//! ```text
+//! t ~ U{0, T−1},  ε ~ N(0, I),  x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε
+//! L = ‖ f_θ([x_t, edges, first frame], t, text) − target ‖²,  target = ε  or  v = sqrt(ᾱ_t) ε − sqrt(1 − ᾱ_t) x_0
+//! ```
+//! with classifier-free guidance dropout: the text is replaced by the unconditional embedding with probability
+//! `guidance.drop_text` (and the conditioning channels zeroed with `guidance.drop_conditions`).
+//!
+//! Every random draw of step `s` comes from its own stream, `derive_seed(seed, s, "train-step", 0)`, so the run
+//! needs no RNG state in its checkpoints: the parameters, the AdamW moments, the EMA and `s` are the whole state,
+//! and a resumed run continues exactly as if it had never stopped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::TrainConfig;
+use super::data::ClipSet;
+use super::init::seeded_var_builder;
+use super::optim::{clip_factor, learning_rate, AdamW, AdamWSettings, Ema, Params};
+use super::report::{self, LossRow};
+use crate::compose::{sample, ComposeSettings, Conditioned};
+use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::model_dir::ModelDir;
+use crate::models::text::TextEncoder;
+use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
+use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
+use crate::models::Parameterization;
+use crate::rng::{derive_seed, NoiseRng};
+use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::vision::tensor::tensor_to_frames;
+
+const UNET: &str = "unet.";
+const TEXT: &str = "text_encoder.";
+const STATE_JSON: &str = "trainer_state.json";
+const STATE_TENSORS: &str = "trainer_state.safetensors";
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Wall time of the forward pass (data included), the backward pass and the update.
+    pub seconds: [f64; 3],
+}
+
+/// `trainer_state.json`: the run's position and the recipe it belongs to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    adam_t: u64,
+    vadapt_version: String,
+    /// The recipe without `steps`/`output`/`log`, which a resumed run may change.
+    recipe: serde_json::Value,
+}
+
+pub struct Trainer {
+    pub config: TrainConfig,
+    device: Device,
+    pub data: ClipSet,
+    unet_config: serde_json::Value,
+    unet: UNet3DConditionModel,
+    text: Option<ByteTextEncoder>,
+    /// Every variable (trained or frozen) by its prefixed name.
+    vars: BTreeMap<String, Var>,
+    params: Params,
+    opt: AdamW,
+    ema: Option<Ema>,
+    schedule: NoiseSchedule,
+    /// Embeddings of prompts under a frozen text encoder, computed once.
+    text_cache: HashMap<String, Tensor>,
+    /// Optimizer steps done.
+    pub step: usize,
+}
+
+impl Trainer {
+    /// A fresh run (seeded initialisation, or `model.init_from`).
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
+        let data = ClipSet::load(&config)?;
+        let unet_config = match &config.model.init_from {
+            Some(dir) => {
+                let p = unet_dir(dir).join("config.json");
+                let text = std::fs::read_to_string(&p).at(&p)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::config(Location::file(&p), e.to_string()))?
+            }
+            None => config.unet_config_json(),
+        };
+        let parsed: UNet3DConfig = serde_json::from_value(unet_config.clone())
+            .map_err(|e| Error::config(Location::none().field("model"), e.to_string()))?;
+        let want_in = 3 + config
+            .model
+            .conditioning
+            .iter()
+            .map(|c| c.channels())
+            .sum::<usize>();
+        if parsed.in_channels != want_in {
+            return Err(Error::config(
+                Location::none().field("model.conditioning"),
+                format!(
+                    "{:?} needs {want_in} input channels; the UNet has {}",
+                    config.model.conditioning, parsed.in_channels
+                ),
+            ));
+        }
+        let (vb, varmap) = seeded_var_builder(config.seed, device);
+        let unet = UNet3DConditionModel::new(vb.pp("unet"), parsed)?;
+        let text = match &config.text_encoder {
+            Some(t) => Some(ByteTextEncoder::new(
+                vb.pp("text_encoder"),
+                &byte_config(&config, t),
+            )?),
+            None => None,
+        };
+        let vars: BTreeMap<String, Var> = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Cancelled("VarMap lock poisoned".into()))?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(dir) = &config.model.init_from {
+            load_model_weights(&vars, dir)?;
+        }
+        let train_text = config.text_encoder.as_ref().is_some_and(|t| t.train);
+        let params: Params = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(UNET) || (train_text && k.starts_with(TEXT)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let o = &config.optim;
+        let opt = AdamW::new(
+            &params,
+            AdamWSettings {
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+            },
+        )?;
+        let ema = if o.ema_decay > 0.0 {
+            Some(Ema::new(&params, o.ema_decay)?)
+        } else {
+            None
+        };
+        let sched_cfg: SchedulerConfig = serde_json::from_value(config.scheduler_config_json())
+            .map_err(|e| Error::config(Location::none().field("scheduler"), e.to_string()))?;
+        Ok(Self {
+            schedule: NoiseSchedule::from_config(&sched_cfg),
+            config,
+            device: device.clone(),
+            data,
+            unet_config,
+            unet,
+            text,
+            vars,
+            params,
+            opt,
+            ema,
+            text_cache: HashMap::new(),
+            step: 0,
+        })
+    }
+
+    /// Continue from the newest checkpoint under `config.output`, or start fresh when there is none.
+    pub fn resume_or_new(config: TrainConfig, device: &Device) -> Result<Self> {
+        let latest = latest_checkpoint(&config.output)?;
+        let mut trainer = Self::new(config, device)?;
+        if let Some(dir) = latest {
+            trainer.load_checkpoint(&dir)?;
+        }
+        Ok(trainer)
+    }
+
+    fn recipe(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.config).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["steps", "output", "log"] {
+                o.remove(k);
+            }
+        }
+        v
+    }
+
+    /// The embedding (1, L, D) of one prompt, or the unconditional one for `None`.
+    fn embed_one(&mut self, prompt: Option<&str>) -> Result<Tensor> {
+        let key = prompt
+            .map(|p| format!("+{p}"))
+            .unwrap_or_else(|| "-".into());
+        if let Some(t) = self.text_cache.get(&key) {
+            return Ok(t.clone());
+        }
+        let t = match (&self.text, prompt) {
+            (Some(enc), Some(p)) => enc.encode(&[p])?.detach(),
+            (Some(enc), None) => enc.unconditional(1)?,
+            (None, _) => Tensor::zeros(
+                (1, 1, self.unet.config().cross_attention_dim),
+                DType::F32,
+                &self.device,
+            )?,
+        };
+        self.text_cache.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// Text embeddings for a batch; `keep[i] = false` drops clip i's text to the unconditional embedding.
+    fn embed_batch(&mut self, prompts: &[String], keep: &[bool]) -> Result<Tensor> {
+        let trained = self.config.text_encoder.as_ref().is_some_and(|t| t.train);
+        match (&self.text, trained) {
+            (Some(enc), true) => {
+                // In the graph: the encoder learns. Dropped rows become the unconditional embedding (zeros unless
+                // the encoder stores one).
+                let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
+                let emb = enc.encode(&refs)?;
+                let mask: Vec<f32> = keep.iter().map(|&k| if k { 1.0 } else { 0.0 }).collect();
+                let mask = Tensor::from_vec(mask, (keep.len(), 1, 1), &self.device)?;
+                let uncond = enc.unconditional(keep.len())?;
+                Ok((emb.broadcast_mul(&mask)? + uncond.broadcast_mul(&(1.0 - &mask)?)?)?)
+            }
+            _ => {
+                let rows = prompts
+                    .iter()
+                    .zip(keep)
+                    .map(|(p, &k)| self.embed_one(k.then_some(p.as_str())))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::cat(&rows, 0)?)
+            }
+        }
+    }
+
+    /// The loss of step `s` at the current weights, with the graph for backprop.
+    fn loss_at(&mut self, s: usize) -> Result<Tensor> {
+        let c = &self.config;
+        let b = c.optim.batch_size;
+        let stream = if c.fixed_batch { 0 } else { s as u64 };
+        let mut rng = NoiseRng::new(derive_seed(c.seed, stream, "train-step", 0));
+        let clips = self.data.random_clips(b, &mut rng);
+        let batch = self.data.batch(&clips, false, &self.device)?;
+        let noise = rng.randn(batch.video.shape().clone(), &self.device)?;
+        let t_max = self.schedule.num_train_timesteps();
+        let ts: Vec<usize> = (0..b).map(|_| rng.below(t_max)).collect();
+        let keep_text: Vec<bool> = (0..b)
+            .map(|_| rng.uniform() as f64 >= c.guidance.drop_text)
+            .collect();
+        let keep_cond: Vec<f32> = (0..b)
+            .map(|_| {
+                if rng.uniform() as f64 >= c.guidance.drop_conditions {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let x_t = self.schedule.add_noise(&batch.video, &noise, &ts)?;
+        let input = match &batch.channels {
+            Some(ch) => {
+                let mask = Tensor::from_vec(keep_cond, (b, 1, 1, 1, 1), &self.device)?;
+                Tensor::cat(&[&x_t, &ch.broadcast_mul(&mask)?], 1)?
+            }
+            None => x_t,
+        };
+        let ehs = self.embed_batch(&batch.prompts, &keep_text)?;
+        let t = Tensor::from_vec(
+            ts.iter().map(|&t| t as f32).collect::<Vec<_>>(),
+            b,
+            &self.device,
+        )?;
+        let out = self.unet.forward(&input, &t, &ehs)?;
+        let target = match self.config.model.prediction_type {
+            Parameterization::VPrediction => {
+                self.schedule.get_velocity(&batch.video, &noise, &ts)?
+            }
+            _ => noise,
+        };
+        Ok((out - target)?.sqr()?.mean_all()?)
+    }
+
+    /// One optimizer step.
+    pub fn train_step(&mut self) -> Result<StepStats> {
+        let s = self.step;
+        let t0 = Instant::now();
+        let loss = self.loss_at(s)?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        let loss = loss.to_scalar::<f32>()? as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(
+                Location::none().field("loss"),
+                format!("the loss is {loss} at step {s}: lower optim.lr or check the data"),
+            ));
+        }
+        let (grad_norm, factor) = clip_factor(&self.params, &grads, self.config.optim.grad_clip)?;
+        let o = &self.config.optim;
+        let lr = learning_rate(s, self.config.steps, o.lr, o.warmup_steps, o.min_lr_ratio);
+        self.opt.step(&self.params, &grads, lr, factor)?;
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.params, self.opt.t)?;
+        }
+        self.step += 1;
+        let seconds = [
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64(),
+        ];
+        tracing::debug!(
+            step = s,
+            forward = seconds[0],
+            backward = seconds[1],
+            update = seconds[2],
+            "train step"
+        );
+        Ok(StepStats {
+            loss,
+            lr,
+            grad_norm,
+            seconds,
+        })
+    }
+
+    /// The weights a saved model gets: the EMA where there is one, the raw weights otherwise; frozen variables as
+    /// they are. Prefixed names.
+    fn model_weights(&self) -> BTreeMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| {
+                let t = self
+                    .ema
+                    .as_ref()
+                    .and_then(|e| e.weights.get(k).cloned())
+                    .unwrap_or_else(|| v.as_tensor().detach());
+                (k.clone(), t)
+            })
+            .collect()
+    }
+
+    /// Write a vadapt model directory (diffusers layout) with the EMA weights to `dir`, atomically: it is built
+    /// under a temporary name and renamed into place.
+    pub fn save_model(&self, dir: &Path) -> Result<()> {
+        let tmp = tmp_sibling(dir);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
+        self.write_model_into(&tmp)?;
+        replace_dir(&tmp, dir)
+    }
+
+    fn write_model_into(&self, dir: &Path) -> Result<()> {
+        let weights = self.model_weights();
+        let strip = |prefix: &str| -> HashMap<String, Tensor> {
+            weights
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
+                .collect()
+        };
+        let unet_dir = dir.join("unet");
+        std::fs::create_dir_all(&unet_dir).at(&unet_dir)?;
+        write_json(&unet_dir.join("config.json"), &self.unet_config)?;
+        save_tensors(
+            &strip(UNET),
+            &unet_dir.join("diffusion_pytorch_model.safetensors"),
+        )?;
+        if let Some(t) = &self.config.text_encoder {
+            let tdir = dir.join("text_encoder");
+            std::fs::create_dir_all(&tdir).at(&tdir)?;
+            write_json(
+                &tdir.join("config.json"),
+                &serde_json::to_value(byte_config(&self.config, t)).unwrap_or_default(),
+            )?;
+            save_tensors(&strip(TEXT), &tdir.join("model.safetensors"))?;
+        }
+        let sdir = dir.join("scheduler");
+        std::fs::create_dir_all(&sdir).at(&sdir)?;
+        write_json(
+            &sdir.join("scheduler_config.json"),
+            &self.config.scheduler_config_json(),
+        )?;
+        let m = &self.config.model;
+        write_json(
+            &dir.join("vadapt.json"),
+            &serde_json::json!({
+                "conditioning": m.conditioning,
+                "frames": m.frames,
+                "height": m.height,
+                "width": m.width,
+                "fps": m.fps,
+            }),
+        )?;
+        Ok(())
+    }
+
+    /// `output/checkpoints/step-NNNNNNNN/`: the model directory plus the trainer state, written atomically; older
+    /// checkpoints beyond `log.keep_checkpoints` are removed.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let root = self.config.output.join("checkpoints");
+        let dir = root.join(format!("step-{:08}", self.step));
+        let tmp = tmp_sibling(&dir);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
+        self.write_model_into(&tmp)?;
+        let mut state: HashMap<String, Tensor> = HashMap::new();
+        for (k, v) in &self.vars {
+            state.insert(format!("param/{k}"), v.as_tensor().detach());
+        }
+        for (k, t) in &self.opt.m {
+            state.insert(format!("adam_m/{k}"), t.clone());
+        }
+        for (k, t) in &self.opt.v {
+            state.insert(format!("adam_v/{k}"), t.clone());
+        }
+        if let Some(ema) = &self.ema {
+            for (k, t) in &ema.weights {
+                state.insert(format!("ema/{k}"), t.clone());
+            }
+        }
+        save_tensors(&state, &tmp.join(STATE_TENSORS))?;
+        let meta = TrainerState {
+            step: self.step,
+            adam_t: self.opt.t,
+            vadapt_version: env!("CARGO_PKG_VERSION").into(),
+            recipe: self.recipe(),
+        };
+        write_json(
+            &tmp.join(STATE_JSON),
+            &serde_json::to_value(&meta).unwrap_or_default(),
+        )?;
+        replace_dir(&tmp, &dir)?;
+        let keep = self.config.log.keep_checkpoints;
+        if keep > 0 {
+            let all = list_checkpoints(&self.config.output)?;
+            for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+                std::fs::remove_dir_all(old).at(old)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Restore parameters, optimizer moments, EMA and step from a checkpoint directory.
+    pub fn load_checkpoint(&mut self, dir: &Path) -> Result<()> {
+        let json_path = dir.join(STATE_JSON);
+        let text = std::fs::read_to_string(&json_path).at(&json_path)?;
+        let meta: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::config(Location::file(&json_path), e.to_string()))?;
+        let recipe = self.recipe();
+        if meta.recipe != recipe {
+            let key = recipe
+                .as_object()
+                .and_then(|o| {
+                    o.iter()
+                        .find(|(k, v)| meta.recipe.get(k.as_str()) != Some(v))
+                        .map(|(k, _)| k.clone())
+                })
+                .unwrap_or_else(|| "recipe".into());
+            return Err(Error::config(
+                Location::file(&json_path).field(key),
+                "the checkpoint was trained with a different recipe; only steps, output and [log] may change on resume",
+            ));
+        }
+        let path = dir.join(STATE_TENSORS);
+        let tensors = candle_core::safetensors::load(&path, &self.device)
+            .map_err(|e| Error::model(Location::file(&path), e.to_string()))?;
+        let get = |name: String| {
+            tensors.get(&name).cloned().ok_or_else(|| {
+                Error::model(
+                    Location::file(&path).field(name.clone()),
+                    "missing from the checkpoint",
+                )
+            })
+        };
+        for (k, v) in &self.vars {
+            v.set(&get(format!("param/{k}"))?)?;
+        }
+        for k in self.params.keys() {
+            self.opt.m.insert(k.clone(), get(format!("adam_m/{k}"))?);
+            self.opt.v.insert(k.clone(), get(format!("adam_v/{k}"))?);
+            if let Some(ema) = &mut self.ema {
+                ema.weights.insert(k.clone(), get(format!("ema/{k}"))?);
+            }
+        }
+        self.opt.t = meta.adam_t;
+        self.step = meta.step;
+        self.text_cache.clear();
+        Ok(())
+    }
+
+    /// Every variable's current value (prefixed names), e.g. to compare runs.
+    pub fn weights(&self) -> BTreeMap<String, Tensor> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// A contact sheet of the saved model (`model_dir`) on held-out clips: rows per clip are the condition video,
+    /// its edges, the ground truth and the sample.
+    pub fn sample_sheet(&self, model_dir: &Path) -> Result<image::RgbImage> {
+        let model = ModelDir::load(model_dir, &self.device)?;
+        let (clips, holdout) = self.data.sample_clips(self.config.log.sample_clips);
+        let m = &self.config.model;
+        let mut rows = Vec::new();
+        for (i, clip) in clips.iter().enumerate() {
+            let batch = self
+                .data
+                .batch(std::slice::from_ref(clip), holdout, &self.device)?;
+            let (text, uncond) = model.embed(
+                if model.text_encoder.is_some() {
+                    &batch.prompts[0]
+                } else {
+                    ""
+                },
+                1,
+                &self.device,
+            )?;
+            let input = Conditioned {
+                model: &model.unet,
+                channels: batch.channels.clone(),
+                text,
+                uncond,
+                schedule: None,
+            };
+            let mut scheduler = model.scheduler.build()?;
+            scheduler.set_timesteps(self.config.log.sample_steps)?;
+            let mut rng = NoiseRng::new(derive_seed(self.config.seed, i as u64, "sample-sheet", 0));
+            let x_t = rng.randn((1, 3, m.frames, m.height, m.width), &self.device)?;
+            let settings = ComposeSettings {
+                guidance: self.config.log.sample_guidance as f32,
+                ..ComposeSettings::default()
+            };
+            let traj = sample(
+                &input,
+                &[],
+                scheduler.as_mut(),
+                x_t,
+                &settings,
+                &mut rng,
+                false,
+            )?;
+            let cond = self.data.condition_frames(*clip, holdout);
+            let edges = cond
+                .iter()
+                .map(|f| {
+                    report::edge_image(
+                        &crate::vision::edges::edge_channel(std::slice::from_ref(f)),
+                        f.height(),
+                        f.width(),
+                    )
+                })
+                .collect();
+            rows.push(cond);
+            rows.push(edges);
+            rows.push(self.data.target_frames(*clip, holdout));
+            rows.push(tensor_to_frames(&traj.x0.squeeze(0)?)?);
+        }
+        Ok(report::contact_sheet(&rows, 3))
+    }
+
+    /// Train to `config.steps`, with the progress bar, loss log, checkpoints and sample sheets. `on_step` sees every
+    /// step's stats (for tests and callers that stop early: return `false` to stop after that step, checkpointing).
+    pub fn run(
+        &mut self,
+        bar: &indicatif::ProgressBar,
+        mut on_step: impl FnMut(usize, &StepStats) -> bool,
+    ) -> Result<()> {
+        let out = self.config.output.clone();
+        std::fs::create_dir_all(&out).at(&out)?;
+        let csv = out.join("loss.csv");
+        let mut rows = report::read_loss_csv(&csv, self.step)?;
+        report::write_loss_csv(&csv, &rows)?;
+        let total = self.config.steps;
+        bar.set_length(total as u64);
+        bar.set_position(self.step as u64);
+        let started = Instant::now();
+        let offset = rows.last().map(|r| r.seconds).unwrap_or(0.0);
+        let mut stop = false;
+        while self.step < total && !stop {
+            let stats = self.train_step()?;
+            let step = self.step;
+            let row = LossRow {
+                step,
+                loss: stats.loss,
+                lr: stats.lr,
+                grad_norm: stats.grad_norm,
+                seconds: offset + started.elapsed().as_secs_f64(),
+            };
+            if step % self.config.log.every == 0 || step == total {
+                report::append_loss_row(&csv, &row)?;
+                rows.push(row);
+            }
+            bar.set_message(format!("loss {:.4} lr {:.1e}", stats.loss, stats.lr));
+            bar.set_position(step as u64);
+            stop = !on_step(step, &stats);
+            let log = &self.config.log;
+            let checkpoint = step % log.checkpoint_every == 0 || step == total || stop;
+            let sheet = (log.sample_every > 0 && step % log.sample_every == 0) || step == total;
+            if checkpoint {
+                self.save_checkpoint()?;
+                report::save_png(&report::loss_curve(&rows, 640, 320), &out.join("loss.png"))?;
+            }
+            if sheet || checkpoint {
+                self.save_model(&out.join("model"))?;
+            }
+            if sheet {
+                let img = self.sample_sheet(&out.join("model"))?;
+                report::save_png(
+                    &img,
+                    &out.join("samples").join(format!("step-{step:08}.png")),
+                )?;
+            }
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+}
+
+fn byte_config(config: &TrainConfig, t: &super::config::TextEncoderConfig) -> ByteEncoderConfig {
+    let d = config.model.cross_attention_dim;
+    ByteEncoderConfig {
+        model_type: MODEL_TYPE.into(),
+        hidden_size: d,
+        num_hidden_layers: t.num_hidden_layers,
+        num_attention_heads: t.num_attention_heads,
+        intermediate_size: t.intermediate_size.unwrap_or(4 * d),
+        max_position_embeddings: t.max_tokens,
+        layer_norm_eps: 1e-5,
+    }
+}
+
+fn unet_dir(dir: &Path) -> PathBuf {
+    if dir.join("unet").join("config.json").exists() {
+        dir.join("unet")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// Copy a model directory's weights into the fresh variables (fine-tuning).
+fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
+    let mut sources: Vec<(String, PathBuf)> = weight_files(&unet_dir(dir))?
+        .into_iter()
+        .map(|f| (UNET.to_string(), f))
+        .collect();
+    let text = dir.join("text_encoder").join("model.safetensors");
+    if text.exists() {
+        sources.push((TEXT.to_string(), text));
+    }
+    for (prefix, file) in sources {
+        let tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+            .map_err(|e| Error::model(Location::file(&file), e.to_string()))?;
+        for (name, t) in tensors {
+            if let Some(var) = vars.get(&format!("{prefix}{name}")) {
+                if var.shape() != t.shape() {
+                    return Err(Error::model(
+                        Location::file(&file).field(name),
+                        format!(
+                            "shape {:?}, the recipe's model has {:?}",
+                            t.dims(),
+                            var.dims()
+                        ),
+                    ));
+                }
+                var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checkpoints under `output/checkpoints`, oldest first.
+pub fn list_checkpoints(output: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let root = output.join("checkpoints");
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&root).at(&root)? {
+        let path = entry.at(&root)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(step) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<usize>().ok())
+        {
+            if path.join(STATE_JSON).exists() {
+                out.push((step, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn latest_checkpoint(output: &Path) -> Result<Option<PathBuf>> {
+    Ok(list_checkpoints(output)?.pop().map(|(_, p)| p))
+}
+
+fn tmp_sibling(dir: &Path) -> PathBuf {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    dir.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Move `tmp` to `dir`, replacing what is there (the old directory is renamed away first, then deleted).
+fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let old = dir.with_file_name(format!(".{name}.old"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).at(&old)?;
+        }
+        std::fs::rename(dir, &old).at(dir)?;
+        std::fs::rename(tmp, dir).at(dir)?;
+        std::fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        std::fs::rename(tmp, dir).at(dir)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+    std::fs::write(path, text).at(path)
+}
+
+fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path)
+        .map_err(|e| Error::model(Location::file(path), e.to_string()))
+}

@@ -1,0 +1,271 @@
+//! `vadapt train`: the loss falls on a fixed batch, a resumed run ends bit-identical to an uninterrupted one, the
+//! saved model loads and samples (alone and composed), and bad recipes are refused with the key named.
+
+use std::path::Path;
+
+use candle_core::Device;
+use vadapt::train::{TrainConfig, Trainer};
+
+use crate::common::{repo, vadapt};
+
+/// A tiny recipe on the bundled sample data (4 episodes x 24 frames): 4 frames at 8x16, two levels.
+fn recipe(output: &Path, extra: &str) -> String {
+    format!(
+        r#"
+output = "{out}"
+steps = 6
+seed = 7
+{extra}
+[data]
+dataset = "{data}"
+target_key = "observation.images.sim"
+condition_key = "observation.images.real"
+holdout_episodes = 1
+frame_stride = 2
+[model]
+frames = 4
+height = 8
+width = 16
+block_out_channels = [8, 16]
+attention_head_dim = 8
+cross_attention_dim = 16
+[text_encoder]
+num_hidden_layers = 1
+max_tokens = 16
+[optim]
+batch_size = 2
+warmup_steps = 2
+[log]
+checkpoint_every = 3
+sample_steps = 2
+sample_clips = 1
+"#,
+        out = output.display(),
+        data = repo().join("datasets/sample/lerobot").display(),
+    )
+}
+
+fn config(text: &str) -> TrainConfig {
+    TrainConfig::from_toml(text, Path::new("test.toml")).expect("recipe parses")
+}
+
+#[test]
+fn loss_falls_on_a_fixed_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(&recipe(dir.path(), "fixed_batch = true"));
+    c.steps = 200;
+    c.optim.lr = 3e-3;
+    c.optim.warmup_steps = 0;
+    c.optim.min_lr_ratio = 1.0;
+    c.optim.ema_decay = 0.0;
+    c.guidance.drop_text = 0.0;
+    let mut t = Trainer::new(c, &Device::Cpu).unwrap();
+    let mut losses = Vec::new();
+    for _ in 0..200 {
+        losses.push(t.train_step().unwrap().loss);
+    }
+    let first = losses[0];
+    let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
+    println!(
+        "fixed-batch loss {first:.4} -> {last:.5} ({:.0}x)",
+        first / last
+    );
+    assert!(
+        first > 0.3,
+        "an untrained model's noise prediction is poor: {first}"
+    );
+    assert!(
+        last < first / 20.0,
+        "the loss must fall by a large factor on one batch: {first} -> {last}"
+    );
+}
+
+#[test]
+fn resumed_run_is_bit_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let bar = indicatif::ProgressBar::hidden();
+    let mut whole = Trainer::new(config(&recipe(&a, "")), &Device::Cpu).unwrap();
+    whole.run(&bar, |_, _| true).unwrap();
+    let mut first = Trainer::new(config(&recipe(&b, "")), &Device::Cpu).unwrap();
+    first.run(&bar, |step, _| step < 4).unwrap();
+    assert_eq!(first.step, 4, "stopped after step 4");
+    drop(first);
+    let mut resumed = Trainer::resume_or_new(config(&recipe(&b, "")), &Device::Cpu).unwrap();
+    assert_eq!(
+        resumed.step, 4,
+        "resumes from the checkpoint written at the stop"
+    );
+    resumed.run(&bar, |_, _| true).unwrap();
+    assert_eq!(resumed.step, 6);
+    let (wa, wb) = (whole.weights(), resumed.weights());
+    assert_eq!(wa.len(), wb.len());
+    for (name, ta) in &wa {
+        let va = ta.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vb = wb[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name} differs after resume"
+        );
+    }
+    for f in [
+        "model/unet/diffusion_pytorch_model.safetensors",
+        "model/text_encoder/model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}: the saved EMA model is byte-identical"
+        );
+    }
+    let losses = |p: &Path| std::fs::read_to_string(p.join("loss.csv")).unwrap();
+    let strip = |s: String| {
+        s.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(losses(&a)),
+        strip(losses(&b)),
+        "loss.csv rows (without wall time)"
+    );
+    let kept: Vec<_> = std::fs::read_dir(b.join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(kept.len(), 2, "keep_checkpoints = 2: {kept:?}");
+}
+
+#[test]
+fn train_cli_writes_a_model_that_samples_alone_and_composed() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let prior = dir.path().join("prior");
+    let recipe_path = dir.path().join("small.toml");
+    std::fs::write(&recipe_path, recipe(&small, "")).unwrap();
+    let out = vadapt(&[
+        "train",
+        "--config",
+        recipe_path.to_str().unwrap(),
+        "--steps",
+        "3",
+    ]);
+    assert!(out.contains("step 3"), "{out}");
+    for f in [
+        "model/unet/config.json",
+        "model/vadapt.json",
+        "model/scheduler/scheduler_config.json",
+        "loss.png",
+    ] {
+        assert!(small.join(f).exists(), "{f} written");
+    }
+    let sheets: Vec<_> = std::fs::read_dir(small.join("samples"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(sheets.len(), 1, "one sample sheet at the end");
+    let sheet = image::open(sheets[0].path()).unwrap().to_rgb8();
+    // 4 rows (condition, edges, truth, sample) of 4 frames, 3x scaled 8x16 frames, 2 px gaps.
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (4 * (48 + 2) + 2, 4 * (24 + 2) + 2)
+    );
+
+    // Refuses to overwrite a run without --resume; --resume continues it.
+    let err = crate::common::vadapt_fails(&["train", "--config", recipe_path.to_str().unwrap()]);
+    assert!(err.contains("--resume"), "{err}");
+    let out = vadapt(&[
+        "train",
+        "--config",
+        recipe_path.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--resume",
+    ]);
+    assert!(out.contains("step 4"), "{out}");
+
+    // A text-only "prior" (no conditioning channels) from the same data, then a composition of the two.
+    let prior_recipe = recipe(&prior, "").replace("[model]\n", "[model]\nconditioning = []\n");
+    let prior_path = dir.path().join("prior.toml");
+    std::fs::write(&prior_path, prior_recipe).unwrap();
+    vadapt(&[
+        "train",
+        "--config",
+        prior_path.to_str().unwrap(),
+        "--steps",
+        "2",
+    ]);
+    let clip = crate::sample_cli::edge_video(dir.path());
+    let video = dir.path().join("composed.mp4");
+    let out = vadapt(&[
+        "sample",
+        "--adapter",
+        small.join("model").to_str().unwrap(),
+        "--prior",
+        prior.join("model").to_str().unwrap(),
+        "--prompt",
+        "push the red star to the blue cube",
+        "--edges",
+        clip.to_str().unwrap(),
+        "--lam",
+        "0.3",
+        "--steps",
+        "3",
+        "--out",
+        video.to_str().unwrap(),
+    ]);
+    assert!(out.contains("prior calls"), "{out}");
+    let frames = vadapt::io::video::decode_all(&video).unwrap();
+    assert_eq!(frames.len(), 4, "the model's frame count");
+    assert_eq!((frames[0].image.width(), frames[0].image.height()), (16, 8));
+}
+
+#[test]
+fn bad_recipes_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = recipe(dir.path(), "");
+    let cases = [
+        (
+            base.replace("seed = 7", "seed = 7\nlearning_rate = 1"),
+            "learning_rate",
+        ),
+        (
+            base.replace("batch_size = 2", "batch_size = 0"),
+            "optim.batch_size",
+        ),
+        (
+            base.replace("warmup_steps = 2", "warmup_steps = 2\nlr = -1.0"),
+            "optim.lr",
+        ),
+        (base.replace("height = 8", "height = 9"), "model.height"),
+        (base.replace("frames = 4", "frames = \"four\""), "frames"),
+        (
+            base.replace("sample/lerobot", "sample/nowhere"),
+            "data.dataset",
+        ),
+        (
+            base.replace("holdout_episodes = 1", "holdout_episodes = 1\nprompt = 3"),
+            "prompt",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = TrainConfig::from_toml(&text, Path::new("bad.toml"))
+            .expect_err(key)
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("bad.toml"),
+            "error names {key} and the file: {err}"
+        );
+    }
+    // A camera the dataset lacks is refused when the data loads.
+    let c = config(&base.replace("observation.images.sim", "observation.images.wrist"));
+    let err = Trainer::new(c, &Device::Cpu)
+        .err()
+        .expect("unknown camera")
+        .to_string();
+    assert!(
+        err.contains("observation.images.wrist") && err.contains("no such camera"),
+        "{err}"
+    );
+}
