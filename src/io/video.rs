@@ -725,19 +725,33 @@ impl Mp4Encoder {
         if !(fps > 0.0 && fps.is_finite()) {
             return Err(err(format!("fps must be positive, got {fps}")));
         }
-        let name = match opts.codec {
-            Some(c) => c.find_encoder().ok_or_else(|| {
-                err(format!(
-                    "no {c:?} encoder in this FFmpeg build (tried {:?})",
-                    c.encoder_names()
-                ))
-            })?,
-            None => {
-                VideoCodec::best_available()
-                    .ok_or_else(|| err("no AV1 or H.264 encoder in this FFmpeg build".into()))?
-                    .1
-            }
+        // Encoders to try, best first. SVT-AV1 refuses frames under 64 px on a side ("Forced Max Height must be at
+        // least 64"), which the small models' 24x40 outputs are, so it is skipped there rather than tried.
+        let svt_fits = width >= 64 && height >= 64;
+        let codecs = match opts.codec {
+            Some(c) => vec![c],
+            None => vec![VideoCodec::Av1, VideoCodec::H264],
         };
+        let candidates: Vec<&'static str> = codecs
+            .iter()
+            .flat_map(|c| c.encoder_names().iter().copied())
+            .filter(|n| encoder::find_by_name(n).is_some())
+            .filter(|&n| svt_fits || n != "libsvtav1")
+            .collect();
+        if candidates.is_empty() {
+            return Err(err(format!(
+                "no {} encoder in this FFmpeg build usable at {width}x{height} (tried {:?})",
+                codecs
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                codecs
+                    .iter()
+                    .flat_map(|c| c.encoder_names().iter())
+                    .collect::<Vec<_>>()
+            )));
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(e, parent))?;
         }
@@ -746,16 +760,25 @@ impl Mp4Encoder {
             .map_err(|e| err(format!("cannot create mp4: {e}")))?;
         let rate = fps_rational(fps);
         let enc_tb = rate.invert();
-        let setup = CodecSetup {
-            name,
+        let mut setup = CodecSetup {
+            name: candidates[0],
             width,
             height,
             rate,
             opts: opts.clone(),
             global_header: octx.format().flags().contains(format::Flags::GLOBAL_HEADER),
         };
-        // The first encoder instance gives the stream its parameters and encodes the first episode.
-        let (first, codec) = match setup.open(&path) {
+        // The first encoder instance gives the stream its parameters and encodes the first episode. An encoder that
+        // refuses these settings hands over to the next candidate.
+        let mut opened = setup.open(&path);
+        for &next in &candidates[1..] {
+            if opened.is_ok() {
+                break;
+            }
+            setup.name = next;
+            opened = setup.open(&path);
+        }
+        let (first, codec) = match opened {
             Ok(x) => x,
             Err(e) => {
                 drop(octx);

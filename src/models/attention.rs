@@ -13,12 +13,16 @@ use crate::error::Result;
 const SCORE_CHUNK_BYTES: usize = 8 << 20;
 
 /// Softmax over the last axis. candle-nn's fused `softmax_last_dim` has no backward pass, so while a graph is
-/// being recorded for training (`track_op`) the composed version is used; inference keeps the fused kernel.
+/// being recorded for training (`track_op`) our fused op with a backward is used on CPU (the composed version
+/// elsewhere); inference keeps candle's kernel.
 fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.track_op() {
-        candle_nn::ops::softmax(x, candle_core::D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
+    match (
+        x.track_op(),
+        x.device().is_cpu() && x.dtype() == candle_core::DType::F32,
+    ) {
+        (true, true) => super::fused::softmax_last_dim(x),
+        (true, false) => candle_nn::ops::softmax(x, candle_core::D::Minus1),
+        (false, _) => candle_nn::ops::softmax_last_dim(x),
     }
 }
 

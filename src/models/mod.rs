@@ -2,6 +2,7 @@
 //! weight names).
 
 pub mod attention;
+pub mod fused;
 pub mod model_dir;
 pub mod resnet;
 pub mod text;

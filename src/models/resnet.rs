@@ -35,6 +35,15 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.device().is_cpu() && x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
+            return Ok(super::fused::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.num_groups,
+                self.eps,
+            )?);
+        }
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let x = x.to_dtype(DType::F32)?;
