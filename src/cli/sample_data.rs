@@ -10,7 +10,7 @@ use image::{imageops, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
 use vadapt::io::rlds::{RldsMapping, RldsWriteOptions, RldsWriter};
-use vadapt::io::sample::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY};
+use vadapt::io::sample::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY, STYLED_KEY};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -30,6 +30,10 @@ pub struct Args {
     /// Also write a contact sheet PNG of episode 0 (sim row above real row).
     #[arg(long)]
     pub preview: Option<PathBuf>,
+    /// Add a styled camera (`observation.images.styled`): each episode in one named style (cartoon, claymation,
+    /// wooden table, night, ...), its task saying which ("..., claymation style"). The demo prior's corpus.
+    #[arg(long)]
+    pub styles: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -39,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         frames: args.frames,
         seed: args.seed,
         size,
+        styled: args.styles,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let lerobot_root = args.out.join("lerobot");
@@ -51,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut lerobot = LeRobotWriter::create(
         &lerobot_root,
         sample::FPS,
-        &sample::features(size),
+        &sample::features_with(size, args.styles),
         WriterOptions::default(),
     )?;
     let mut mapping = RldsMapping::language_table();
@@ -61,6 +66,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     mapping
         .cameras
         .insert("steps/observation/sim".into(), SIM_KEY.into());
+    if args.styles {
+        mapping
+            .cameras
+            .insert("steps/observation/styled".into(), STYLED_KEY.into());
+    }
     let mut rlds = RldsWriter::create(
         args.out.join("rlds"),
         RldsWriteOptions {

@@ -3,6 +3,7 @@
 pub mod lerobot;
 pub mod rlds;
 pub mod sample;
+pub mod styles;
 pub mod video;
 
 use crate::episode::{Episode, EpisodeIndex, Features};

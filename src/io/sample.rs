@@ -25,6 +25,7 @@ use rayon::prelude::*;
 
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames, Provenance};
 use crate::error::{Error, Location, Result};
+use crate::io::styles::Style;
 
 /// Board size in world units (metres).
 pub const BOARD: [f32; 2] = [0.64, 0.36];
@@ -33,6 +34,8 @@ pub const FPS: f64 = 10.0;
 /// Camera keys of the two renderings.
 pub const SIM_KEY: &str = "observation.images.sim";
 pub const REAL_KEY: &str = "observation.images.real";
+/// Camera key of the styled rendering (`--styles`; see `io::styles`).
+pub const STYLED_KEY: &str = "observation.images.styled";
 
 const BLOCK_RADIUS: f32 = 0.022;
 const EFFECTOR_RADIUS: f32 = 0.014;
@@ -103,6 +106,8 @@ pub struct SampleEpisode {
     pub effector: Vec<[f32; 2]>,
     pub sim: Vec<RgbImage>,
     pub real: Vec<RgbImage>,
+    /// The sim rendering in a named style (its name is then part of `task`), when asked for.
+    pub styled: Option<Vec<RgbImage>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,6 +117,8 @@ pub struct SampleOptions {
     pub seed: u64,
     /// (height, width) of the renderings.
     pub size: (u32, u32),
+    /// Add a third camera, [`STYLED_KEY`]: each episode in one of [`Style::ALL`], named in its task.
+    pub styled: bool,
 }
 
 impl Default for SampleOptions {
@@ -121,6 +128,7 @@ impl Default for SampleOptions {
             frames: 30,
             seed: 0,
             size: (360, 640),
+            styled: false,
         }
     }
 }
@@ -286,7 +294,20 @@ pub fn generate(seed: u64, index: u64, frames: usize, size: (u32, u32)) -> Resul
         effector,
         sim,
         real,
+        styled: None,
     })
+}
+
+/// The style of episode `index` in a styled corpus: uniform over [`Style::ALL`], fixed by (seed, index).
+pub fn style_of(seed: u64, index: u64) -> Style {
+    let k = crate::rng::derive_seed(seed, index, "style", 0) % Style::ALL.len() as u64;
+    Style::ALL[k as usize]
+}
+
+/// Add the styled rendering to a generated episode and name the style in its task.
+pub fn add_style(s: &mut SampleEpisode, style: Style) {
+    s.styled = Some(s.sim.par_iter().map(|f| style.apply(f)).collect());
+    s.task = style.prompt(&s.task);
 }
 
 /// The fixed camera and board of one episode.
@@ -553,6 +574,11 @@ fn pairs(values: &[[f32; 2]]) -> Result<ArrayRef> {
 
 /// The features of sample episodes (LeRobot `info.json` style; cameras as video).
 pub fn features(size: (u32, u32)) -> Features {
+    features_with(size, false)
+}
+
+/// [`features`], plus the styled camera when `styled`.
+pub fn features_with(size: (u32, u32), styled: bool) -> Features {
     let mut f = Features::new();
     let video = Feature {
         dtype: "video".into(),
@@ -561,6 +587,9 @@ pub fn features(size: (u32, u32)) -> Features {
         info: None,
     };
     f.insert(SIM_KEY.into(), video.clone());
+    if styled {
+        f.insert(STYLED_KEY.into(), video.clone());
+    }
     f.insert(REAL_KEY.into(), video);
     let xy = Some(serde_json::json!(["x", "y"]));
     for k in [
@@ -700,6 +729,9 @@ pub fn to_episode(
     let mut cameras = BTreeMap::new();
     cameras.insert(SIM_KEY.to_string(), Frames::from_images(s.sim.clone()));
     cameras.insert(REAL_KEY.to_string(), Frames::from_images(s.real.clone()));
+    if let Some(styled) = &s.styled {
+        cameras.insert(STYLED_KEY.to_string(), Frames::from_images(styled.clone()));
+    }
     Ok(Episode {
         index: EpisodeIndex(index),
         task: s.task.clone(),
@@ -747,7 +779,10 @@ impl Iterator for SampleGenerator {
         let index = self.next;
         self.next += 1;
         let o = self.options;
-        Some(generate(o.seed, index, o.frames, o.size).and_then(|s| {
+        Some(generate(o.seed, index, o.frames, o.size).and_then(|mut s| {
+            if o.styled {
+                add_style(&mut s, style_of(o.seed, index));
+            }
             let task_index = match self.tasks.iter().position(|t| *t == s.task) {
                 Some(i) => i,
                 None => {

@@ -140,6 +140,7 @@ fn sample_data_cli_writes_rlds_and_lerobot_with_the_generated_values() {
         frames: 8,
         seed: 3,
         size: (64, 96),
+        styled: false,
     })
     .map(|e| e.unwrap())
     .collect();
