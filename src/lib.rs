@@ -9,6 +9,7 @@
 pub mod compose;
 pub mod episode;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod models;
 pub mod rng;

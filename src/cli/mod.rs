@@ -2,6 +2,7 @@
 
 mod convert;
 mod debug;
+mod eval;
 mod inspect;
 mod sample;
 mod sample_data;
@@ -30,6 +31,9 @@ pub enum Command {
     Convert(convert::Args),
     /// Generate one video from a single model (one-off sampling).
     Sample(sample::Args),
+    /// Metrics of an augmented camera: edge consistency, PSNR/SSIM against a paired ground truth, flicker, colour
+    /// statistics, Fréchet distance on fixed features.
+    Eval(eval::Args),
     /// Train a small task model (or the demo prior) from a TOML recipe.
     Train(train::Args),
     /// Fixed-interface commands used by parity tests and outside checks.
@@ -44,6 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Debug(c) => debug::run(c),
     }
 }
