@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod models;
+pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
 pub mod train;

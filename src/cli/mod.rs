@@ -1,5 +1,6 @@
 //! Subcommands, one file each. Each has an `Args` (clap derive) and a `run(args) -> anyhow::Result<()>`.
 
+mod augment;
 mod convert;
 mod debug;
 mod eval;
@@ -31,6 +32,8 @@ pub enum Command {
     Convert(convert::Args),
     /// Generate one video from a single model (one-off sampling).
     Sample(sample::Args),
+    /// Render a dataset through the targets of a TOML pipeline into an augmented LeRobot dataset.
+    Augment(augment::Args),
     /// Metrics of an augmented camera: edge consistency, PSNR/SSIM against a paired ground truth, flicker, colour
     /// statistics, Fréchet distance on fixed features.
     Eval(eval::Args),
@@ -47,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Augment(a) => augment::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Debug(c) => debug::run(c),

@@ -1,0 +1,496 @@
+//! The TOML pipeline config (`pipelines/*.toml`, DESIGN.md "Pipeline config"): what to read, how to write, and one
+//! `[[target]]` per augmented camera. Everything is checked by [`PipelineConfig::load`] before any work starts, so
+//! a typo fails in a second with the key and the file named, not after an hour of sampling.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::compose::Rule;
+use crate::error::{Error, IoResultExt, Location, Result};
+
+/// The whole pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    #[serde(default)]
+    pub input: InputConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub edges: EdgesConfig,
+    /// Global seed; every (episode, target, window) seed derives from it (`rng::derive_seed`).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(rename = "target", default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// The camera whose edges condition every target.
+    #[serde(default = "d_image_key")]
+    pub image_key: String,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            image_key: d_image_key(),
+        }
+    }
+}
+
+fn d_image_key() -> String {
+    "observation.images.rgb".into()
+}
+
+/// `paired`: same episodes, one new camera per target. `expanded`: one episode per (source episode, target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    #[default]
+    Paired,
+    Expanded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// AV1 where an encoder exists (and the frame size suits it), else H.264.
+    #[default]
+    Av1,
+    H264,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    #[serde(default)]
+    pub layout: Layout,
+    #[serde(default)]
+    pub codec: Codec,
+    /// Constant rate factor of the encoded cameras.
+    #[serde(default = "d_crf")]
+    pub crf: u32,
+    /// [height, width] of the generated cameras; default: the source camera's size.
+    #[serde(default)]
+    pub resolution: Option<[usize; 2]>,
+}
+
+fn d_crf() -> u32 {
+    30
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            layout: Layout::Paired,
+            codec: Codec::Av1,
+            crf: d_crf(),
+            resolution: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKind {
+    /// Sobel dx / 4 (the models' training conditioning, `vision::edges::edge_channel`).
+    #[default]
+    SobelX,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EdgesConfig {
+    #[serde(default)]
+    pub kind: EdgeKind,
+}
+
+/// Which sampler drives a target's denoising (the small model's scheduler config with this algorithm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    #[default]
+    Ddim,
+    Ddpm,
+    #[serde(rename = "dpmpp_2m")]
+    Dpmpp2m,
+}
+
+impl Sampler {
+    /// diffusers' `_class_name` of the scheduler.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Sampler::Ddim => "DDIMScheduler",
+            Sampler::Ddpm => "DDPMScheduler",
+            Sampler::Dpmpp2m => "DPMSolverMultistepScheduler",
+        }
+    }
+}
+
+/// One prior of a composition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorConfig {
+    pub dir: PathBuf,
+    /// λ.
+    #[serde(default = "d_strength")]
+    pub strength: f32,
+    /// The prior's prompt template (default: the target's).
+    #[serde(default)]
+    pub prompt: Option<String>,
+}
+
+fn d_strength() -> f32 {
+    0.4
+}
+
+/// One augmented camera.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Camera key suffix (`observation.images.<name>`) and seed salt.
+    pub name: String,
+    /// The small task model (ModelDir).
+    pub adapter: PathBuf,
+    /// Shorthand for one prior: `prior` + `prior_strength` (+ `prior_prompt`).
+    #[serde(default)]
+    pub prior: Option<PathBuf>,
+    #[serde(default)]
+    pub prior_strength: Option<f32>,
+    #[serde(default)]
+    pub prior_prompt: Option<String>,
+    /// Several priors: `[[target.priors]]` with `dir`, `strength`, `prompt`.
+    #[serde(default)]
+    pub priors: Vec<PriorConfig>,
+    #[serde(default = "d_guidance")]
+    pub guidance: f32,
+    /// Prompt template; `{task}` is replaced by the episode's task. Default: `{task}` for models with a text
+    /// encoder, empty for models without one.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default = "d_min_t")]
+    pub compose_min_t: usize,
+    #[serde(default)]
+    pub rule: Rule,
+    #[serde(default)]
+    pub sampler: Sampler,
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    /// [height, width] the model samples at; default: the adapter's vadapt.json.
+    #[serde(default)]
+    pub resolution: Option<[usize; 2]>,
+    /// Frames two neighbouring windows share (default: half the model's frame count).
+    #[serde(default)]
+    pub window_overlap: Option<usize>,
+    /// Per-target seed (default: the global seed).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+fn d_guidance() -> f32 {
+    3.0
+}
+fn d_min_t() -> usize {
+    100
+}
+fn d_steps() -> usize {
+    20
+}
+
+impl TargetConfig {
+    /// The priors, whichever of the two spellings was used.
+    pub fn all_priors(&self) -> Vec<PriorConfig> {
+        let mut out = Vec::new();
+        if let Some(dir) = &self.prior {
+            out.push(PriorConfig {
+                dir: dir.clone(),
+                strength: self.prior_strength.unwrap_or_else(d_strength),
+                prompt: self.prior_prompt.clone(),
+            });
+        }
+        out.extend(self.priors.iter().cloned());
+        out
+    }
+
+    /// The output camera key of this target.
+    pub fn camera_key(&self) -> String {
+        format!("observation.images.{}", self.name)
+    }
+}
+
+/// Substitute `{task}` in a prompt template.
+pub fn render_prompt(template: &str, task: &str) -> String {
+    template.replace("{task}", task)
+}
+
+/// A name usable as a path component and a camera key suffix: `[A-Za-z0-9_-]`, not empty, not starting with `-`.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl PipelineConfig {
+    /// Read, parse and validate a pipeline file. Relative model paths are resolved against the file's directory
+    /// when they exist there, else against the working directory (so `pipelines/x.toml` may say `models/...`).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let mut cfg = Self::parse(&text, path)?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML; unknown keys and wrong types are errors naming the key (`file: field "target.guidnce": ...`).
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            // toml names an unknown field in the message; point at the line as well.
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let key = msg
+                .split('`')
+                .nth(1)
+                .map(str::to_string)
+                .unwrap_or_default();
+            let mut loc = Location::file(path);
+            if !key.is_empty() {
+                loc = loc.field(key);
+            }
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            Error::config(loc, format!("{msg}{at}"))
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        };
+        for t in &mut self.targets {
+            fix(&mut t.adapter);
+            if let Some(p) = &mut t.prior {
+                fix(p);
+            }
+            for p in &mut t.priors {
+                fix(&mut p.dir);
+            }
+        }
+    }
+
+    /// Check values that parse but cannot work. `path` names the file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let err =
+            |key: String, msg: String| Err(Error::config(Location::file(path).field(key), msg));
+        if self.targets.is_empty() {
+            return err(
+                "target".into(),
+                "no [[target]]: the pipeline would produce nothing".into(),
+            );
+        }
+        if self.input.image_key.is_empty() {
+            return err("input.image_key".into(), "must not be empty".into());
+        }
+        if let Some([h, w]) = self.output.resolution {
+            if h == 0 || w == 0 || h % 2 == 1 || w % 2 == 1 {
+                return err(
+                    "output.resolution".into(),
+                    format!("[{h}, {w}]: height and width must be positive and even (video encoders need it)"),
+                );
+            }
+        }
+        if self.output.crf > 63 {
+            return err(
+                "output.crf".into(),
+                format!("{} is above 63", self.output.crf),
+            );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            let k = |f: &str| format!("target[{i}].{f}");
+            if !safe_name(&t.name) {
+                return err(
+                    k("name"),
+                    format!("{:?} must be letters, digits, '_' or '-' (it names a camera key and files)", t.name),
+                );
+            }
+            if !names.insert(t.name.clone()) {
+                return err(k("name"), format!("{:?} is used by two targets", t.name));
+            }
+            if format!("observation.images.{}", t.name) == self.input.image_key {
+                return err(
+                    k("name"),
+                    format!("{:?} would overwrite the input camera", t.name),
+                );
+            }
+            check_model_dir(&t.adapter, path, &k("adapter"))?;
+            if t.prior.is_none() && (t.prior_strength.is_some() || t.prior_prompt.is_some()) {
+                return err(
+                    k("prior_strength"),
+                    "prior_strength/prior_prompt without prior".into(),
+                );
+            }
+            for (j, p) in t.all_priors().iter().enumerate() {
+                let key = if t.prior.is_some() && j == 0 {
+                    k("prior")
+                } else {
+                    k(&format!(
+                        "priors[{}].dir",
+                        j - usize::from(t.prior.is_some())
+                    ))
+                };
+                check_model_dir(&p.dir, path, &key)?;
+                if !(p.strength.is_finite() && p.strength >= 0.0) {
+                    let key = if t.prior.is_some() && j == 0 {
+                        k("prior_strength")
+                    } else {
+                        k(&format!(
+                            "priors[{}].strength",
+                            j - usize::from(t.prior.is_some())
+                        ))
+                    };
+                    return err(
+                        key,
+                        format!("λ = {} must be a finite number >= 0", p.strength),
+                    );
+                }
+            }
+            let n_priors = t.all_priors().len();
+            if t.rule == Rule::Inverse && n_priors != 1 {
+                return err(
+                    k("rule"),
+                    format!("the inverse rule needs exactly one prior, got {n_priors}"),
+                );
+            }
+            if t.rule == Rule::CfgMix && n_priors == 0 {
+                return err(k("rule"), "cfg_mix needs at least one prior".into());
+            }
+            if !(t.guidance.is_finite() && t.guidance >= 0.0) {
+                return err(
+                    k("guidance"),
+                    format!("{} must be a finite number >= 0", t.guidance),
+                );
+            }
+            if t.steps == 0 || t.steps > 1000 {
+                return err(k("steps"), format!("{} must be in 1..=1000", t.steps));
+            }
+            if let Some([h, w]) = t.resolution {
+                // Two UNet downsamplings at least; 8 keeps every demo model valid.
+                if h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
+                    return err(
+                        k("resolution"),
+                        format!("[{h}, {w}]: height and width must be positive multiples of 8"),
+                    );
+                }
+            }
+            if let Some(p) = &t.prompt {
+                if p.contains('{')
+                    && !p
+                        .replace("{task}", "")
+                        .chars()
+                        .all(|c| c != '{' && c != '}')
+                {
+                    return err(
+                        k("prompt"),
+                        format!("{p:?}: the only placeholder is {{task}}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_model_dir(dir: &Path, file: &Path, key: &str) -> Result<()> {
+    let has_config =
+        dir.join("config.json").exists() || dir.join("unet").join("config.json").exists();
+    if !dir.is_dir() {
+        return Err(Error::config(
+            Location::file(file).field(key),
+            format!("model directory {} does not exist", dir.display()),
+        ));
+    }
+    if !has_config {
+        return Err(Error::config(
+            Location::file(file).field(key),
+            format!(
+                "{} is not a model directory (no config.json or unet/config.json)",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<PipelineConfig> {
+        PipelineConfig::parse(s, Path::new("p.toml"))
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[[target]]\nname = \"a\"\nadapter = \"x\"\nguidnce = 2.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("guidnce") && e.contains("p.toml"), "{e}");
+    }
+
+    #[test]
+    fn defaults_and_both_prior_spellings() {
+        let c = parse(
+            "seed = 3\n[[target]]\nname = \"a\"\nadapter = \"x\"\nprior = \"p\"\nprior_strength = 0.5\n[[target.priors]]\ndir = \"q\"\nstrength = 0.1\n",
+        )
+        .unwrap();
+        assert_eq!(c.output.layout, Layout::Paired);
+        assert_eq!(c.input.image_key, "observation.images.rgb");
+        let p = c.targets[0].all_priors();
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].strength, p[1].strength), (0.5, 0.1));
+        assert_eq!(c.targets[0].sampler, Sampler::Ddim);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        let dir = std::env::temp_dir();
+        let good = |extra: &str| {
+            format!(
+                "[[target]]\nname = \"a\"\nadapter = \"{}\"\n{extra}",
+                dir.display()
+            )
+        };
+        // The temp dir is not a model dir: the adapter key is named.
+        let e = parse(&good(""))
+            .unwrap()
+            .validate(Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target[0].adapter"), "{e}");
+        let e = parse("[[target]]\nname = \"../x\"\nadapter = \"m\"\n")
+            .unwrap()
+            .validate(Path::new("p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target[0].name"), "{e}");
+        let e = parse("[[target]]\nname = \"a\"\nadapter = \"m\"\nsampler = \"euler\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("euler"), "{e}");
+    }
+
+    #[test]
+    fn prompt_template() {
+        assert_eq!(render_prompt("{task}, clay", "push"), "push, clay");
+    }
+}

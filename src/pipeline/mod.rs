@@ -1,0 +1,11 @@
+//! The streaming augment pipeline behind `vadapt augment`: a TOML config ([`config`]), overlapping-window sampling
+//! of whole episodes ([`window`]), the resumable work directory ([`units`]), the staged run ([`run`]), shard merging
+//! ([`merge`]) and contact-sheet previews ([`preview`]).
+
+pub mod config;
+pub mod run;
+pub mod units;
+pub mod window;
+
+pub use config::PipelineConfig;
+pub use run::{run, RunOptions, RunSummary, Shard};

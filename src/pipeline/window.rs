@@ -1,0 +1,241 @@
+//! Long episodes through a model of fixed frame count: overlapping windows denoised *together*. At every step each
+//! window's composed ε ([`compose::composed_eps`]) is computed on its slice of the episode's one noisy video, the
+//! predictions of frames that several windows cover are averaged (weighted towards each window's centre), and the
+//! scheduler steps the whole episode at once. The episode is therefore one sample with no seams, rather than
+//! independent clips glued together.
+//!
+//! Determinism: the initial noise of the frames a window is first to cover comes from that window's seed
+//! (`rng::derive_seed(seed, episode, target, window)`); ancestral noise (DDPM) from the seed of window `u64::MAX`.
+//! Nothing depends on threads or on which other episodes run alongside.
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+use crate::compose::{composed_eps, ComposeSettings, Conditioned, Prior, Strength};
+use crate::error::{Error, Location, Result};
+use crate::models::model_dir::ModelDir;
+use crate::models::Parameterization;
+use crate::rng::{derive_seed, NoiseRng};
+use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::vision::edges::edge_channel;
+use crate::vision::tensor::{frame_to_tensor, tensor_to_frames};
+
+/// Window start frames covering `len` frames with windows of `frames` and `overlap` shared frames. The last
+/// window ends at the last frame; an episode shorter than a window gets one (padded) window.
+pub fn window_starts(len: usize, frames: usize, overlap: usize) -> Vec<usize> {
+    if len <= frames {
+        return vec![0];
+    }
+    let stride = frames.saturating_sub(overlap).max(1);
+    let mut starts: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&s| s + frames < len)
+        .collect();
+    starts.push(len - frames);
+    starts.dedup();
+    starts
+}
+
+/// Weight of frame `k` of a window of `frames` in the overlap average: a tent, so a window's edge frames (which
+/// see the least temporal context) count least.
+fn tent(k: usize, frames: usize) -> f32 {
+    (k + 1).min(frames - k) as f32
+}
+
+/// One model with its prompt template resolved for an episode.
+pub struct ModelUse<'a> {
+    pub model: &'a ModelDir,
+    pub prompt: String,
+}
+
+/// Everything one target needs to sample an episode.
+pub struct TargetSampler<'a> {
+    /// Seed salt and error context.
+    pub name: &'a str,
+    pub small: ModelUse<'a>,
+    /// (model, λ, prompt).
+    pub priors: Vec<(ModelUse<'a>, f32)>,
+    pub settings: ComposeSettings,
+    pub scheduler: SchedulerConfig,
+    pub steps: usize,
+    pub frames: usize,
+    pub overlap: usize,
+}
+
+impl TargetSampler<'_> {
+    /// Denoise one episode whose source frames are already at the model resolution. Returns as many frames as
+    /// given. `seed` is the target's global seed, `episode` the source episode index.
+    pub fn sample_episode(
+        &self,
+        source: &[RgbImage],
+        seed: u64,
+        episode: u64,
+        device: &Device,
+    ) -> Result<Vec<RgbImage>> {
+        let n_real = source.len();
+        if n_real == 0 {
+            return Err(Error::invalid(
+                Location::none().episode(episode),
+                "episode has no frames",
+            ));
+        }
+        let f = self.frames;
+        // Shorter than a window: repeat the last frame (those outputs are dropped).
+        let mut clip: Vec<RgbImage> = source.to_vec();
+        while clip.len() < f {
+            clip.push(clip[n_real - 1].clone());
+        }
+        let n = clip.len();
+        let (h, w) = (clip[0].height() as usize, clip[0].width() as usize);
+        let starts = window_starts(n, f, self.overlap.min(f - 1));
+        let edges = Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?;
+
+        let (text, uncond) = self.small.model.embed(&self.small.prompt, 1, device)?;
+        let prior_text: Vec<(Tensor, Tensor)> = self
+            .priors
+            .iter()
+            .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
+            .collect::<Result<_>>()?;
+        let mut windows = Vec::with_capacity(starts.len());
+        for &s in &starts {
+            let e = edges.narrow(1, s, f)?;
+            let first = frame_to_tensor(&clip[s], device)?;
+            let small = Conditioned {
+                model: &self.small.model.unet,
+                channels: self.small.model.channels(Some(&e), Some(&first), f)?,
+                text: text.clone(),
+                uncond: uncond.clone(),
+                schedule: None,
+            };
+            let priors = self
+                .priors
+                .iter()
+                .zip(&prior_text)
+                .map(|((p, lam), (t, u))| {
+                    Ok(Prior {
+                        input: Conditioned {
+                            model: &p.model.unet,
+                            channels: p.model.channels(Some(&e), Some(&first), f)?,
+                            text: t.clone(),
+                            uncond: u.clone(),
+                            schedule: Some(NoiseSchedule::from_config(&p.model.scheduler)),
+                        },
+                        strength: Strength::Constant(*lam),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            windows.push((s, small, priors));
+        }
+
+        let mut scheduler = self.scheduler.build()?;
+        scheduler.set_timesteps(self.steps)?;
+        // Initial noise: each frame from the first window that covers it.
+        let mut parts = Vec::new();
+        let mut covered = 0;
+        for (wi, &s) in starts.iter().enumerate() {
+            let mut rng = NoiseRng::new(derive_seed(seed, episode, self.name, wi as u64));
+            let z = rng.randn((1, 3, f, h, w), device)?;
+            if s + f > covered {
+                let from = covered - s;
+                parts.push(z.narrow(2, from, f - from)?);
+                covered = s + f;
+            }
+        }
+        let mut x =
+            (Tensor::cat(&parts, 2)? * scheduler.init_noise_sigma())?.to_dtype(DType::F32)?;
+        let mut step_rng = NoiseRng::new(derive_seed(seed, episode, self.name, u64::MAX));
+
+        // Overlap weights: Σ over windows of the tent, per frame.
+        let tents: Vec<f32> = (0..f).map(|k| tent(k, f)).collect();
+        let mut total = vec![0f32; n];
+        for &s in &starts {
+            for k in 0..f {
+                total[s + k] += tents[k];
+            }
+        }
+        let weight_of = |s: usize| -> Result<Tensor> {
+            let v: Vec<f32> = (0..f).map(|k| tents[k] / total[s + k]).collect();
+            Ok(Tensor::from_vec(v, (1, 1, f, 1, 1), device)?)
+        };
+        let weights: Vec<Tensor> = starts
+            .iter()
+            .map(|&s| weight_of(s))
+            .collect::<Result<_>>()?;
+
+        let schedule = scheduler.schedule().clone();
+        let timesteps = scheduler.timesteps().to_vec();
+        let mut prior_calls = 0;
+        for t in timesteps {
+            let model_in = scheduler.scale_model_input(&x, t)?;
+            let mut eps: Option<Tensor> = None;
+            for ((s, small, priors), wt) in windows.iter().zip(&weights) {
+                let xi = model_in.narrow(2, *s, f)?;
+                let e = composed_eps(
+                    small,
+                    priors,
+                    &xi,
+                    t,
+                    &self.settings,
+                    &schedule,
+                    &mut prior_calls,
+                )?;
+                let e = e.broadcast_mul(wt)?.pad_with_zeros(2, *s, n - s - f)?;
+                eps = Some(match eps {
+                    Some(acc) => (acc + e)?,
+                    None => e,
+                });
+            }
+            let eps = eps.expect("at least one window");
+            let output = match scheduler.prediction_type() {
+                Parameterization::Epsilon => eps,
+                other => from_epsilon(&eps, other, &x, schedule.alpha_bar(t))?,
+            };
+            let z = if scheduler.needs_noise(t) {
+                Some(step_rng.randn(x.shape(), device)?)
+            } else {
+                None
+            };
+            x = scheduler.step(&output, t, &x, z.as_ref())?.prev_sample;
+        }
+        let mut out = tensor_to_frames(&x.get(0)?)?;
+        out.truncate(n_real);
+        Ok(out)
+    }
+}
+
+/// ε -> the scheduler's parameterization at x_t (as in `compose`).
+fn from_epsilon(
+    eps: &Tensor,
+    to: Parameterization,
+    x_t: &Tensor,
+    alpha_bar: f32,
+) -> Result<Tensor> {
+    let (sa, sb) = (alpha_bar.sqrt() as f64, (1.0 - alpha_bar).sqrt() as f64);
+    let x0 = ((x_t - (eps * sb)?)? / sa)?;
+    Ok(match to {
+        Parameterization::Epsilon => eps.clone(),
+        Parameterization::Sample => x0,
+        Parameterization::VPrediction => ((eps * sa)? - (x0 * sb)?)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_every_frame_and_end_at_the_last() {
+        assert_eq!(window_starts(5, 8, 4), vec![0]);
+        assert_eq!(window_starts(8, 8, 4), vec![0]);
+        assert_eq!(window_starts(12, 8, 4), vec![0, 4]);
+        assert_eq!(window_starts(13, 8, 4), vec![0, 4, 5]);
+        assert_eq!(window_starts(24, 8, 4), vec![0, 4, 8, 12, 16]);
+        for len in 1..60 {
+            let s = window_starts(len, 8, 3);
+            let covered: std::collections::BTreeSet<usize> =
+                s.iter().flat_map(|&s| s..s + 8).collect();
+            assert!((0..len).all(|i| covered.contains(&i)), "len {len}");
+            assert!(s.windows(2).all(|p| p[1] > p[0] && p[1] - p[0] <= 5));
+        }
+    }
+}
