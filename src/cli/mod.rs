@@ -5,6 +5,8 @@ mod convert;
 mod debug;
 mod eval;
 mod inspect;
+mod merge;
+mod preview;
 mod sample;
 mod sample_data;
 mod train;
@@ -34,6 +36,10 @@ pub enum Command {
     Sample(sample::Args),
     /// Render a dataset through the targets of a TOML pipeline into an augmented LeRobot dataset.
     Augment(augment::Args),
+    /// Join the outputs of `augment --shard i/n` runs into one dataset.
+    Merge(merge::Args),
+    /// PNG contact sheet (and side-by-side mp4) of an augmented dataset.
+    Preview(preview::Args),
     /// Metrics of an augmented camera: edge consistency, PSNR/SSIM against a paired ground truth, flicker, colour
     /// statistics, Fréchet distance on fixed features.
     Eval(eval::Args),
@@ -51,6 +57,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Sample(a) => sample::run(a),
         Command::Augment(a) => augment::run(a),
+        Command::Merge(a) => merge::run(a),
+        Command::Preview(a) => preview::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Debug(c) => debug::run(c),

@@ -3,6 +3,8 @@
 //! ([`merge`]) and contact-sheet previews ([`preview`]).
 
 pub mod config;
+pub mod merge;
+pub mod preview;
 pub mod run;
 pub mod units;
 pub mod window;

@@ -839,6 +839,13 @@ fn read_one(
 
 /// Check or create the output directory and its work directory.
 fn prepare_output(out: &Path, work: &WorkDir, state: &RunState, resume: bool) -> Result<()> {
+    // A run killed before its state file was written left at most an empty work directory: start afresh.
+    if out.exists() && read_state(work)?.is_none() {
+        let entries: Vec<_> = std::fs::read_dir(out).at(out)?.flatten().collect();
+        if entries.len() == 1 && entries[0].file_name() == ".vadapt" {
+            std::fs::remove_dir_all(&work.root).at(&work.root)?;
+        }
+    }
     let non_empty = out.exists() && std::fs::read_dir(out).at(out)?.next().is_some();
     if non_empty {
         let Some(old) = read_state(work)? else {
@@ -878,7 +885,7 @@ fn prepare_output(out: &Path, work: &WorkDir, state: &RunState, resume: bool) ->
             std::fs::remove_dir_all(&st).at(&st)?;
         }
     } else {
-        work.create()?;
+        // The state first: a directory holding it is recognisably ours.
         write_state(work, state)?;
     }
     work.create()

@@ -5,6 +5,7 @@ mod compose;
 mod edges;
 mod interop;
 mod lerobot;
+mod pipeline;
 mod rlds;
 mod sample_cli;
 mod sample_data;

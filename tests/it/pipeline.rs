@@ -1,0 +1,482 @@
+//! `vadapt augment` / `merge` / `preview` end to end on tiny data and the random-weight fixture models: config
+//! errors, paired output with bit-exact source columns, kill -9 + --resume and shards + merge byte-identical to one
+//! run, the expanded layout with a skipped bad episode, and seamless overlapping windows.
+
+use std::collections::BTreeMap;
+
+use arrow::array::Array;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::{fixture, vadapt, vadapt_bin, vadapt_fails};
+use vadapt::episode::EpisodeIndex;
+use vadapt::io::lerobot::writer::{LeRobotWriter, WriterOptions};
+use vadapt::io::open_dataset;
+use vadapt::pipeline::{self, PipelineConfig, RunOptions, Shard};
+
+const KEY: &str = "observation.images.real";
+
+/// `vadapt sample-data` at the fixture models' resolution (24x40): no resizing, cheap sampling.
+fn small_dataset(dir: &Path, episodes: usize, frames: usize) -> PathBuf {
+    let out = dir.join("data");
+    vadapt(&[
+        "sample-data",
+        "--out",
+        out.to_str().unwrap(),
+        "--episodes",
+        &episodes.to_string(),
+        "--frames",
+        &frames.to_string(),
+        "--size",
+        "24x40",
+    ]);
+    out.join("lerobot")
+}
+
+/// One adapter-only target, one denoising step: the cheapest real pipeline.
+fn pipeline_toml(dir: &Path, layout: &str, extra_target: &str) -> PathBuf {
+    let p = dir.join(format!("p_{layout}.toml"));
+    let text = format!(
+        "seed = 7\n[input]\nimage_key = \"{KEY}\"\n[output]\nlayout = \"{layout}\"\ncodec = \"h264\"\n\
+         [[target]]\nname = \"edge_sim\"\nadapter = \"{}\"\nguidance = 1.5\nsteps = 1\n{extra_target}",
+        fixture("compose/adapter").display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn opts(input: &Path, output: &Path) -> RunOptions {
+    RunOptions {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        shard: Shard::default(),
+        resume: false,
+        limit: None,
+        strict: false,
+        threads: 1,
+        progress: false,
+    }
+}
+
+/// Every file under `root` except the work directory, with its bytes.
+fn dataset_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.file_name().unwrap() == ".vadapt" || p.file_name().unwrap() == "preview.png" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_same_dataset(a: &Path, b: &Path) {
+    let (fa, fb) = (dataset_files(a), dataset_files(b));
+    assert_eq!(
+        fa.keys().collect::<Vec<_>>(),
+        fb.keys().collect::<Vec<_>>(),
+        "{} and {} hold different files",
+        a.display(),
+        b.display()
+    );
+    for (k, v) in &fa {
+        assert!(
+            v == &fb[k],
+            "{} differs between {} and {}",
+            k.display(),
+            a.display(),
+            b.display()
+        );
+    }
+    assert!(fa.keys().any(|k| k.ends_with("info.json")));
+}
+
+#[test]
+fn pipeline_config_errors_name_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path(), 1, 4);
+    let adapter = fixture("compose/adapter");
+    let prior = fixture("compose/prior");
+    let cases = [
+        ("guidnce = 2.0\n", "guidnce"),
+        ("prior = \"/nonexistent/model\"\n", "target[0].prior"),
+        (
+            &*format!("prior = \"{}\"\nprior_strength = -0.5\n", prior.display()),
+            "target[0].prior_strength",
+        ),
+        ("sampler = \"euler\"\n", "euler"),
+        ("steps = 0\n", "target[0].steps"),
+        ("prompt = \"{task}, clay\"\n", "prompt"),
+    ];
+    for (extra, key) in cases {
+        let p = dir.path().join("bad.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "[input]\nimage_key = \"{KEY}\"\n[[target]]\nname = \"a\"\nadapter = \"{}\"\n{extra}",
+                adapter.display()
+            ),
+        )
+        .unwrap();
+        let err = vadapt_fails(&[
+            "augment",
+            "--pipeline",
+            p.to_str().unwrap(),
+            "--input",
+            data.to_str().unwrap(),
+            "--output",
+            dir.path().join("out").to_str().unwrap(),
+            "--dry-run",
+        ]);
+        assert!(
+            err.contains(key) && err.contains("bad.toml"),
+            "{extra:?}: the error should name {key:?} and the file:\n{err}"
+        );
+        assert!(
+            !dir.path().join("out").exists(),
+            "nothing is written on a config error"
+        );
+    }
+    // A camera the dataset lacks is named with the ones it has.
+    let p = pipeline_toml(dir.path(), "paired", "");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(KEY, "observation.images.wrist");
+    std::fs::write(&p, text).unwrap();
+    let err = vadapt_fails(&[
+        "augment",
+        "--pipeline",
+        p.to_str().unwrap(),
+        "--input",
+        data.to_str().unwrap(),
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("input.image_key") && err.contains(KEY),
+        "{err}"
+    );
+}
+
+#[test]
+fn pipeline_paired_output_resume_after_kill_and_shards_merge_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path(), 3, 10);
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+
+    // The reference: one uninterrupted run.
+    let reference = dir.path().join("ref");
+    let s = pipeline::run(&cfg, &toml, &opts(&data, &reference)).unwrap();
+    assert_eq!(
+        (s.episodes_written, s.frames_written, s.units_sampled),
+        (3, 30, 3)
+    );
+    assert!(s.skipped.is_empty());
+
+    // Paired: every source column bit-exact, the new camera decodes with the episode's frame count.
+    let src = open_dataset(&data).unwrap();
+    let out = open_dataset(&reference).unwrap();
+    assert_eq!(out.episode_indices(), src.episode_indices());
+    let f = &out.features()["observation.images.edge_sim"];
+    assert_eq!(
+        (f.dtype.as_str(), f.shape.as_slice()),
+        ("video", &[24, 40, 3][..])
+    );
+    for idx in src.episode_indices() {
+        let (a, b) = (
+            src.read_episode(idx).unwrap(),
+            out.read_episode(idx).unwrap(),
+        );
+        assert_eq!(a.columns, b.columns, "episode {}: source columns", idx.0);
+        assert_eq!(a.task, b.task);
+        let gen = b.cameras["observation.images.edge_sim"].decode().unwrap();
+        assert_eq!(gen.len(), a.len());
+        assert_eq!((gen[0].height(), gen[0].width()), (24, 40));
+        assert_eq!(b.cameras[KEY].len(), a.len());
+    }
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reference.join("meta/augmentation.json")).unwrap())
+            .unwrap();
+    assert!(prov["targets"][0]["adapter"]["hash"]
+        .as_str()
+        .unwrap()
+        .starts_with("crc32c:"));
+    assert_eq!(prov["source_episodes"], serde_json::json!([0, 1, 2]));
+    assert_eq!(prov["skipped"], serde_json::json!([]));
+    assert_eq!(prov["config"]["seed"], 7);
+
+    // Preview of the reference: rows source, edges, edge_sim; 4 columns of 40x24 frames with 2-pixel gaps.
+    let png = dir.path().join("sheet.png");
+    let mp4 = dir.path().join("sheet.mp4");
+    vadapt(&[
+        "preview",
+        reference.to_str().unwrap(),
+        "--columns",
+        "4",
+        "--out",
+        png.to_str().unwrap(),
+        "--mp4",
+        mp4.to_str().unwrap(),
+    ]);
+    let sheet = image::open(&png).unwrap();
+    assert_eq!((sheet.width(), sheet.height()), (4 * 42 + 2, 3 * 26 + 2));
+    assert_eq!(vadapt::io::video::decode_all(&mp4).unwrap().len(), 10);
+
+    // kill -9 at several points, then --resume: same bytes (with two sampler threads, too).
+    let killed = dir.path().join("killed");
+    let args = |resume: bool| {
+        let mut a = vec![
+            "augment".to_string(),
+            "--pipeline".into(),
+            toml.to_str().unwrap().into(),
+            "--input".into(),
+            data.to_str().unwrap().into(),
+            "--output".into(),
+            killed.to_str().unwrap().into(),
+            "--threads".into(),
+            "2".into(),
+            "--quiet".into(),
+        ];
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let mut kills = 0;
+    for (i, delay_ms) in [700u64, 2500, 5000, 9000].into_iter().enumerate() {
+        let mut child = std::process::Command::new(vadapt_bin())
+            .args(args(i > 0))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(
+        kills >= 1,
+        "no run was interrupted; the test proves nothing"
+    );
+    vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_same_dataset(&reference, &killed);
+    // Resuming a finished output does nothing; a plain rerun refuses to overwrite.
+    let again = vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(again.contains("already complete"), "{again}");
+    let refused = vadapt_fails(&args(false).iter().map(String::as_str).collect::<Vec<_>>()[..]);
+    assert!(refused.contains("--resume"), "{refused}");
+
+    // --shard 0/2 + --shard 1/2 + merge == one run.
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let part = dir.path().join(format!("part{i}"));
+        let mut o = opts(&data, &part);
+        o.shard = Shard { index: i, count: 2 };
+        let s = pipeline::run(&cfg, &toml, &o).unwrap();
+        assert_eq!(s.episodes_written, [2, 1][i]);
+        parts.push(part);
+    }
+    let merged = dir.path().join("merged");
+    let stdout = vadapt(&[
+        "merge",
+        merged.to_str().unwrap(),
+        parts[1].to_str().unwrap(),
+        parts[0].to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(stdout.contains("3 episodes"), "{stdout}");
+    assert_same_dataset(&reference, &merged);
+    // A missing shard is refused.
+    let err = vadapt_fails(&[
+        "merge",
+        dir.path().join("merged2").to_str().unwrap(),
+        parts[0].to_str().unwrap(),
+    ]);
+    assert!(err.contains("shard 1/2 is missing"), "{err}");
+}
+
+/// The sample data with one mp4 per episode, then episode 1's video cut short: a bad episode.
+fn dataset_with_bad_episode(dir: &Path) -> PathBuf {
+    let data = small_dataset(dir, 3, 9);
+    let src = open_dataset(&data).unwrap();
+    let split = dir.join("split");
+    let mut w = LeRobotWriter::create(
+        &split,
+        src.fps(),
+        src.features(),
+        WriterOptions {
+            video_files_size_in_mb: 1e-9,
+            data_files_size_in_mb: 1e-9,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+    for idx in src.episode_indices() {
+        w.save_episode(&src.read_episode(idx).unwrap()).unwrap();
+    }
+    let summary = w.finalize().unwrap();
+    let mut videos: Vec<PathBuf> = summary
+        .video_files
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(KEY))
+        .collect();
+    videos.sort();
+    assert_eq!(videos.len(), 3, "one mp4 per episode: {videos:?}");
+    let bad = &videos[1];
+    let bytes = std::fs::read(bad).unwrap();
+    std::fs::write(bad, &bytes[..bytes.len() / 3]).unwrap();
+    split
+}
+
+#[test]
+fn pipeline_expanded_layout_skips_and_records_a_bad_episode_or_fails_with_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset_with_bad_episode(dir.path());
+    let toml = pipeline_toml(dir.path(), "expanded", "");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+
+    // --strict: the reader stage fails, the run stops with that episode named (no hang), nothing is finished.
+    let strict_out = dir.path().join("strict");
+    let mut o = opts(&data, &strict_out);
+    o.strict = true;
+    let err = pipeline::run(&cfg, &toml, &o).unwrap_err().to_string();
+    assert!(err.contains("episode 1"), "{err}");
+    assert!(!strict_out.join("meta/info.json").exists());
+
+    let out = dir.path().join("expanded");
+    let s = pipeline::run(&cfg, &toml, &opts(&data, &out)).unwrap();
+    assert_eq!(s.skipped.len(), 1);
+    assert_eq!(s.skipped[0].0, 1);
+    assert_eq!(s.episodes_written, 2);
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("meta/augmentation.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["skipped"][0]["episode"], 1);
+    assert!(!prov["skipped"][0]["reason"].as_str().unwrap().is_empty());
+    assert_eq!(prov["source_episodes"], serde_json::json!([0, 2]));
+
+    let ds = open_dataset(&out).unwrap();
+    assert_eq!(ds.episode_indices(), vec![EpisodeIndex(0), EpisodeIndex(1)]);
+    let src = open_dataset(&data).unwrap();
+    for (idx, source) in [(0u64, 0i64), (1, 2)] {
+        let ep = ds.read_episode(EpisodeIndex(idx)).unwrap();
+        let cols = &ep.columns;
+        let src_idx = cols
+            .column_by_name("augmentation.source_episode_index")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap();
+        assert!(src_idx.values().iter().all(|&v| v == source));
+        let target = cols
+            .column_by_name("augmentation.target")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert!((0..target.len()).all(|i| target.value(i) == "edge_sim"));
+        // The camera holds the generated video; the table's other columns are the source's.
+        let s_ep = src.read_episode(EpisodeIndex(source as u64)).unwrap();
+        assert_eq!(ep.cameras[KEY].decode().unwrap().len(), s_ep.len());
+        assert_eq!(
+            cols.column_by_name("action").unwrap().as_ref(),
+            s_ep.columns.column_by_name("action").unwrap().as_ref()
+        );
+    }
+}
+
+/// Mean absolute difference between consecutive frames, per transition (i -> i + 1).
+fn transitions(frames: &[image::RgbImage]) -> Vec<f64> {
+    frames
+        .windows(2)
+        .map(|p| {
+            let (a, b) = (p[0].as_raw(), p[1].as_raw());
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - y as f64).abs())
+                .sum::<f64>()
+                / a.len() as f64
+        })
+        .collect()
+}
+
+#[test]
+fn pipeline_overlapping_windows_leave_no_seams() {
+    use vadapt::compose::ComposeSettings;
+    use vadapt::models::model_dir::ModelDir;
+    use vadapt::pipeline::window::{window_starts, ModelUse, TargetSampler};
+
+    let device = candle_core::Device::Cpu;
+    let model = ModelDir::load(&fixture("compose/adapter"), &device).unwrap();
+    let n = 16;
+    // A bar sliding right: smooth motion, so every transition inside a window is alike.
+    let frames: Vec<image::RgbImage> = (0..n)
+        .map(|t| {
+            image::RgbImage::from_fn(40, 24, |x, y| {
+                if (x as i32 - 4 - 2 * t as i32).abs() < 5 && (6..18).contains(&y) {
+                    image::Rgb([230, 60, 40])
+                } else {
+                    image::Rgb([80, 100, 120])
+                }
+            })
+        })
+        .collect();
+    let mut scheduler = model.scheduler.clone();
+    scheduler.class_name = Some("DDIMScheduler".into());
+    let sampler = |overlap: usize| TargetSampler {
+        name: "seams",
+        small: ModelUse {
+            model: &model,
+            prompt: String::new(),
+        },
+        priors: vec![],
+        settings: ComposeSettings {
+            guidance: 1.0,
+            ..ComposeSettings::default()
+        },
+        scheduler: scheduler.clone(),
+        steps: 3,
+        frames: 8,
+        overlap,
+    };
+    let out = sampler(4).sample_episode(&frames, 1, 0, &device).unwrap();
+    assert_eq!(out.len(), n);
+    let starts = window_starts(n, 8, 4);
+    assert_eq!(starts, vec![0, 4, 8]);
+    // Transitions that cross a window start or end (i -> i + 1 with i + 1 a start, or i + 1 an end).
+    let border: std::collections::BTreeSet<usize> = starts
+        .iter()
+        .flat_map(|&s| [s.checked_sub(1), Some(s + 7)])
+        .flatten()
+        .filter(|&i| i + 1 < n)
+        .collect();
+    let d = transitions(&out);
+    let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len() as f64;
+    let at_border = mean(border.iter().map(|&i| d[i]).collect());
+    let inside = mean(
+        (0..n - 1)
+            .filter(|i| !border.contains(i))
+            .map(|i| d[i])
+            .collect(),
+    );
+    eprintln!("frame difference: borders {at_border:.2}, inside {inside:.2}");
+    assert!(
+        at_border <= inside * 1.05,
+        "seams: {at_border:.2} at window borders vs {inside:.2} inside"
+    );
+}
