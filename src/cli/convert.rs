@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
 use vadapt::io::open_dataset;
 use vadapt::io::rlds::{RldsWriteOptions, RldsWriter};
@@ -35,6 +35,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.output.display()
         );
     }
+    // A failed conversion removes what it wrote: no half dataset is left to be mistaken for a whole one.
+    let result = convert(&args);
+    if result.is_err() && args.output.exists() {
+        let _ = std::fs::remove_dir_all(&args.output);
+    }
+    result
+}
+
+fn convert(args: &Args) -> anyhow::Result<()> {
     let ds = open_dataset(&args.input)?;
     let indices = ds.episode_indices();
     let bar = super::progress_bar(indices.len() as u64, "converting");
@@ -46,7 +55,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             let mut writer = LeRobotWriter::create(&args.output, ds.fps(), ds.features(), options)?;
             for index in indices {
-                writer.save_episode(&ds.read_episode(index)?)?;
+                writer
+                    .save_episode(&ds.read_episode(index)?)
+                    .with_context(|| {
+                        format!("{}: writing episode {index}", args.input.display())
+                    })?;
                 bar.inc(1);
             }
             let summary = writer.finalize()?;
@@ -64,7 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Target::Rlds => {
             let mut writer = RldsWriter::create(&args.output, RldsWriteOptions::default())?;
             for index in indices {
-                writer.write_episode(&ds.read_episode(index)?)?;
+                writer
+                    .write_episode(&ds.read_episode(index)?)
+                    .with_context(|| {
+                        format!("{}: writing episode {index}", args.input.display())
+                    })?;
                 bar.inc(1);
             }
             let dir = writer.finish()?;

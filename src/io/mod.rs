@@ -33,7 +33,8 @@ pub fn open_dataset(path: &std::path::Path) -> Result<Box<dyn EpisodeSource>> {
             "dataset path does not exist",
         ));
     }
-    if path.join("meta").join("info.json").exists() {
+    // A `meta/` directory means LeRobot even when `info.json` is missing, so that the error names that file.
+    if path.join("meta").join("info.json").exists() || path.join("meta").is_dir() {
         return Ok(Box::new(lerobot::LeRobotDataset::open(path)?));
     }
     let rlds_here = path.join("dataset_info.json").exists();

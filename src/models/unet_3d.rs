@@ -625,11 +625,28 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         return Ok(files);
     }
-    let bin = dir.join("diffusion_pytorch_model.bin");
-    let why = if bin.exists() {
-        " (found a pickle .bin file: vadapt loads safetensors only; convert it with diffusers' save_pretrained(safe_serialization=True))"
+    // Pickle-based checkpoints (torch .bin / .pt / .pth / .ckpt / .pkl) can run code when loaded, so they are never
+    // opened; say so by name rather than only "not found".
+    let mut pickles: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| {
+                    [".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"]
+                        .iter()
+                        .any(|ext| n.ends_with(ext))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pickles.sort();
+    let why = if pickles.is_empty() {
+        String::new()
     } else {
-        ""
+        format!(
+            " (found {}: vadapt loads safetensors only, never pickle; convert with diffusers' save_pretrained(safe_serialization=True))",
+            pickles.join(", ")
+        )
     };
     Err(Error::model(
         Location::file(dir),

@@ -1,8 +1,10 @@
 //! All integration tests in one binary (one link instead of one per file).
 
+mod bad_inputs;
 mod common;
 mod compose;
 mod edges;
+mod fuzz_props;
 mod interop;
 mod lerobot;
 mod pipeline;

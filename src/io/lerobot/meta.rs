@@ -119,6 +119,9 @@ impl Info {
             })?;
             features.push((k.clone(), f));
         }
+        for (k, f) in &features {
+            check_declared_size(k, f, &path)?;
+        }
         if features.iter().any(|(_, f)| f.dtype == "video") && video_path.is_none() {
             return Err(Error::invalid(
                 field("video_path"),
@@ -158,6 +161,53 @@ impl Info {
             .map(|(k, _)| k.clone())
             .collect()
     }
+}
+
+/// Most values one frame of one feature may declare (`prod(shape)`), and most pixels a declared frame may have.
+/// Far above any real feature; they keep a corrupt `info.json` from overflowing `rows * values` or driving a
+/// huge allocation.
+pub const MAX_VALUES_PER_FRAME: u64 = 1 << 31;
+pub const MAX_PIXELS_PER_FRAME: u64 = 1 << 28;
+
+/// Refuse declared shapes (and video sizes) that overflow or exceed the limits above, naming the feature.
+fn check_declared_size(key: &str, f: &Feature, path: &Path) -> Result<()> {
+    let loc = || Location::file(path).field(format!("features.{key}"));
+    let values = f
+        .shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    if values.is_none_or(|n| n > MAX_VALUES_PER_FRAME) {
+        return Err(Error::invalid(
+            loc(),
+            format!(
+                "declared shape {:?} is too large (more than {MAX_VALUES_PER_FRAME} values per frame)",
+                f.shape
+            ),
+        ));
+    }
+    if f.is_visual() {
+        let dim = |k: &str| {
+            f.info
+                .as_ref()
+                .and_then(|i| i.get(k))
+                .and_then(Value::as_u64)
+        };
+        if let (Some(h), Some(w)) = (dim("video.height"), dim("video.width")) {
+            if h.checked_mul(w).is_none_or(|n| n > MAX_PIXELS_PER_FRAME) {
+                return Err(Error::invalid(
+                    loc(),
+                    format!("declared frame size {h}x{w} is too large (more than {MAX_PIXELS_PER_FRAME} pixels)"),
+                ));
+            }
+        }
+        if values.is_some_and(|n| n > 4 * MAX_PIXELS_PER_FRAME) {
+            return Err(Error::invalid(
+                loc(),
+                format!("declared frame shape {:?} is too large", f.shape),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// (height, width) of a visual feature: its `info` block if it has one, else its shape read through its

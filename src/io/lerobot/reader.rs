@@ -428,6 +428,25 @@ impl EpisodeSource for LeRobotDataset {
                 ));
             }
         }
+        // A column whose width disagrees with the declared shape would be carried on with the wrong metadata.
+        for (field, col) in keep_fields.iter().zip(&keep_cols) {
+            let Some(f) = self.features.get(field.name()) else {
+                continue;
+            };
+            let declared: usize = f.shape.iter().product();
+            if let Some(width) = fixed_width(col.data_type()) {
+                if width != declared {
+                    return Err(Error::invalid(
+                        Location::file(&data_path).episode(ep).field(field.name()),
+                        format!(
+                            "{} declares shape {:?} ({declared} values per frame) but the column holds {width}",
+                            layout::INFO_PATH,
+                            f.shape
+                        ),
+                    ));
+                }
+            }
+        }
         for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "video") {
             let path = self.video_path(m, key)?;
             if !path.is_file() {
@@ -492,6 +511,18 @@ impl EpisodeSource for LeRobotDataset {
                 source_episode_index: ep,
             },
         })
+    }
+}
+
+/// Values per row of a column of scalars or (nested) fixed-size lists of scalars; None for variable-width
+/// columns (lists, strings of several values, structs), which are not checked against the declared shape.
+fn fixed_width(dt: &DataType) -> Option<usize> {
+    match dt {
+        DataType::FixedSizeList(f, n) => fixed_width(f.data_type()).map(|w| w * *n as usize),
+        DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) | DataType::Map(_, _) => {
+            None
+        }
+        _ => Some(1),
     }
 }
 

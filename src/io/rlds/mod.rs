@@ -58,9 +58,9 @@ impl LeafKind {
     /// Values per step (product of the known shape; unknown dimensions are not supported for tensors).
     pub fn values_per_item(&self) -> Option<usize> {
         match self {
-            LeafKind::Tensor { shape, .. } => {
-                shape.iter().try_fold(1usize, |acc, d| d.map(|d| acc * d))
-            }
+            LeafKind::Tensor { shape, .. } => shape
+                .iter()
+                .try_fold(1usize, |acc, d| d.and_then(|d| acc.checked_mul(d))),
             LeafKind::Image { .. } => Some(1),
         }
     }
@@ -70,8 +70,27 @@ impl LeafKind {
 pub fn parse_features(json: &Value, loc: &Location) -> Result<Vec<LeafSpec>> {
     let mut out = Vec::new();
     walk(json, "", false, loc, &mut out)?;
+    for leaf in &out {
+        let (LeafKind::Tensor { shape, .. } | LeafKind::Image { shape, .. }) = &leaf.kind;
+        let known = shape
+            .iter()
+            .flatten()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if known.is_none_or(|n| n > MAX_VALUES_PER_STEP) {
+            return Err(Error::invalid(
+                loc.clone().field(&leaf.path),
+                format!(
+                    "declared shape {shape:?} is too large (more than {MAX_VALUES_PER_STEP} values per step)"
+                ),
+            ));
+        }
+    }
     Ok(out)
 }
+
+/// Refuse declared shapes beyond this many values per step: no real feature is that large, and a corrupt
+/// `features.json` must not make `steps * values` overflow or drive a huge allocation.
+pub const MAX_VALUES_PER_STEP: usize = 1 << 31;
 
 fn dims(shape: Option<&Value>) -> Vec<Option<usize>> {
     let Some(list) = shape

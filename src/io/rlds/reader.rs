@@ -249,11 +249,14 @@ impl RldsDataset {
             .map_err(|_| Error::Cancelled("RLDS reader lock poisoned".into()))?;
         let reuse = matches!(&*cursor, Some((s, next, _)) if *s == shard && *next == local);
         if !reuse {
-            let mut reader = TfRecordReader::open(&path)?;
+            let mut reader = TfRecordReader::open(&path).map_err(|e| e.in_episode(index))?;
+            // Records skipped on the way report their own dataset-wide episode index.
+            let base = index - local;
             for _ in 0..local {
-                if !reader.skip_record()? {
+                let at = base + reader.record_index();
+                if !reader.skip_record().map_err(|e| relabel(e, at))? {
                     return Err(Error::invalid(
-                        Location::file(&path),
+                        Location::file(&path).episode(at),
                         format!(
                             "shard ends before record {local} (dataset_info.json says {})",
                             self.shards[shard].1
@@ -585,7 +588,7 @@ impl EpisodeSource for RldsDataset {
                         )
                     })?;
                     let got = list_len(&feature);
-                    if got != n * per {
+                    if n.checked_mul(per) != Some(got) {
                         return Err(Error::invalid(
                             floc,
                             format!("{got} values, expected {n} steps x {per}"),

@@ -100,8 +100,29 @@ impl<R: Read> TfRecordReader<R> {
                     format!("TFRecord record of {len} bytes is too large"),
                 )
             })?;
-        let mut data = vec![0u8; len];
-        self.read_exact_or_eof(&mut data, false, "data")?;
+        // Grow the buffer with the bytes actually present rather than allocating the declared length up front:
+        // a truncated file (or a length that is corrupt yet CRC-consistent) must not cost gigabytes first.
+        let mut data = Vec::with_capacity(len.min(1 << 24));
+        loop {
+            match (&mut self.inner)
+                .take((len - data.len()) as u64)
+                .read_to_end(&mut data)
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(e, &self.path)),
+            }
+        }
+        if data.len() < len {
+            return Err(Error::invalid(
+                self.loc(),
+                format!(
+                    "truncated TFRecord: end of file inside the data of record {} ({} of {len} bytes)",
+                    self.record,
+                    data.len()
+                ),
+            ));
+        }
         let mut crc = [0u8; 4];
         self.read_exact_or_eof(&mut crc, false, "data CRC")?;
         if masked_crc32c(&data) != u32::from_le_bytes(crc) {
