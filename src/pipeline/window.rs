@@ -16,7 +16,7 @@ use crate::error::{Error, Location, Result};
 use crate::models::model_dir::ModelDir;
 use crate::models::Parameterization;
 use crate::rng::{derive_seed, NoiseRng};
-use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
 use crate::vision::edges::edge_channel;
 use crate::vision::tensor::{frame_to_tensor, tensor_to_frames};
 
@@ -129,78 +129,128 @@ impl TargetSampler<'_> {
 
         let mut scheduler = self.scheduler.build()?;
         scheduler.set_timesteps(self.steps)?;
-        // Initial noise: each frame from the first window that covers it.
-        let mut parts = Vec::new();
-        let mut covered = 0;
-        for (wi, &s) in starts.iter().enumerate() {
-            let mut rng = NoiseRng::new(derive_seed(seed, episode, self.name, wi as u64));
-            let z = rng.randn((1, 3, f, h, w), device)?;
-            if s + f > covered {
-                let from = covered - s;
-                parts.push(z.narrow(2, from, f - from)?);
-                covered = s + f;
-            }
-        }
-        let mut x =
-            (Tensor::cat(&parts, 2)? * scheduler.init_noise_sigma())?.to_dtype(DType::F32)?;
+        let x = (initial_noise(seed, episode, self.name, &starts, f, (h, w), device)?
+            * scheduler.init_noise_sigma())?;
         let mut step_rng = NoiseRng::new(derive_seed(seed, episode, self.name, u64::MAX));
-
-        // Overlap weights: Σ over windows of the tent, per frame.
-        let tents: Vec<f32> = (0..f).map(|k| tent(k, f)).collect();
-        let mut total = vec![0f32; n];
-        for &s in &starts {
-            for k in 0..f {
-                total[s + k] += tents[k];
-            }
-        }
-        let weight_of = |s: usize| -> Result<Tensor> {
-            let v: Vec<f32> = (0..f).map(|k| tents[k] / total[s + k]).collect();
-            Ok(Tensor::from_vec(v, (1, 1, f, 1, 1), device)?)
-        };
-        let weights: Vec<Tensor> = starts
-            .iter()
-            .map(|&s| weight_of(s))
-            .collect::<Result<_>>()?;
-
         let schedule = scheduler.schedule().clone();
-        let timesteps = scheduler.timesteps().to_vec();
         let mut prior_calls = 0;
-        for t in timesteps {
-            let model_in = scheduler.scale_model_input(&x, t)?;
-            let mut eps: Option<Tensor> = None;
-            for ((s, small, priors), wt) in windows.iter().zip(&weights) {
-                let xi = model_in.narrow(2, *s, f)?;
-                let e = composed_eps(
+        let x = denoise_windows(
+            scheduler.as_mut(),
+            x,
+            &starts,
+            f,
+            &mut step_rng,
+            &mut |wi, xi, t| {
+                let (_, small, priors) = &windows[wi];
+                composed_eps(
                     small,
                     priors,
-                    &xi,
+                    xi,
                     t,
                     &self.settings,
                     &schedule,
                     &mut prior_calls,
-                )?;
-                let e = e.broadcast_mul(wt)?.pad_with_zeros(2, *s, n - s - f)?;
-                eps = Some(match eps {
-                    Some(acc) => (acc + e)?,
-                    None => e,
-                });
-            }
-            let eps = eps.expect("at least one window");
-            let output = match scheduler.prediction_type() {
-                Parameterization::Epsilon => eps,
-                other => from_epsilon(&eps, other, &x, schedule.alpha_bar(t))?,
-            };
-            let z = if scheduler.needs_noise(t) {
-                Some(step_rng.randn(x.shape(), device)?)
-            } else {
-                None
-            };
-            x = scheduler.step(&output, t, &x, z.as_ref())?.prev_sample;
-        }
+                )
+            },
+        )?;
         let mut out = tensor_to_frames(&x.get(0)?)?;
         out.truncate(n_real);
         Ok(out)
     }
+}
+
+/// The initial noise of an episode of `starts.last() + frames` frames, (1, 3, N, h, w): each frame from the seed of
+/// the first window that covers it, so a window's noise never depends on the episode's length beyond it.
+pub fn initial_noise(
+    seed: u64,
+    episode: u64,
+    target: &str,
+    starts: &[usize],
+    frames: usize,
+    (h, w): (usize, usize),
+    device: &Device,
+) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    let mut covered = 0;
+    for (wi, &s) in starts.iter().enumerate() {
+        let mut rng = NoiseRng::new(derive_seed(seed, episode, target, wi as u64));
+        let z = rng.randn((1, 3, frames, h, w), device)?;
+        if s + frames > covered {
+            let from = covered - s;
+            parts.push(z.narrow(2, from, frames - from)?);
+            covered = s + frames;
+        }
+    }
+    Ok(Tensor::cat(&parts, 2)?.to_dtype(DType::F32)?)
+}
+
+/// The sampling loop over a whole episode `x` (1, C, N, h, w): at every step `eps_of(window, x_window, t)` is asked
+/// for each window's ε on its slice of the (scaled) episode, overlapping predictions are averaged with tent weights,
+/// and the scheduler steps the whole episode. `noise` supplies ancestral noise where the scheduler needs it.
+pub fn denoise_windows(
+    scheduler: &mut dyn Scheduler,
+    mut x: Tensor,
+    starts: &[usize],
+    frames: usize,
+    noise: &mut NoiseRng,
+    eps_of: &mut dyn FnMut(usize, &Tensor, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (f, n) = (frames, x.dim(2)?);
+    let device = x.device().clone();
+    if starts.is_empty() || starts.iter().any(|&s| s + f > n) {
+        return Err(Error::invalid(
+            Location::none().field("windows"),
+            format!("windows {starts:?} of {f} frames do not fit an episode of {n}"),
+        ));
+    }
+    let tents: Vec<f32> = (0..f).map(|k| tent(k, f)).collect();
+    let mut total = vec![0f32; n];
+    for &s in starts {
+        for k in 0..f {
+            total[s + k] += tents[k];
+        }
+    }
+    if let Some(i) = total.iter().position(|&t| t == 0.0) {
+        return Err(Error::invalid(
+            Location::none().frame(i as u64).field("windows"),
+            "frame covered by no window",
+        ));
+    }
+    let weights: Vec<Tensor> = starts
+        .iter()
+        .map(|&s| {
+            let v: Vec<f32> = (0..f).map(|k| tents[k] / total[s + k]).collect();
+            Ok(Tensor::from_vec(v, (1, 1, f, 1, 1), &device)?)
+        })
+        .collect::<Result<_>>()?;
+    let schedule = scheduler.schedule().clone();
+    let timesteps = scheduler.timesteps().to_vec();
+    for t in timesteps {
+        let model_in = scheduler.scale_model_input(&x, t)?;
+        let mut eps: Option<Tensor> = None;
+        for (wi, (&s, wt)) in starts.iter().zip(&weights).enumerate() {
+            let xi = model_in.narrow(2, s, f)?;
+            let e = eps_of(wi, &xi, t)?
+                .broadcast_mul(wt)?
+                .pad_with_zeros(2, s, n - s - f)?;
+            eps = Some(match eps {
+                Some(acc) => (acc + e)?,
+                None => e,
+            });
+        }
+        let eps = eps.expect("at least one window");
+        let output = match scheduler.prediction_type() {
+            Parameterization::Epsilon => eps,
+            other => from_epsilon(&eps, other, &x, schedule.alpha_bar(t))?,
+        };
+        let z = if scheduler.needs_noise(t) {
+            Some(noise.randn(x.shape(), &device)?)
+        } else {
+            None
+        };
+        x = scheduler.step(&output, t, &x, z.as_ref())?.prev_sample;
+    }
+    Ok(x)
 }
 
 /// ε -> the scheduler's parameterization at x_t (as in `compose`).

@@ -415,20 +415,99 @@ fn transitions(frames: &[image::RgbImage]) -> Vec<f64> {
         .collect()
 }
 
+/// Largest consecutive-frame difference over the transitions `at` and over all the others.
+fn border_and_inside_max(frames: &[image::RgbImage], border: &[usize]) -> (f64, f64) {
+    let d = transitions(frames);
+    let max = |it: &mut dyn Iterator<Item = f64>| it.fold(0.0, f64::max);
+    let b = max(&mut border.iter().map(|&i| d[i]));
+    let inside = max(&mut (0..d.len()).filter(|i| !border.contains(i)).map(|i| d[i]));
+    (b, inside)
+}
+
+/// Windows whose predictions disagree (each window pulls its frames towards a brightness ramp plus its own offset,
+/// as independent samples would): averaged at every step they blend into one video whose window borders change no
+/// more than its insides; the control, the same windows without overlap, shows the seam the test looks for.
 #[test]
 fn pipeline_overlapping_windows_leave_no_seams() {
+    use vadapt::pipeline::window::{denoise_windows, window_starts};
+    use vadapt::rng::NoiseRng;
+    use vadapt::schedulers::SchedulerConfig;
+    use vadapt::vision::tensor::tensor_to_frames;
+
+    let cfg = SchedulerConfig::from_json(
+        r#"{"_class_name": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2", "clip_sample": false}"#,
+        Path::new("test"),
+    )
+    .unwrap();
+    let (n, f, h, w) = (16usize, 8usize, 4usize, 6usize);
+    let device = candle_core::Device::Cpu;
+    let run = |starts: &[usize]| {
+        let mut sched = cfg.build().unwrap();
+        sched.set_timesteps(4).unwrap();
+        let schedule = sched.schedule().clone();
+        let x = NoiseRng::new(3).randn((1, 3, n, h, w), &device).unwrap();
+        let starts_c = starts.to_vec();
+        let x0 = denoise_windows(
+            sched.as_mut(),
+            x,
+            starts,
+            f,
+            &mut NoiseRng::new(4),
+            &mut |wi, xi, t| {
+                // ε whose x0 prediction is this window's target: ramp over the episode + 0.3 on odd windows.
+                let s = starts_c[wi];
+                let target: Vec<f32> = (0..3 * f * h * w)
+                    .map(|i| {
+                        let k = (i / (h * w)) % f;
+                        -0.5 + 0.05 * (s + k) as f32 + 0.3 * (wi % 2) as f32
+                    })
+                    .collect();
+                let target = candle_core::Tensor::from_vec(target, (1, 3, f, h, w), &device)?;
+                let ab = schedule.alpha_bar(t) as f64;
+                Ok(((xi - (target * ab.sqrt())?)? / (1.0 - ab).sqrt())?)
+            },
+        )
+        .unwrap();
+        tensor_to_frames(&x0.get(0).unwrap()).unwrap()
+    };
+    let starts = window_starts(n, f, 4);
+    assert_eq!(starts, vec![0, 4, 8]);
+    // Transitions i -> i + 1 where a window starts (i + 1 = s) or ends (i + 1 = s + f).
+    let border: Vec<usize> = starts
+        .iter()
+        .flat_map(|&s| [s.checked_sub(1), Some(s + f - 1)])
+        .flatten()
+        .filter(|&i| i + 1 < n)
+        .collect();
+    let (b, inside) = border_and_inside_max(&run(&starts), &border);
+    eprintln!("averaged windows: largest frame difference {b:.2} at borders, {inside:.2} inside");
+    assert!(
+        b <= inside + 1.0,
+        "seam: {b:.2} at window borders vs {inside:.2} inside"
+    );
+    // Control: no overlap, nothing to average: the jump between the windows is a seam.
+    let (b, inside) = border_and_inside_max(&run(&[0, 8]), &[7]);
+    eprintln!("independent windows: {b:.2} at the border, {inside:.2} inside");
+    assert!(
+        b > 2.0 * inside,
+        "the control should show a seam: {b:.2} vs {inside:.2}"
+    );
+}
+
+/// The real sampler over an episode longer than the model's window: every frame comes back, the same seed gives
+/// the same frames, another episode index another sample.
+#[test]
+fn pipeline_window_sampler_is_deterministic_per_episode() {
     use vadapt::compose::ComposeSettings;
     use vadapt::models::model_dir::ModelDir;
-    use vadapt::pipeline::window::{window_starts, ModelUse, TargetSampler};
+    use vadapt::pipeline::window::{ModelUse, TargetSampler};
 
     let device = candle_core::Device::Cpu;
     let model = ModelDir::load(&fixture("compose/adapter"), &device).unwrap();
-    let n = 16;
-    // A bar sliding right: smooth motion, so every transition inside a window is alike.
-    let frames: Vec<image::RgbImage> = (0..n)
+    let frames: Vec<image::RgbImage> = (0..11)
         .map(|t| {
             image::RgbImage::from_fn(40, 24, |x, y| {
-                if (x as i32 - 4 - 2 * t as i32).abs() < 5 && (6..18).contains(&y) {
+                if (x as i32 - 4 - 2 * t).abs() < 5 && (6..18).contains(&y) {
                     image::Rgb([230, 60, 40])
                 } else {
                     image::Rgb([80, 100, 120])
@@ -436,10 +515,8 @@ fn pipeline_overlapping_windows_leave_no_seams() {
             })
         })
         .collect();
-    let mut scheduler = model.scheduler.clone();
-    scheduler.class_name = Some("DDIMScheduler".into());
-    let sampler = |overlap: usize| TargetSampler {
-        name: "seams",
+    let sampler = TargetSampler {
+        name: "t",
         small: ModelUse {
             model: &model,
             prompt: String::new(),
@@ -449,34 +526,141 @@ fn pipeline_overlapping_windows_leave_no_seams() {
             guidance: 1.0,
             ..ComposeSettings::default()
         },
-        scheduler: scheduler.clone(),
-        steps: 3,
+        scheduler: model.scheduler.clone(),
+        steps: 1,
         frames: 8,
-        overlap,
+        overlap: 4,
     };
-    let out = sampler(4).sample_episode(&frames, 1, 0, &device).unwrap();
-    assert_eq!(out.len(), n);
-    let starts = window_starts(n, 8, 4);
-    assert_eq!(starts, vec![0, 4, 8]);
-    // Transitions that cross a window start or end (i -> i + 1 with i + 1 a start, or i + 1 an end).
-    let border: std::collections::BTreeSet<usize> = starts
-        .iter()
-        .flat_map(|&s| [s.checked_sub(1), Some(s + 7)])
-        .flatten()
-        .filter(|&i| i + 1 < n)
-        .collect();
-    let d = transitions(&out);
-    let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len() as f64;
-    let at_border = mean(border.iter().map(|&i| d[i]).collect());
-    let inside = mean(
-        (0..n - 1)
-            .filter(|i| !border.contains(i))
-            .map(|i| d[i])
-            .collect(),
-    );
-    eprintln!("frame difference: borders {at_border:.2}, inside {inside:.2}");
+    let a = sampler.sample_episode(&frames, 1, 0, &device).unwrap();
+    assert_eq!(a.len(), 11);
+    assert_eq!(a, sampler.sample_episode(&frames, 1, 0, &device).unwrap());
+    assert_ne!(a, sampler.sample_episode(&frames, 1, 5, &device).unwrap());
+}
+
+fn run_py(script: &str, args: &[&Path]) -> String {
+    let python = std::env::var_os("VADAPT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::common::repo().join(".venv/bin/python"));
     assert!(
-        at_border <= inside * 1.05,
-        "seams: {at_border:.2} at window borders vs {inside:.2} inside"
+        python.exists(),
+        "{} is missing: run `bash scripts/setup.sh` (or set VADAPT_PYTHON)",
+        python.display()
     );
+    let out = std::process::Command::new(python)
+        .arg(crate::common::repo().join("tests/interop").join(script))
+        .args(args)
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Data written by the real libraries in, a dataset `lerobot` loads out: a LeRobot v3.0 dataset from lerobot 0.4.4
+/// (AV1, shared mp4s, 96x128, one episode shorter than a model window) and an RLDS dataset from
+/// tensorflow-datasets (JPEG steps at 360x640). Every source column as lerobot loads it equals the input's, and the
+/// new camera decodes with each episode's frame count at the source size.
+#[test]
+fn pipeline_lerobot_and_rlds_inputs_give_datasets_lerobot_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    run_py("make_lerobot.py", &[dir.path()]);
+    run_py("make_rlds.py", &[dir.path()]);
+    let inputs = [
+        (
+            "lerobot",
+            dir.path().join("dataset"),
+            "observation.images.rgb",
+        ),
+        (
+            "rlds",
+            dir.path().join("data/language_table"),
+            "observation.images.rgb",
+        ),
+    ];
+    for (name, input, key) in inputs {
+        let toml = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &toml,
+            format!(
+                "[input]\nimage_key = \"{key}\"\n[[target]]\nname = \"sim\"\nadapter = \"{}\"\nguidance = 1.0\nsteps = 1\n",
+                fixture("compose/adapter").display()
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("{name}_out"));
+        vadapt(&[
+            "augment",
+            "--pipeline",
+            toml.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        let (dump_in, dump_out) = (
+            dir.path().join(format!("{name}_in.safetensors")),
+            dir.path().join(format!("{name}_out.safetensors")),
+        );
+        let summary = run_py("dump_lerobot.py", &[&out, &dump_out]);
+        assert!(summary.contains("observation.images.sim"), "{summary}");
+        let got = crate::common::load_f32(&dump_out);
+        let src = open_dataset(&input).unwrap();
+        let (h, w) = match src.features()[key].shape.as_slice() {
+            [h, w, 3] => (*h, *w),
+            s => panic!("{s:?}"),
+        };
+        // The source columns as lerobot loads them: from the input itself where lerobot can read it.
+        let expected = if name == "lerobot" {
+            run_py("dump_lerobot.py", &[&input, &dump_in]);
+            Some(crate::common::load_f32(&dump_in))
+        } else {
+            None
+        };
+        for (i, idx) in src.episode_indices().into_iter().enumerate() {
+            let n = src.read_episode(idx).unwrap().len();
+            let cam = &got[&format!("ep{i}.observation.images.sim")];
+            assert_eq!(cam.0, vec![n, h, w, 3], "{name} episode {i}");
+            for (k, (shape, vals)) in got
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("ep{i}.")))
+            {
+                if k.contains("observation.images") || k.ends_with(".task") {
+                    continue;
+                }
+                match &expected {
+                    Some(e) => assert_eq!(
+                        (shape, vals),
+                        (&e[k].0, &e[k].1),
+                        "{name}: {k} differs from the source as lerobot loads it"
+                    ),
+                    None => assert_eq!(shape[0], n, "{name}: {k}"),
+                }
+            }
+        }
+        // RLDS: the converted columns equal what vadapt reads from the TFRecords, bit for bit.
+        if name == "rlds" {
+            let ours = open_dataset(&out).unwrap();
+            for idx in src.episode_indices() {
+                let (a, b) = (
+                    src.read_episode(idx).unwrap(),
+                    ours.read_episode(idx).unwrap(),
+                );
+                for f in a.columns.schema().fields() {
+                    assert_eq!(
+                        a.columns.column_by_name(f.name()).unwrap().as_ref(),
+                        b.columns.column_by_name(f.name()).unwrap().as_ref(),
+                        "rlds episode {}: {}",
+                        idx.0,
+                        f.name()
+                    );
+                }
+            }
+        }
+    }
 }
