@@ -94,12 +94,18 @@ pub fn preview_rows(out: &Path, episode: u64) -> Result<Vec<(String, Vec<RgbImag
         }
     }
     let src = rows[0].1.clone();
+    // Edges are small numbers (Sobel dx / 4): shown around mid-grey, stretched to the episode's largest magnitude.
+    let planes: Vec<_> = src.iter().map(edge_in_unit_range).collect();
+    let peak = planes
+        .iter()
+        .flat_map(|p| p.data.iter())
+        .fold(1e-6f32, |m, v| m.max(v.abs()));
     let edges = src
         .iter()
-        .map(|f| {
-            let e = edge_in_unit_range(f);
+        .zip(&planes)
+        .map(|(f, e)| {
             RgbImage::from_fn(f.width(), f.height(), |x, y| {
-                let v = e.data[y as usize * e.width + x as usize];
+                let v = e.data[y as usize * e.width + x as usize] / peak;
                 let g = (128.0 + 127.0 * v.clamp(-1.0, 1.0)).round() as u8;
                 Rgb([g, g, g])
             })
