@@ -416,15 +416,20 @@ impl UNet3DConditionModel {
             check_safetensors(f)?;
         }
         // SAFETY: the files are memory-mapped read-only; vadapt never writes a model file while it is loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(|e| Error::model(Location::file(&files[0]), e.to_string()))?;
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| {
+                Error::model(
+                    Location::file(&files[0]),
+                    format!("not a valid safetensors file: {}", candle_message(&e)),
+                )
+            })?;
         let shown = if files.len() == 1 {
             files[0].clone()
         } else {
             dir.join("diffusion_pytorch_model.safetensors.index.json")
         };
         Self::new(vb, config).map_err(|e| match e {
-            Error::Tensor(inner) => Error::model(Location::file(&shown), inner.to_string()),
+            Error::Tensor(inner) => Error::model(Location::file(&shown), candle_message(&inner)),
             Error::Model { loc, message } if loc.path.is_none() => Error::Model {
                 loc: Location {
                     path: Some(shown.clone()),
@@ -585,6 +590,19 @@ impl Denoiser for UNet3DConditionModel {
         self.config
             .prediction_type
             .unwrap_or(Parameterization::Epsilon)
+    }
+}
+
+/// A candle error as one line for a user: without the backtrace candle attaches when `RUST_BACKTRACE` is set and
+/// without the path it adds (the [`Location`] names the file already).
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::WithPath { inner, .. } => candle_message(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_message(inner))
+        }
+        other => other.to_string(),
     }
 }
 

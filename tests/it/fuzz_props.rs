@@ -206,13 +206,13 @@ proptest! {
     ) {
         let mut m = BTreeMap::new();
         for (k, v) in &floats {
-            m.insert(k.clone(), Feature::floats(v.iter().map(|b| f32::from_bits(*b)).collect()));
+            m.insert(format!("f{k}"), Feature::floats(v.iter().map(|b| f32::from_bits(*b)).collect()));
         }
         for (k, v) in &ints {
-            m.insert(k.clone(), Feature::int64s(v.clone()));
+            m.insert(format!("i{k}"), Feature::int64s(v.clone()));
         }
         for (k, v) in &bytes {
-            m.insert(k.clone(), Feature::bytes(v.clone()));
+            m.insert(format!("b{k}"), Feature::bytes(v.clone()));
         }
         let ex = Example::from_features(m);
         let back = Example::decode_at(&ex.to_bytes(), &Location::none()).unwrap();

@@ -122,6 +122,25 @@ impl Info {
         for (k, f) in &features {
             check_declared_size(k, f, &path)?;
         }
+        // A template with an unknown placeholder is an error of this file, found now rather than at the first read.
+        for (field, template) in [
+            ("data_path", Some(&data_path)),
+            ("video_path", video_path.as_ref()),
+        ] {
+            let Some(template) = template else { continue };
+            let args = [
+                ("video_key", layout::Arg::Str("key")),
+                ("chunk_index", layout::Arg::Int(0)),
+                ("file_index", layout::Arg::Int(0)),
+                ("episode_chunk", layout::Arg::Int(0)),
+                ("episode_index", layout::Arg::Int(0)),
+            ];
+            if let Err(Error::InvalidData { message, .. }) =
+                layout::format_path(template, &args, field)
+            {
+                return Err(Error::invalid(Location::file(&path).field(field), message));
+            }
+        }
         if features.iter().any(|(_, f)| f.dtype == "video") && video_path.is_none() {
             return Err(Error::invalid(
                 field("video_path"),

@@ -80,7 +80,8 @@ pub fn parse_features(json: &Value, loc: &Location) -> Result<Vec<LeafSpec>> {
             return Err(Error::invalid(
                 loc.clone().field(&leaf.path),
                 format!(
-                    "declared shape {shape:?} is too large (more than {MAX_VALUES_PER_STEP} values per step)"
+                    "declared shape {:?} is too large (more than {MAX_VALUES_PER_STEP} values per step)",
+                    shape.iter().map(|d| d.map_or(-1, |d| d as i128)).collect::<Vec<_>>()
                 ),
             ));
         }

@@ -474,7 +474,11 @@ impl EncodedFrames {
                 if eh.is_some_and(|eh| eh as u32 != h) || ew.is_some_and(|ew| ew as u32 != w) {
                     return Err(Error::invalid(
                         loc.frame(0),
-                        format!("image is {h}x{w}, features.json says {eh:?}x{ew:?}"),
+                        format!(
+                            "image is {h}x{w}, features.json says {}x{}",
+                            eh.map_or("?".into(), |v| v.to_string()),
+                            ew.map_or("?".into(), |v| v.to_string())
+                        ),
                     ));
                 }
                 (h, w)
