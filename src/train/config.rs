@@ -557,7 +557,8 @@ impl TrainConfig {
                 Parameterization::VPrediction => "v_prediction",
                 _ => "epsilon",
             },
-            "clip_sample": false,
+            // Pixel-space models: clamp the x0 estimate to the data range, as diffusers' DDIM/DDPM default does.
+            "clip_sample": true,
             "set_alpha_to_one": false,
             "steps_offset": 1,
             "timestep_spacing": "leading",

@@ -4,6 +4,7 @@ mod bad_inputs;
 mod common;
 mod compose;
 mod edges;
+mod eval;
 mod fuzz_props;
 mod interop;
 mod lerobot;
