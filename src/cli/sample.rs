@@ -15,6 +15,7 @@ use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strengt
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
 use vadapt::models::model_dir::ModelDir;
 use vadapt::rng::NoiseRng;
+use vadapt::vision::tensor::{frame_to_tensor, tensor_to_frames};
 use vadapt::vision::{edges::edge_channel, resize::resize_rgb};
 
 #[derive(Debug, clap::Args)]
@@ -64,34 +65,6 @@ pub struct Args {
     pub png: bool,
 }
 
-fn to_tensor(frame: &RgbImage) -> anyhow::Result<Tensor> {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let data: Vec<f32> = frame
-        .as_raw()
-        .iter()
-        .map(|&v| v as f32 / 127.5 - 1.0)
-        .collect();
-    Ok(Tensor::from_vec(data, (h, w, 3), &Device::Cpu)?
-        .permute((2, 0, 1))?
-        .contiguous()?)
-}
-
-/// (1, 3, F, H, W) in [-1, 1] -> RGB frames.
-pub fn to_frames(x: &Tensor) -> anyhow::Result<Vec<RgbImage>> {
-    let (_, _, f, h, w) = x.dims5()?;
-    let x = ((x.get(0)?.permute((1, 2, 3, 0))?.contiguous()? + 1.0)? * 127.5)?
-        .clamp(0.0, 255.0)?
-        .round()?;
-    let v = x.flatten_all()?.to_vec1::<f32>()?;
-    let per = h * w * 3;
-    (0..f)
-        .map(|i| {
-            let bytes = v[i * per..(i + 1) * per].iter().map(|&p| p as u8).collect();
-            RgbImage::from_raw(w as u32, h as u32, bytes).context("frame buffer")
-        })
-        .collect()
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let small_dir = args
@@ -124,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .map(|f| resize_rgb(&f.image, h as u32, w as u32))
                 .collect();
             let e = Tensor::from_vec(edge_channel(&clip), (1, frames, h, w), &device)?;
-            (Some(e), Some(to_tensor(&clip[0])?))
+            (Some(e), Some(frame_to_tensor(&clip[0], &device)?))
         }
         None => (None, None),
     };
@@ -174,7 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut rng,
         false,
     )?;
-    let out_frames = to_frames(&traj.x0)?;
+    let out_frames = tensor_to_frames(&traj.x0.squeeze(0)?)?;
     // Small model resolutions (24x40) are below SVT-AV1's minimum; H.264 takes any even size.
     let opts = EncoderOptions {
         codec: Some(VideoCodec::H264),
