@@ -5,7 +5,7 @@
 #   3. copy each final EMA model to models/demo/<name>/ (what pipelines/demo.toml loads).
 # Usage: scripts/train_demo_models.sh [edge_to_sim edge_to_real prior]   (default: all three)
 # Runs resume where they stopped (checkpoints every 50-100 steps): re-run the script after an interruption.
-# Time on 2 laptop cores: about 3 s per step for the edge models (800 steps each), 6 s for the prior.
+# Time on 2 laptop cores: about 3.4 s per step for the edge models (500 steps each), roughly twice that for the prior (3000 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
