@@ -323,8 +323,8 @@ pub fn sample(
     })
 }
 
-/// Convert an ε prediction to another parameterization at x_t.
-fn from_epsilon(
+/// Convert an ε prediction to another parameterization at x_t (also the windowed sampler's, `pipeline::window`).
+pub(crate) fn from_epsilon(
     eps: &Tensor,
     to: Parameterization,
     x_t: &Tensor,

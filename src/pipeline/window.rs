@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
-use crate::compose::{composed_eps, ComposeSettings, Conditioned, Prior, Strength};
+use crate::compose::{composed_eps, from_epsilon, ComposeSettings, Conditioned, Prior, Strength};
 use crate::error::{Error, Location, Result};
 use crate::models::model_dir::ModelDir;
 use crate::models::Parameterization;
@@ -251,22 +251,6 @@ pub fn denoise_windows(
         x = scheduler.step(&output, t, &x, z.as_ref())?.prev_sample;
     }
     Ok(x)
-}
-
-/// ε -> the scheduler's parameterization at x_t (as in `compose`).
-fn from_epsilon(
-    eps: &Tensor,
-    to: Parameterization,
-    x_t: &Tensor,
-    alpha_bar: f32,
-) -> Result<Tensor> {
-    let (sa, sb) = (alpha_bar.sqrt() as f64, (1.0 - alpha_bar).sqrt() as f64);
-    let x0 = ((x_t - (eps * sb)?)? / sa)?;
-    Ok(match to {
-        Parameterization::Epsilon => eps.clone(),
-        Parameterization::Sample => x0,
-        Parameterization::VPrediction => ((eps * sa)? - (x0 * sb)?)?,
-    })
 }
 
 #[cfg(test)]
