@@ -234,6 +234,14 @@ impl ClipSet {
             .collect()
     }
 
+    /// The stored edge planes (`sobel_dx / 4`, H * W each) of a clip's condition frames (for sample sheets).
+    pub fn condition_edges(&self, clip: ClipRef, holdout: bool) -> Vec<&[f32]> {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        (0..self.frames)
+            .map(|i| pool[clip.episode].edges[clip.start + i * self.stride].as_slice())
+            .collect()
+    }
+
     /// The target frames of a clip (ground truth in sample sheets).
     pub fn target_frames(&self, clip: ClipRef, holdout: bool) -> Vec<RgbImage> {
         let pool = if holdout { &self.holdout } else { &self.train };

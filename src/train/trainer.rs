@@ -543,15 +543,12 @@ impl Trainer {
                 false,
             )?;
             let cond = self.data.condition_frames(*clip, holdout);
-            let edges = cond
-                .iter()
-                .map(|f| {
-                    report::edge_image(
-                        &crate::vision::edges::edge_channel(std::slice::from_ref(f)),
-                        f.height(),
-                        f.width(),
-                    )
-                })
+            let (h, w) = (m.height as u32, m.width as u32);
+            let edges = self
+                .data
+                .condition_edges(*clip, holdout)
+                .into_iter()
+                .map(|e| report::edge_image(e, h, w))
                 .collect();
             rows.push(cond);
             rows.push(edges);
