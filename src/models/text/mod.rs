@@ -23,7 +23,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-pub use byte_encoder::{ByteEncoderConfig, ByteTextEncoder, BOS, BYTE_VOCAB_SIZE, EOS, MODEL_TYPE as BYTE_MODEL_TYPE, PAD};
+pub use byte_encoder::{
+    ByteEncoderConfig, ByteTextEncoder, BOS, BYTE_VOCAB_SIZE, EOS, MODEL_TYPE as BYTE_MODEL_TYPE,
+    PAD,
+};
 pub use cache::CachedTextEncoder;
 pub use pretrained::{ClipText, T5Text};
 
