@@ -2,9 +2,30 @@
 //! v3.0 dataset (see `vadapt::pipeline`). Progress bars on stderr, the summary on stdout.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
+use vadapt::error::Error;
 use vadapt::pipeline::{self, PipelineConfig, RunOptions, Shard};
+
+/// Exit status after Ctrl-C (128 + SIGINT, what shells report for a command killed by it).
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Ctrl-C: the first sets `stop` (the run stops its stages, keeps its finished units and returns); a second one
+/// exits at once with 130 (safe too: every file is written under a temporary name and renamed, the manifest's torn
+/// last line is ignored, and `--resume` rebuilds the unfinished dataset). signal-hook is the usual crate for this
+/// (rust-lang-nursery origin, actively maintained, no dependency but libc, which vadapt already links);
+/// `register_conditional_shutdown` before `register` is its documented double-Ctrl-C pattern.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::SIGINT;
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register_conditional_shutdown(SIGINT, EXIT_INTERRUPTED, Arc::clone(&stop))
+        .context("installing the Ctrl-C handler")?;
+    signal_hook::flag::register(SIGINT, Arc::clone(&stop))
+        .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -54,6 +75,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         strict: args.strict,
         threads: args.threads,
         progress: !args.quiet,
+        stop: None,
+        fail: None,
     };
     if args.dry_run {
         let (plan, source) = pipeline::run::plan(&cfg, &args.pipeline, &opts)?;
@@ -61,8 +84,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("dry run: nothing written");
         return Ok(());
     }
-    let s = pipeline::run(&cfg, &args.pipeline, &opts)
-        .with_context(|| format!("augmenting {}", args.input.display()))?;
+    let stop = stop_on_ctrl_c()?;
+    let opts = RunOptions {
+        stop: Some(Arc::clone(&stop)),
+        ..opts
+    };
+    let s = match pipeline::run(&cfg, &args.pipeline, &opts) {
+        Ok(s) => s,
+        Err(Error::Cancelled(_)) if stop.load(Ordering::SeqCst) => {
+            eprintln!(
+                "interrupted: stopped before the dataset was finished; nothing unfinished is in {}, and the \
+                 sampled units are kept in {}.\nTo finish, run the same command with --resume:\n  vadapt {}{}",
+                args.output.display(),
+                args.output.join(".vadapt").display(),
+                std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+                if args.resume { "" } else { " --resume" }
+            );
+            std::process::exit(EXIT_INTERRUPTED);
+        }
+        // The error's own text already ends with its I/O cause: keep the cause out of the chain, or `{:#}` prints
+        // "File too large (os error 27)" twice.
+        Err(e) => {
+            return Err(anyhow::anyhow!("{e}"))
+                .with_context(|| format!("augmenting {}", args.input.display()))
+        }
+    };
     if s.already_complete {
         println!(
             "{} is already complete; nothing to do",

@@ -105,6 +105,8 @@ pub fn merge(out: &Path, parts: &[PathBuf], progress: bool) -> Result<RunSummary
         strict: false,
         threads: 1,
         progress,
+        stop: None,
+        fail: None,
     };
     run(&state.config, &work.state(), &opts)
 }

@@ -10,4 +10,4 @@ pub mod units;
 pub mod window;
 
 pub use config::PipelineConfig;
-pub use run::{run, RunOptions, RunSummary, Shard};
+pub use run::{run, RunOptions, RunSummary, Shard, INTERRUPTED};

@@ -5,8 +5,9 @@
 //! encode, LeRobotWriter)
 //! ```
 //! Channel capacities bound memory (a few episodes in flight, whatever the dataset size). Any stage failing sets a
-//! shared cancel flag and drops its channel ends, so every other stage stops at its next receive or send and the
-//! run returns the first real error (never a deadlock). The dataset is written to `OUT/.vadapt/staging` and moved
+//! shared cancel flag and drops its channel ends, so every other stage stops at its next receive or send (a sampler
+//! at its next denoising step) and the run returns the first real error (never a deadlock). Ctrl-C
+//! ([`RunOptions::stop`]) stops the stages the same way and leaves a state `--resume` finishes. The dataset is written to `OUT/.vadapt/staging` and moved
 //! into `OUT` only once complete (`meta/` last), so a crash never leaves a dataset that looks finished.
 
 use std::collections::BTreeMap;
@@ -82,6 +83,68 @@ pub struct RunOptions {
     pub threads: usize,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Set from outside (the CLI's Ctrl-C handler) to stop the run: every stage stops at its next check (a sampler
+    /// between denoising steps), in-flight episodes are dropped, nothing unfinished is moved into the output, and
+    /// `run` returns [`Error::Cancelled`] with [`INTERRUPTED`]. Finished units stay; `resume` completes the run.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Test hook, never set by the CLI: make one stage fail at one episode, to prove that any stage failing ends
+    /// the run with that stage's error in bounded time.
+    #[doc(hidden)]
+    pub fail: Option<FailPoint>,
+}
+
+/// The message of the [`Error::Cancelled`] a run stopped through [`RunOptions::stop`] returns.
+pub const INTERRUPTED: &str = "interrupted";
+
+/// Where [`RunOptions::fail`] injects a failure (test hook).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reader thread, before reading the episode's table.
+    Read,
+    /// Reader thread, before decoding the input camera.
+    Decode,
+    /// Prepare thread (resize, job dispatch).
+    Prepare,
+    /// Sampler thread, once the edge channel is computed.
+    Edges,
+    /// Sampler thread, at the first denoising step.
+    Sample,
+    /// Writer thread, before encoding and writing the episode.
+    Encode,
+    /// Writer thread, when the dataset's metadata is written (after the last episode).
+    Write,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Read,
+        Stage::Decode,
+        Stage::Prepare,
+        Stage::Edges,
+        Stage::Sample,
+        Stage::Encode,
+        Stage::Write,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Read => "read",
+            Stage::Decode => "decode",
+            Stage::Prepare => "prepare",
+            Stage::Edges => "edges",
+            Stage::Sample => "sample",
+            Stage::Encode => "encode",
+            Stage::Write => "write",
+        }
+    }
+}
+
+/// A failure injected at `stage` for the episode at `position` (in dataset order; ignored for [`Stage::Write`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailPoint {
+    pub stage: Stage,
+    pub position: usize,
 }
 
 /// What a run did.
@@ -442,6 +505,60 @@ fn cancelled() -> Error {
     Error::Cancelled("another stage failed".into())
 }
 
+fn interrupted() -> Error {
+    Error::Cancelled(INTERRUPTED.into())
+}
+
+/// What every stage checks between pieces of work: Ctrl-C, a sibling's failure, and the test hook.
+struct Halt<'a> {
+    /// Set by the first stage that fails.
+    cancel: AtomicBool,
+    stop: Option<&'a AtomicBool>,
+    fail: Option<FailPoint>,
+}
+
+impl Halt<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// `Err` when the run must end: interrupted, or another stage failed.
+    fn check(&self) -> Result<()> {
+        if self.stopped() {
+            return Err(interrupted());
+        }
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(cancelled());
+        }
+        Ok(())
+    }
+
+    fn fail(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// The injected failure of `stage` at `position`, if the test hook asks for it.
+    fn inject(&self, stage: Stage, position: usize, episode: u64) -> Result<()> {
+        match self.fail {
+            Some(f) if f.stage == stage && (f.position == position || stage == Stage::Write) => {
+                let loc = Location::none().field(format!("stage {}", stage.name()));
+                Err(Error::Io {
+                    loc: if stage == Stage::Write {
+                        loc
+                    } else {
+                        loc.episode(episode)
+                    },
+                    source: std::io::Error::other(format!(
+                        "injected failure in the {} stage (test hook)",
+                        stage.name()
+                    )),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Run the pipeline `cfg` (read from `file`, named in errors) with `opts`.
 pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSummary> {
     let start = Instant::now();
@@ -454,16 +571,21 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         shard: opts.shard,
         complete: false,
     };
-    prepare_output(out, &work, &state, opts.resume)?;
-    if out.join("meta").join("info.json").exists() && read_state(&work)?.is_some_and(|s| s.complete)
-    {
-        return Ok(RunSummary {
-            already_complete: true,
-            wall_seconds: start.elapsed().as_secs_f64(),
-            ..RunSummary::default()
-        });
+    // Resuming a finished output: nothing to do, nothing loaded.
+    if opts.resume && out.join("meta").join("info.json").exists() {
+        if let Some(old) = read_state(&work)? {
+            if old.complete && same_run(&old, &state) {
+                return Ok(RunSummary {
+                    already_complete: true,
+                    wall_seconds: start.elapsed().as_secs_f64(),
+                    ..RunSummary::default()
+                });
+            }
+        }
     }
 
+    // Everything the config or the input can get wrong (cameras, models, prompts) fails here, before the output
+    // directory is touched.
     let (plan, source) = plan(cfg, file, opts)?;
     let device = Device::Cpu;
     let targets: Vec<LoadedTarget> = cfg
@@ -484,7 +606,23 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
             ))
         })
         .collect::<Result<_>>()?;
+    prepare_output(out, &work, &state, opts.resume)?;
+    if out.join("meta").join("info.json").exists() && read_state(&work)?.is_some_and(|s| s.complete)
+    {
+        return Ok(RunSummary {
+            already_complete: true,
+            wall_seconds: start.elapsed().as_secs_f64(),
+            ..RunSummary::default()
+        });
+    }
     let finished = work.finished()?;
+    let halt = Halt {
+        cancel: AtomicBool::new(false),
+        stop: opts.stop.as_deref(),
+        fail: opts.fail,
+    };
+    // Loading big models takes a while: a Ctrl-C meanwhile stops here.
+    halt.check()?;
 
     // Progress: one bar for episodes written, one per target for units.
     let mp = MultiProgress::with_draw_target(if opts.progress {
@@ -516,7 +654,6 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         })
         .collect();
 
-    let cancel = AtomicBool::new(false);
     let timers = Timers::default();
     let sampled = AtomicU64::new(0);
     let reused = AtomicU64::new(0);
@@ -534,7 +671,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
     let results = std::thread::scope(|s| {
         // Stage 1: read + decode the input camera.
         let reader = {
-            let (cancel, timers, image_key) = (&cancel, &timers, &image_key);
+            let (halt, timers, image_key) = (&halt, &timers, &image_key);
             let episodes = plan.episodes.clone();
             let input = opts.input.clone();
             let strict = opts.strict;
@@ -543,11 +680,12 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                     // Dataset readers are not Sync: this stage opens its own.
                     let source = open_dataset(&input)?;
                     for (pos, idx) in episodes {
-                        if cancel.load(Ordering::Relaxed) {
-                            return Err(cancelled());
-                        }
+                        halt.check()?;
+                        halt.inject(Stage::Read, pos, idx.0)?;
                         let t0 = Instant::now();
-                        let got = read_one(source.as_ref(), idx, image_key);
+                        let got = read_one(source.as_ref(), idx, image_key, &|| {
+                            halt.inject(Stage::Decode, pos, idx.0)
+                        })?;
                         Timers::add(&timers.read, t0);
                         let msg = match got {
                             Ok((ep, frames)) => ReadMsg::Episode(pos, ep, Arc::new(frames)),
@@ -559,27 +697,26 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                     Ok(())
                 })();
                 if r.is_err() {
-                    cancel.store(true, Ordering::Relaxed);
+                    halt.fail();
                 }
                 r
             })
         };
         // Stage 2: resize to each model resolution, dispatch one job per target.
         let prep = {
-            let (cancel, timers, targets, finished, image_key) =
-                (&cancel, &timers, &targets, &finished, &image_key);
+            let (halt, timers, targets, finished, image_key) =
+                (&halt, &timers, &targets, &finished, &image_key);
             let write_tx = write_tx.clone();
             s.spawn(move || -> Result<()> {
                 let r = (|| {
                     for msg in read_rx {
-                        if cancel.load(Ordering::Relaxed) {
-                            return Err(cancelled());
-                        }
+                        halt.check()?;
                         match msg {
                             ReadMsg::Skip(pos, idx, why) => write_tx
                                 .send(WriteMsg::Skip(pos, idx, why))
                                 .map_err(|_| cancelled())?,
                             ReadMsg::Episode(pos, ep, frames) => {
+                                halt.inject(Stage::Prepare, pos, ep.index.0)?;
                                 let t0 = Instant::now();
                                 let mut at_res: BTreeMap<(usize, usize), Arc<Vec<RgbImage>>> =
                                     BTreeMap::new();
@@ -626,7 +763,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                     Ok(())
                 })();
                 if r.is_err() {
-                    cancel.store(true, Ordering::Relaxed);
+                    halt.fail();
                 }
                 r
             })
@@ -636,8 +773,8 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         for _ in 0..threads {
             let job_rx: Receiver<Job> = job_rx.clone();
             let write_tx: Sender<WriteMsg> = write_tx.clone();
-            let (cancel, timers, targets, work, sampled, reused, bars) = (
-                &cancel,
+            let (halt, timers, targets, work, sampled, reused, bars) = (
+                &halt,
                 &timers,
                 &targets,
                 &work,
@@ -649,9 +786,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
             workers.push(s.spawn(move || -> Result<()> {
                 let r = (|| {
                     for job in job_rx {
-                        if cancel.load(Ordering::Relaxed) {
-                            return Err(cancelled());
-                        }
+                        halt.check()?;
                         let t = &targets[job.target];
                         let t0 = Instant::now();
                         let frames = match &job.done {
@@ -661,12 +796,22 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                             }
                             None => {
                                 let sampler = t.sampler(&job.task);
+                                // Between denoising steps: stop on Ctrl-C or a sibling's failure.
+                                let check = |point: &'static str| {
+                                    halt.check()?;
+                                    let stage = match point {
+                                        "edges" => Stage::Edges,
+                                        _ => Stage::Sample,
+                                    };
+                                    halt.inject(stage, job.pos, job.episode)
+                                };
                                 let out = sampler
-                                    .sample_episode(
+                                    .sample_episode_checked(
                                         &job.frames,
                                         t.seed(global_seed),
                                         job.episode,
                                         &device,
+                                        &check,
                                     )
                                     .map_err(|e| with_episode(e, job.episode, &t.cfg.name))?;
                                 work.save(job.episode, &t.cfg.name, &out)?;
@@ -689,7 +834,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                     Ok(())
                 })();
                 if r.is_err() {
-                    cancel.store(true, Ordering::Relaxed);
+                    halt.fail();
                 }
                 r
             }));
@@ -698,12 +843,12 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         drop(write_tx);
         // Stage 4: write, in dataset order.
         let writer = {
-            let (cancel, timers, setup, ep_bar) = (&cancel, &timers, &writer_setup, &ep_bar);
+            let (halt, timers, setup, ep_bar) = (&halt, &timers, &writer_setup, &ep_bar);
             let staging = staging.clone();
             s.spawn(move || -> Result<WriterDone> {
-                let r = write_stage(write_rx, setup, &staging, n_targets, timers, cancel, ep_bar);
+                let r = write_stage(write_rx, setup, &staging, n_targets, timers, halt, ep_bar);
                 if r.is_err() {
-                    cancel.store(true, Ordering::Relaxed);
+                    halt.fail();
                 }
                 r
             })
@@ -737,6 +882,9 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         {
             return Err(errors.swap_remove(i));
         }
+        if halt.stopped() {
+            return Err(interrupted());
+        }
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }
@@ -747,7 +895,9 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         b.finish_and_clear();
     }
 
-    // Provenance, then move the finished dataset into place, meta/ last.
+    // Provenance, then move the finished dataset into place, meta/ last. A Ctrl-C that came too late to stop a
+    // stage still stops here: staging is rebuilt by --resume.
+    halt.check()?;
     let t0 = Instant::now();
     let prov = provenance(cfg, opts, &plan, &targets, &hashes, &results.skipped);
     write_atomic(
@@ -809,12 +959,23 @@ fn with_episode(e: Error, episode: u64, target: &str) -> Error {
     }
 }
 
+/// Read episode `idx` and decode its camera `key`. A bad episode is `Ok(Err(..))` (skipped or fatal, as
+/// `--strict` says); `before_decode` (the test hook) failing is a stage failure, `Err`.
 fn read_one(
     source: &dyn EpisodeSource,
     idx: EpisodeIndex,
     key: &str,
-) -> Result<(Episode, Vec<RgbImage>)> {
-    let ep = source.read_episode(idx)?;
+    before_decode: &dyn Fn() -> Result<()>,
+) -> Result<Result<(Episode, Vec<RgbImage>)>> {
+    let ep = match source.read_episode(idx) {
+        Ok(ep) => ep,
+        Err(e) => return Ok(Err(e)),
+    };
+    before_decode()?;
+    Ok(read_camera(ep, idx, key))
+}
+
+fn read_camera(ep: Episode, idx: EpisodeIndex, key: &str) -> Result<(Episode, Vec<RgbImage>)> {
     let cam = ep.cameras.get(key).ok_or_else(|| {
         Error::invalid(
             Location::none().episode(idx.0).field(key),
@@ -835,6 +996,11 @@ fn read_one(
         ));
     }
     Ok((ep, frames))
+}
+
+/// The same config, input, `--limit` and `--shard`: a work directory `resume` may continue.
+fn same_run(a: &RunState, b: &RunState) -> bool {
+    a.config == b.config && a.input == b.input && a.limit == b.limit && a.shard == b.shard
 }
 
 /// Check or create the output directory and its work directory.
@@ -860,11 +1026,7 @@ fn prepare_output(out: &Path, work: &WorkDir, state: &RunState, resume: bool) ->
                 "output directory exists: pass --resume to finish it, or choose another --output",
             ));
         }
-        if old.config != state.config
-            || old.input != state.input
-            || old.limit != state.limit
-            || old.shard != state.shard
-        {
+        if !same_run(&old, state) {
             return Err(Error::config(
                 Location::file(work.state()),
                 "this output was started with another pipeline config, input, --limit or --shard; resume refuses to mix them",
@@ -1012,7 +1174,7 @@ fn write_stage(
     staging: &Path,
     n_targets: usize,
     timers: &Timers,
-    cancel: &AtomicBool,
+    halt: &Halt,
     bar: &ProgressBar,
 ) -> Result<WriterDone> {
     let mut writer =
@@ -1020,15 +1182,15 @@ fn write_stage(
     let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
     let mut skipped = Vec::new();
     let (mut episodes, mut frames) = (0u64, 0u64);
+    // Paired layout: source task_index -> this dataset's, in order of first use.
+    let mut task_map: BTreeMap<i64, i64> = BTreeMap::new();
     let new_pending = || Pending {
         episode: None,
         units: (0..n_targets).map(|_| None).collect(),
         skip: None,
     };
     for msg in rx {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(cancelled());
-        }
+        halt.check()?;
         match msg {
             WriteMsg::Episode(pos, ep) => {
                 pending.entry(pos).or_insert_with(new_pending).episode = Some(ep);
@@ -1055,9 +1217,17 @@ fn write_stage(
             }
             let t0 = Instant::now();
             let ep = p.episode.expect("ready");
+            halt.inject(Stage::Encode, pos, ep.index.0)?;
             let units: Vec<Vec<RgbImage>> =
                 p.units.into_iter().map(|u| u.expect("ready")).collect();
-            frames += write_episode(&mut writer, setup, ep, units)?;
+            frames += write_episode(
+                &mut writer,
+                setup,
+                ep,
+                units,
+                (episodes, frames),
+                &mut task_map,
+            )?;
             episodes += 1;
             Timers::add(&timers.write, t0);
             bar.inc(1);
@@ -1067,6 +1237,9 @@ fn write_stage(
         // Only reachable when an upstream stage stopped early; its error is reported instead.
         return Err(cancelled());
     }
+    // Every sender is gone: if that is because a stage failed (or Ctrl-C), write no metadata.
+    halt.check()?;
+    halt.inject(Stage::Write, 0, 0)?;
     let t0 = Instant::now();
     let _ = writer.finalize()?;
     Timers::add(&timers.write, t0);
@@ -1077,12 +1250,15 @@ fn write_stage(
     })
 }
 
-/// Write one source episode (paired) or one episode per target (expanded); returns frames written.
+/// Write one source episode (paired) or one episode per target (expanded); returns frames written. `written` is
+/// (episodes, frames) written before this one; `tasks` the paired layout's task renumbering so far.
 fn write_episode(
     writer: &mut LeRobotWriter,
     setup: &WriterSetup,
     ep: Episode,
     units: Vec<Vec<RgbImage>>,
+    written: (u64, u64),
+    tasks: &mut BTreeMap<i64, i64>,
 ) -> Result<u64> {
     let (oh, ow) = setup.output_size;
     let up = |f: Vec<RgbImage>| -> Vec<RgbImage> {
@@ -1099,6 +1275,7 @@ fn write_episode(
     match setup.layout {
         Layout::Paired => {
             let mut ep = ep;
+            renumber(&mut ep, written.0, written.1, tasks)?;
             for ((_, key), f) in setup.targets.iter().zip(units) {
                 ep.cameras.insert(key.clone(), Frames::from_images(up(f)));
             }
@@ -1139,6 +1316,85 @@ fn write_episode(
             Ok(written)
         }
     }
+}
+
+/// Paired layout: `episode_index` becomes the episode's position in the output, `index` the running row number and
+/// `task_index` this dataset's task number (in order of first use). lerobot loads only datasets whose episodes are
+/// `0..total_episodes`, with `index` counting rows and `task_index` a row of `meta/tasks.parquet` (it refuses a gap
+/// in the episodes as "doesn't contain all requested episodes", and fails on a task index past its table), so an
+/// output with a skipped episode, a `--shard` part or a subset of the source is numbered like that. For a whole
+/// source numbered the same way (lerobot numbers tasks by first use when it records) nothing changes, and every
+/// other column is the source's, bit-exact. `meta/augmentation.json` `source_episodes[i]` is the source episode
+/// of output episode `i`.
+fn renumber(
+    ep: &mut Episode,
+    episode: u64,
+    first_row: u64,
+    tasks: &mut BTreeMap<i64, i64>,
+) -> Result<()> {
+    let n = ep.len() as i64;
+    let loc = || Location::none().episode(ep.index.0);
+    let schema = ep.columns.schema();
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut cols: Vec<ArrayRef> = ep.columns.columns().to_vec();
+    let mut changed = false;
+    let mut replace =
+        |fields: &mut Vec<Field>, cols: &mut Vec<ArrayRef>, name: &str, new: ArrayRef| {
+            match fields.iter().position(|f| f.name() == name) {
+                Some(i) => {
+                    // The source's integer type, so the schema stays the source's.
+                    let cast = arrow::compute::cast(&new, fields[i].data_type())
+                        .map_err(|e| Error::table(loc().field(name), e))?;
+                    if cast.as_ref() != cols[i].as_ref() {
+                        cols[i] = cast;
+                        changed = true;
+                    }
+                }
+                // No such column: the writer numbers `index` and tasks itself, and takes the episode's index from here.
+                None if name == "episode_index" => {
+                    fields.push(Field::new(name, DataType::Int64, false));
+                    cols.push(new);
+                    changed = true;
+                }
+                None => {}
+            }
+            Ok::<(), Error>(())
+        };
+    replace(
+        &mut fields,
+        &mut cols,
+        "episode_index",
+        Arc::new(Int64Array::from(vec![episode as i64; n as usize])),
+    )?;
+    let first = first_row as i64;
+    replace(
+        &mut fields,
+        &mut cols,
+        "index",
+        Arc::new(Int64Array::from((first..first + n).collect::<Vec<_>>())),
+    )?;
+    if let Some(i) = fields.iter().position(|f| f.name() == "task_index") {
+        let src = arrow::compute::cast(&cols[i], &DataType::Int64)
+            .map_err(|e| Error::table(loc().field("task_index"), e))?;
+        let mapped: Int64Array = src
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64")
+            .iter()
+            .map(|v| {
+                v.map(|t| {
+                    let next = tasks.len() as i64;
+                    *tasks.entry(t).or_insert(next)
+                })
+            })
+            .collect();
+        replace(&mut fields, &mut cols, "task_index", Arc::new(mapped))?;
+    }
+    if changed {
+        ep.columns = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| Error::table(loc(), e))?;
+    }
+    Ok(())
 }
 
 fn provenance(

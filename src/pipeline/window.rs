@@ -72,6 +72,20 @@ impl TargetSampler<'_> {
         episode: u64,
         device: &Device,
     ) -> Result<Vec<RgbImage>> {
+        self.sample_episode_checked(source, seed, episode, device, &|_| Ok(()))
+    }
+
+    /// [`Self::sample_episode`] that calls `check(point)` after the edge channel is computed (`"edges"`) and
+    /// before every model call of every denoising step (`"sample"`), and stops with its error: how a run stops mid-episode on
+    /// Ctrl-C or when another stage failed, instead of finishing a unit nobody will take.
+    pub fn sample_episode_checked(
+        &self,
+        source: &[RgbImage],
+        seed: u64,
+        episode: u64,
+        device: &Device,
+        check: &dyn Fn(&'static str) -> Result<()>,
+    ) -> Result<Vec<RgbImage>> {
         let n_real = source.len();
         if n_real == 0 {
             return Err(Error::invalid(
@@ -89,6 +103,7 @@ impl TargetSampler<'_> {
         let (h, w) = (clip[0].height() as usize, clip[0].width() as usize);
         let starts = window_starts(n, f, self.overlap.min(f - 1));
         let edges = Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?;
+        check("edges")?;
 
         let (text, uncond) = self.small.model.embed(&self.small.prompt, 1, device)?;
         let prior_text: Vec<(Tensor, Tensor)> = self
@@ -141,6 +156,7 @@ impl TargetSampler<'_> {
             f,
             &mut step_rng,
             &mut |wi, xi, t| {
+                check("sample")?;
                 let (_, small, priors) = &windows[wi];
                 composed_eps(
                     small,

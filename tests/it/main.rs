@@ -9,6 +9,7 @@ mod fuzz_props;
 mod interop;
 mod lerobot;
 mod pipeline;
+mod pipeline_reliability;
 mod rlds;
 mod sample_cli;
 mod sample_data;

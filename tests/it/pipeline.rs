@@ -14,10 +14,10 @@ use vadapt::io::lerobot::writer::{LeRobotWriter, WriterOptions};
 use vadapt::io::open_dataset;
 use vadapt::pipeline::{self, PipelineConfig, RunOptions, Shard};
 
-const KEY: &str = "observation.images.real";
+pub(crate) const KEY: &str = "observation.images.real";
 
 /// `vadapt sample-data` at the fixture models' resolution (24x40): no resizing, cheap sampling.
-fn small_dataset(dir: &Path, episodes: usize, frames: usize) -> PathBuf {
+pub(crate) fn small_dataset(dir: &Path, episodes: usize, frames: usize) -> PathBuf {
     let out = dir.join("data");
     vadapt(&[
         "sample-data",
@@ -34,7 +34,7 @@ fn small_dataset(dir: &Path, episodes: usize, frames: usize) -> PathBuf {
 }
 
 /// One adapter-only target, one denoising step: the cheapest real pipeline.
-fn pipeline_toml(dir: &Path, layout: &str, extra_target: &str) -> PathBuf {
+pub(crate) fn pipeline_toml(dir: &Path, layout: &str, extra_target: &str) -> PathBuf {
     let p = dir.join(format!("p_{layout}.toml"));
     let text = format!(
         "seed = 7\n[input]\nimage_key = \"{KEY}\"\n[output]\nlayout = \"{layout}\"\ncodec = \"h264\"\n\
@@ -45,7 +45,7 @@ fn pipeline_toml(dir: &Path, layout: &str, extra_target: &str) -> PathBuf {
     p
 }
 
-fn opts(input: &Path, output: &Path) -> RunOptions {
+pub(crate) fn opts(input: &Path, output: &Path) -> RunOptions {
     RunOptions {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
@@ -55,6 +55,8 @@ fn opts(input: &Path, output: &Path) -> RunOptions {
         strict: false,
         threads: 1,
         progress: false,
+        stop: None,
+        fail: None,
     }
 }
 
@@ -81,7 +83,7 @@ fn dataset_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn assert_same_dataset(a: &Path, b: &Path) {
+pub(crate) fn assert_same_dataset(a: &Path, b: &Path) {
     let (fa, fb) = (dataset_files(a), dataset_files(b));
     assert_eq!(
         fa.keys().collect::<Vec<_>>(),
@@ -311,7 +313,7 @@ fn pipeline_paired_output_resume_after_kill_and_shards_merge_are_byte_identical(
 }
 
 /// The sample data with one mp4 per episode, then episode 1's video cut short: a bad episode.
-fn dataset_with_bad_episode(dir: &Path) -> PathBuf {
+pub(crate) fn dataset_with_bad_episode(dir: &Path) -> PathBuf {
     let data = small_dataset(dir, 3, 9);
     let src = open_dataset(&data).unwrap();
     let split = dir.join("split");
@@ -398,6 +400,104 @@ fn pipeline_expanded_layout_skips_and_records_a_bad_episode_or_fails_with_strict
             s_ep.columns.column_by_name("action").unwrap().as_ref()
         );
     }
+}
+
+/// Paired layout with a skipped episode: lerobot refuses a dataset whose episode indices have a gap ("Cached dataset
+/// doesn't contain all requested episodes") and fails on a task index past its task table, so the output numbers
+/// its episodes 0..n, `index` by rows and tasks by first use; `meta/augmentation.json` maps the episodes back
+/// (`source_episodes`), and every other column is the source's, bit-exact. lerobot 0.4.4 loads it.
+#[test]
+fn pipeline_paired_output_with_a_skipped_episode_is_renumbered_and_loads_in_lerobot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset_with_bad_episode(dir.path());
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+    let out = dir.path().join("paired");
+    let s = pipeline::run(&cfg, &toml, &opts(&data, &out)).unwrap();
+    assert_eq!((s.episodes_written, s.skipped.len()), (2, 1));
+    assert_eq!(s.skipped[0].0, 1);
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("meta/augmentation.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["source_episodes"], serde_json::json!([0, 2]));
+    assert_eq!(prov["skipped"][0]["episode"], 1);
+
+    let (src, ds) = (open_dataset(&data).unwrap(), open_dataset(&out).unwrap());
+    assert_eq!(ds.episode_indices(), vec![EpisodeIndex(0), EpisodeIndex(1)]);
+    let mut row = 0i64;
+    for (o, s_idx) in [(0u64, 0u64), (1, 2)] {
+        let (a, b) = (
+            src.read_episode(EpisodeIndex(s_idx)).unwrap(),
+            ds.read_episode(EpisodeIndex(o)).unwrap(),
+        );
+        assert_eq!(a.columns.schema(), b.columns.schema());
+        for f in a.columns.schema().fields() {
+            let (x, y) = (
+                a.columns.column_by_name(f.name()).unwrap(),
+                b.columns.column_by_name(f.name()).unwrap(),
+            );
+            let ints = |c: &dyn Array| {
+                arrow::compute::cast(c, &arrow::datatypes::DataType::Int64)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            };
+            match f.name().as_str() {
+                "episode_index" => assert!(ints(y.as_ref()).iter().all(|&v| v == o as i64)),
+                "index" => {
+                    let n = b.len() as i64;
+                    assert_eq!(ints(y.as_ref()), (row..row + n).collect::<Vec<_>>());
+                }
+                // This dataset's task numbering; the task itself is the source's.
+                "task_index" => assert_eq!(a.task, b.task),
+                name => assert_eq!(
+                    x, y,
+                    "output episode {o}: column {name} differs from the source's"
+                ),
+            }
+        }
+        row += b.len() as i64;
+        assert_eq!(
+            b.cameras["observation.images.edge_sim"]
+                .decode()
+                .unwrap()
+                .len(),
+            a.len()
+        );
+    }
+
+    // lerobot loads it: both episodes, every frame, the source's actions.
+    let dump = dir.path().join("dump.safetensors");
+    let summary = run_py("dump_lerobot.py", &[&out, &dump]);
+    let summary: serde_json::Value = serde_json::from_str(summary.trim()).unwrap();
+    assert_eq!(summary["episodes"], 2, "{summary}");
+    assert_eq!(summary["frames"], row, "{summary}");
+    let got = crate::common::load_f32(&dump);
+    let action = |ep: &vadapt::episode::Episode| -> Vec<f32> {
+        let c = ep.columns.column_by_name("action").unwrap();
+        let l = c
+            .as_any()
+            .downcast_ref::<arrow::array::FixedSizeListArray>()
+            .unwrap();
+        l.values()
+            .as_any()
+            .downcast_ref::<arrow::array::Float32Array>()
+            .unwrap()
+            .values()
+            .to_vec()
+    };
+    assert_eq!(
+        got["ep1.action"].1,
+        action(&src.read_episode(EpisodeIndex(2)).unwrap()),
+        "lerobot's episode 1 is source episode 2"
+    );
+    assert_eq!(
+        got["ep1.observation.images.edge_sim"].0[0],
+        src.read_episode(EpisodeIndex(2)).unwrap().len()
+    );
 }
 
 /// Mean absolute difference between consecutive frames, per transition (i -> i + 1).
@@ -537,7 +637,7 @@ fn pipeline_window_sampler_is_deterministic_per_episode() {
     assert_ne!(a, sampler.sample_episode(&frames, 1, 5, &device).unwrap());
 }
 
-fn run_py(script: &str, args: &[&Path]) -> String {
+pub(crate) fn run_py(script: &str, args: &[&Path]) -> String {
     let python = std::env::var_os("VADAPT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::common::repo().join(".venv/bin/python"));

@@ -1,0 +1,294 @@
+//! `vadapt augment` under stress (issue 9): Ctrl-C (once, and twice), a disk that fills up (a file-size limit), and
+//! a failure injected into each pipeline stage. Each must end the run in bounded time with a clear message, leave no
+//! file under a final name in the output, and leave a state that `--resume` finishes to the bytes of an
+//! uninterrupted run.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vadapt::pipeline::run::{FailPoint, Stage};
+use vadapt::pipeline::units::WorkDir;
+use vadapt::pipeline::{self, PipelineConfig};
+
+use crate::common::{vadapt, vadapt_bin};
+use crate::pipeline::{assert_same_dataset, opts, pipeline_toml, small_dataset};
+
+/// Poll `cond` every 20 ms until it holds; panic with `what` after `limit`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait for `child` to exit, at most `limit` (then kill it and fail: a hang).
+fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vadapt did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_stderr(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+    s
+}
+
+/// Finished units in the manifest.
+fn finished_units(out: &Path) -> usize {
+    WorkDir::new(out).finished().map(|m| m.len()).unwrap_or(0)
+}
+
+/// Nothing under a final name: no dataset directory in `out`, and every unit file (not a hidden temporary) is in
+/// the manifest with a matching checksum.
+fn assert_no_final_files(out: &Path) {
+    for name in ["data", "videos", "images", "meta"] {
+        assert!(
+            !out.join(name).exists(),
+            "{}/{name} exists after a failed or interrupted run",
+            out.display()
+        );
+    }
+    let work = WorkDir::new(out);
+    let done = work.finished().unwrap();
+    for rec in done.values() {
+        work.load(rec)
+            .unwrap_or_else(|e| panic!("unit {} is corrupt: {e}", rec.file));
+    }
+    let units: Vec<String> = std::fs::read_dir(work.units_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        units.len(),
+        done.len(),
+        "unit files not in the manifest: {units:?}"
+    );
+}
+
+fn augment_args(toml: &Path, data: &Path, out: &Path, resume: bool) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "augment".into(),
+        "--pipeline".into(),
+        toml.to_str().unwrap().into(),
+        "--input".into(),
+        data.to_str().unwrap().into(),
+        "--output".into(),
+        out.to_str().unwrap().into(),
+        "--threads".into(),
+        "2".into(),
+        "--quiet".into(),
+    ];
+    if resume {
+        a.push("--resume".into());
+    }
+    a
+}
+
+fn spawn(args: &[String], file_size_limit: Option<u64>) -> Child {
+    let mut cmd = Command::new(vadapt_bin());
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(limit) = file_size_limit {
+        // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A full disk, without privileges: writes past `limit` bytes fail with EFBIG (SIGXFSZ ignored, so
+                // the write returns the error instead of killing the process).
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd.spawn().expect("spawn vadapt")
+}
+
+fn sigint(child: &Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(r, 0, "kill -INT failed");
+}
+
+/// Ctrl-C (once: graceful; twice: immediate) and a full disk (units, then the dataset's metadata), each followed by
+/// `--resume`: exit 130 / 2 with a message saying what to do, nothing under a final name, the same bytes at the end.
+#[test]
+fn pipeline_ctrl_c_and_disk_full_leave_a_state_resume_finishes_byte_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path(), 4, 10);
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+    let reference = dir.path().join("ref");
+    let t0 = Instant::now();
+    pipeline::run(&cfg, &toml, &opts(&data, &reference)).unwrap();
+    let unit_secs = t0.elapsed().as_secs_f64() / 4.0;
+    eprintln!("reference: 4 units, {unit_secs:.1}s per unit");
+
+    // Ctrl-C once (graceful stop) and twice (immediate exit), each after the first unit is finished.
+    for signals in [1, 2] {
+        let out = dir.path().join(format!("ctrl_c_{signals}"));
+        let mut child = spawn(&augment_args(&toml, &data, &out, false), None);
+        wait_for("the first unit", Duration::from_secs(300), || {
+            finished_units(&out) >= 1 || child.try_wait().unwrap().is_some()
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before Ctrl-C; the test proves nothing"
+        );
+        let t = Instant::now();
+        sigint(&child);
+        if signals == 2 {
+            // Two signals sent back to back can merge into one pending signal; the second must arrive after the
+            // handler ran, and nothing outside the process can observe that, so wait a moment.
+            std::thread::sleep(Duration::from_millis(200));
+            sigint(&child);
+        }
+        let status = wait_exit(&mut child, Duration::from_secs(60));
+        let stop_secs = t.elapsed().as_secs_f64();
+        let stderr = read_stderr(&mut child);
+        eprintln!(
+            "Ctrl-C x{signals}: exited {:?} {stop_secs:.2}s after the signal, {} of 4 units kept",
+            status.code(),
+            finished_units(&out)
+        );
+        assert_eq!(status.code(), Some(130), "stderr:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if signals == 1 {
+            eprintln!("{}", stderr.trim());
+            assert!(
+                stderr.contains("interrupted") && stderr.contains("--resume"),
+                "the message should say how to resume:\n{stderr}"
+            );
+        }
+        assert_no_final_files(&out);
+        let resumed = vadapt(
+            &augment_args(&toml, &data, &out, true)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert!(resumed.contains("reused"), "{resumed}");
+        assert_same_dataset(&reference, &out);
+    }
+
+    // A full disk: at 16 KiB a unit (28,820 bytes) cannot be written; at 48 KiB every unit and video fits but the
+    // episodes metadata parquet (about 100 KB) does not.
+    for (limit, what) in [(16u64 << 10, ".vadapt/units/"), (48 << 10, "meta/episodes")] {
+        let out = dir.path().join(format!("full_{limit}"));
+        let mut child = spawn(&augment_args(&toml, &data, &out, false), Some(limit));
+        let status = wait_exit(&mut child, Duration::from_secs(300));
+        let stderr = read_stderr(&mut child);
+        eprintln!("file size limit {limit}: {}", stderr.trim());
+        assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("File too large") && stderr.contains(what),
+            "the error should name the file being written ({what}) and say why:\n{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("File too large").count(),
+            1,
+            "the cause once:\n{stderr}"
+        );
+        assert_no_final_files(&out);
+        vadapt(
+            &augment_args(&toml, &data, &out, true)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        assert_same_dataset(&reference, &out);
+    }
+}
+
+/// A failure injected into each stage in turn (the read, decode and prepare threads, a sampler's edge channel and
+/// denoising loop, the writer's encoding and its metadata), at the second of three episodes with two sampler
+/// threads: the run returns that stage's error within 60 s (a hang fails the test) and finishes nothing; the next
+/// stage's run resumes the same output, and a last clean `--resume` gives the bytes of an uninterrupted run.
+#[test]
+fn pipeline_a_failure_in_any_stage_ends_the_run_with_that_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = small_dataset(dir.path(), 3, 10);
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+    let reference = dir.path().join("ref");
+    pipeline::run(&cfg, &toml, &opts(&data, &reference)).unwrap();
+
+    let out = dir.path().join("out");
+    // Edges and sample first: they fire only while episode 1's unit is still to be sampled.
+    let order = [
+        Stage::Edges,
+        Stage::Sample,
+        Stage::Read,
+        Stage::Decode,
+        Stage::Prepare,
+        Stage::Encode,
+        Stage::Write,
+    ];
+    assert_eq!(order.len(), Stage::ALL.len());
+    let mut report = Vec::new();
+    for (i, stage) in order.into_iter().enumerate() {
+        let mut o = opts(&data, &out);
+        o.threads = 2;
+        o.resume = i > 0;
+        o.fail = Some(FailPoint { stage, position: 1 });
+        let (cfg, toml) = (cfg.clone(), toml.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t0 = Instant::now();
+        std::thread::spawn(move || {
+            let _ = tx.send(pipeline::run(&cfg, &toml, &o));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{stage:?}: the run did not end within 60 s (deadlock?)"));
+        let secs = t0.elapsed().as_secs_f64();
+        let err = match r {
+            Ok(_) => panic!("{stage:?}: the run succeeded despite the injected failure"),
+            Err(e) => e,
+        };
+        let msg = err.to_string();
+        report.push(format!("{:<8} {secs:5.2}s  {msg}", stage.name()));
+        assert!(
+            !matches!(err, vadapt::Error::Cancelled(_)),
+            "{stage:?}: the run should return the failing stage's error, not {msg}"
+        );
+        assert!(
+            msg.contains(&format!("stage {}", stage.name())) && msg.contains("injected"),
+            "{stage:?}: {msg}"
+        );
+        if stage != Stage::Write {
+            assert!(msg.contains("episode 1"), "{stage:?}: {msg}");
+        }
+        assert_no_final_files(&out);
+    }
+    eprintln!("{}", report.join("\n"));
+    let mut o = opts(&data, &out);
+    o.resume = true;
+    pipeline::run(&cfg, &toml, &o).unwrap();
+    assert_same_dataset(&reference, &out);
+}
