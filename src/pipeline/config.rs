@@ -256,11 +256,19 @@ impl PipelineConfig {
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-            let key = msg
-                .split('`')
-                .nth(1)
-                .map(str::to_string)
-                .unwrap_or_default();
+            let named = msg.split('`').nth(1).map(str::to_string);
+            // "unknown field `x`" / "missing field `x`" name the key; a wrong type or value ("invalid type:
+            // string \"high\", expected f32", "unknown variant `euler`") is named by the key its span sits on.
+            let by_name = ["unknown field", "missing field", "duplicate field"]
+                .iter()
+                .any(|p| msg.starts_with(p));
+            let at_span = e.span().and_then(|s| key_at(text, s.start));
+            let key = if by_name {
+                named.or(at_span)
+            } else {
+                at_span.or(named)
+            }
+            .unwrap_or_default();
             let mut loc = Location::file(path);
             if !key.is_empty() {
                 loc = loc.field(key);
@@ -410,6 +418,36 @@ impl PipelineConfig {
     }
 }
 
+/// The dotted key of the `key = value` line holding byte `pos` of a TOML text, with its table
+/// (`target[1].steps` for the second `[[target]]`), if that line is one.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let pos = pos.min(text.len());
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (lhs, _) = line.split_once('=')?;
+    let key = lhs.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    // The last table header above the line; for an array of tables, which element.
+    let mut table: Option<String> = None;
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for l in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let n = counts.entry(name.clone()).or_insert(0);
+            table = Some(format!("{name}[{n}]"));
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = Some(name.trim().to_string());
+        }
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
 fn check_model_dir(dir: &Path, file: &Path, key: &str) -> Result<()> {
     let has_config =
         dir.join("config.json").exists() || dir.join("unet").join("config.json").exists();
@@ -487,6 +525,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("euler"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_with_its_table() {
+        for (text, key) in [
+            ("seed = -1\n", "seed"),
+            ("[output]\ncrf = \"low\"\n", "output.crf"),
+            (
+                "[[target]]\nname = \"a\"\nadapter = \"x\"\n[[target]]\nname = \"b\"\nadapter = \"x\"\nsteps = 2.5\n",
+                "target[1].steps",
+            ),
+            (
+                "[[target]]\nname = \"a\"\nadapter = \"x\"\nsampler = \"euler\"\n",
+                "target[0].sampler",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            let field = e.location().and_then(|l| l.field.clone());
+            assert_eq!(field.as_deref(), Some(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

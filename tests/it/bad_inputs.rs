@@ -4,8 +4,10 @@
 //!
 //! Each case runs twice:
 //! * the library, inside `catch_unwind`: `io::open_dataset`, `read_episode` for every episode and `decode` of every
-//!   camera (models: `ModelDir::load`);
-//! * the CLI: `vadapt inspect` and `vadapt convert` (models: `vadapt sample --model`).
+//!   camera (models: `ModelDir::load`; pipeline TOMLs: `PipelineConfig::load` and `pipeline::run::plan` over the
+//!   bundled LeRobot sample);
+//! * the CLI: `vadapt inspect` and `vadapt convert` (models: `vadapt sample --model`; pipeline TOMLs:
+//!   `vadapt augment`, which must leave no output directory behind).
 //!
 //! A case that should fail must fail with an [`Error`] (never a panic) whose location names the file and, where the
 //! case says so, the episode and field; the CLI must exit non-zero without "panicked" and name the same, and
@@ -102,6 +104,8 @@ enum Want {
 enum Target {
     Dataset,
     Model,
+    /// A pipeline TOML, run over the bundled LeRobot sample.
+    Pipeline,
 }
 
 struct Case {
@@ -129,6 +133,38 @@ fn model_case(name: &'static str, build: impl Fn(&Path) -> PathBuf + 'static, e:
         want: Want::Error(e),
     }
 }
+
+/// A pipeline TOML case: `text` with `ADAPTER`, `PRIOR` and `DIR` replaced by the fixture adapter, the fixture
+/// prior and the case's directory, written to `DIR/pipeline.toml`. Most cases extend the valid `pipe!` text.
+fn pipeline_case(name: &'static str, text: &'static str, e: Expect) -> Case {
+    Case {
+        name,
+        target: Target::Pipeline,
+        build: Box::new(move |d: &Path| {
+            let p = d.join("pipeline.toml");
+            let t = text
+                .replace("ADAPTER", &fixture("compose/adapter").display().to_string())
+                .replace("PRIOR", &fixture("compose/prior").display().to_string())
+                .replace("DIR", &d.display().to_string());
+            std::fs::write(&p, t).unwrap();
+            p
+        }),
+        want: Want::Error(e),
+    }
+}
+
+/// A valid pipeline over the sample's `real` camera (one target, `edge`); cases append to it.
+macro_rules! pipe {
+    ($extra:expr) => {
+        concat!(
+            "seed = 1\n[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\n\
+             adapter = \"ADAPTER\"\nsteps = 1\n",
+            $extra
+        )
+    };
+}
+
+const PIPE: &str = "pipeline.toml";
 
 // ---------------------------------------------------------------------------------------------------------------
 // Building inputs
@@ -1272,6 +1308,182 @@ fn corpus() -> Vec<Case> {
             },
             at("vadapt.json").field("conditioning"),
         ),
+        // ---- pipeline TOML (run through `augment`, checked before anything is written)
+        pipeline_case(
+            "pipeline: unknown top-level key",
+            concat!("sed = 3\n", pipe!("")),
+            at(PIPE).field("sed"),
+        ),
+        pipeline_case(
+            "pipeline: unknown key in a target",
+            pipe!("guidnce = 2.0\n"),
+            at(PIPE).field("guidnce"),
+        ),
+        pipeline_case(
+            "pipeline: unknown key in [output]",
+            pipe!("[output]\nlayot = \"paired\"\n"),
+            at(PIPE).field("layot"),
+        ),
+        pipeline_case(
+            "pipeline: a string where a number goes",
+            pipe!("guidance = \"high\"\n"),
+            at(PIPE).field("target[0].guidance"),
+        ),
+        pipeline_case(
+            "pipeline: a float where an integer goes",
+            pipe!("window_overlap = 2.5\n"),
+            at(PIPE).field("target[0].window_overlap"),
+        ),
+        pipeline_case(
+            "pipeline: negative seed",
+            "seed = -1\n[[target]]\nname = \"edge\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("seed"),
+        ),
+        pipeline_case(
+            "pipeline: a table where a value goes",
+            "input = 3\n[[target]]\nname = \"edge\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("input"),
+        ),
+        pipeline_case(
+            "pipeline: unknown sampler",
+            pipe!("sampler = \"euler\"\n"),
+            at(PIPE).field("target[0].sampler").needle("euler"),
+        ),
+        pipeline_case(
+            "pipeline: TOML syntax error",
+            pipe!("guidance = \n"),
+            at(PIPE).needle("line 8"),
+        ),
+        pipeline_case(
+            "pipeline: negative λ (prior_strength)",
+            pipe!("prior = \"PRIOR\"\nprior_strength = -0.5\n"),
+            at(PIPE).field("target[0].prior_strength"),
+        ),
+        pipeline_case(
+            "pipeline: negative λ in [[target.priors]]",
+            pipe!("[[target.priors]]\ndir = \"PRIOR\"\nstrength = -1.0\n"),
+            at(PIPE).field("target[0].priors[0].strength"),
+        ),
+        pipeline_case(
+            "pipeline: λ = nan",
+            pipe!("prior = \"PRIOR\"\nprior_strength = nan\n"),
+            at(PIPE).field("target[0].prior_strength"),
+        ),
+        pipeline_case(
+            "pipeline: prior_strength without a prior",
+            pipe!("prior_strength = 0.5\n"),
+            at(PIPE).field("target[0].prior_strength"),
+        ),
+        pipeline_case(
+            "pipeline: negative guidance",
+            pipe!("guidance = -1.0\n"),
+            at(PIPE).field("target[0].guidance"),
+        ),
+        pipeline_case(
+            "pipeline: missing model directory",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\nadapter = \"DIR/no_such_model\"\n",
+            at(PIPE).field("target[0].adapter").needle("does not exist"),
+        ),
+        pipeline_case(
+            "pipeline: missing prior directory",
+            pipe!("prior = \"DIR/no_such_prior\"\n"),
+            at(PIPE).field("target[0].prior").needle("does not exist"),
+        ),
+        pipeline_case(
+            "pipeline: adapter is not a model directory",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\nadapter = \"DIR\"\n",
+            at(PIPE).field("target[0].adapter").needle("not a model directory"),
+        ),
+        pipeline_case(
+            "pipeline: target without an adapter",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\n",
+            at(PIPE).field("adapter").needle("missing field"),
+        ),
+        pipeline_case(
+            "pipeline: no [[target]]",
+            "[input]\nimage_key = \"observation.images.real\"\n",
+            at(PIPE).field("target"),
+        ),
+        pipeline_case(
+            "pipeline: target name escaping the output (../x)",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"../x\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target[0].name"),
+        ),
+        pipeline_case(
+            "pipeline: target name escaping the output (/abs)",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"/abs\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target[0].name"),
+        ),
+        pipeline_case(
+            "pipeline: target name with a path separator (a/b)",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"a/b\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target[0].name"),
+        ),
+        pipeline_case(
+            "pipeline: empty target name",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target[0].name"),
+        ),
+        pipeline_case(
+            "pipeline: two targets with one name",
+            pipe!("[[target]]\nname = \"edge\"\nadapter = \"ADAPTER\"\n"),
+            at(PIPE).field("target[1].name"),
+        ),
+        pipeline_case(
+            "pipeline: target overwriting the input camera",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"real\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target[0].name"),
+        ),
+        pipeline_case(
+            "pipeline: target camera the dataset already has",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"sim\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("target.sim.name").needle("already has"),
+        ),
+        pipeline_case(
+            "pipeline: input camera the dataset lacks",
+            "[input]\nimage_key = \"observation.images.wrist\"\n[[target]]\nname = \"edge\"\nadapter = \"ADAPTER\"\n",
+            at(PIPE).field("input.image_key").needle("observation.images.real"),
+        ),
+        pipeline_case(
+            "pipeline: prompt with an unknown placeholder",
+            pipe!("prompt = \"{tsk}, clay\"\n"),
+            at(PIPE).field("target[0].prompt"),
+        ),
+        pipeline_case(
+            "pipeline: prompt for a model without a text encoder",
+            pipe!("prompt = \"push the block\"\n"),
+            at(PIPE).field("target.edge.prompt").needle("text_encoder"),
+        ),
+        pipeline_case(
+            "pipeline: steps = 0",
+            "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\nadapter = \"ADAPTER\"\nsteps = 0\n",
+            at(PIPE).field("target[0].steps"),
+        ),
+        pipeline_case(
+            "pipeline: window overlap longer than the model's window",
+            pipe!("window_overlap = 64\n"),
+            at(PIPE).field("target.edge.window_overlap"),
+        ),
+        pipeline_case(
+            "pipeline: inverse rule without a prior",
+            pipe!("rule = \"inverse\"\n"),
+            at(PIPE).field("target[0].rule"),
+        ),
+        pipeline_case(
+            "pipeline: crf above 63",
+            pipe!("[output]\ncrf = 99\n"),
+            at(PIPE).field("output.crf"),
+        ),
+        pipeline_case(
+            "pipeline: odd output resolution",
+            pipe!("[output]\nresolution = [95, 128]\n"),
+            at(PIPE).field("output.resolution"),
+        ),
+        pipeline_case(
+            "pipeline: model resolution not a multiple of 8",
+            pipe!("resolution = [30, 40]\n"),
+            at(PIPE).field("target[0].resolution"),
+        ),
     ]
 }
 
@@ -1307,6 +1519,30 @@ fn read_everything(path: &Path) -> Result<(), (Stage, Error)> {
 
 fn load_model(path: &Path) -> Result<(), Error> {
     vadapt::models::model_dir::ModelDir::load(path, &candle_core::Device::Cpu).map(|_| ())
+}
+
+/// The bundled LeRobot sample, the input of every pipeline case (read only).
+fn pipeline_input() -> PathBuf {
+    repo().join("datasets/sample/lerobot")
+}
+
+/// What `vadapt augment` checks before it writes anything: the config, then the plan (dataset, cameras, models).
+fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
+    use vadapt::pipeline::{run::plan, PipelineConfig, RunOptions, Shard};
+    let cfg = PipelineConfig::load(path)?;
+    let opts = RunOptions {
+        input: pipeline_input(),
+        output: out.to_path_buf(),
+        shard: Shard::default(),
+        resume: false,
+        limit: None,
+        strict: false,
+        threads: 1,
+        progress: false,
+        stop: None,
+        fail: None,
+    };
+    plan(&cfg, path, &opts).map(|_| ())
 }
 
 /// Problems with one error against its expectation (empty when it matches).
@@ -1412,6 +1648,7 @@ fn run_case(c: &Case, dir: &Path) -> (Vec<String>, bool) {
     let lib = catch_unwind(AssertUnwindSafe(|| match c.target {
         Target::Dataset => read_everything(&input),
         Target::Model => load_model(&input).map_err(|e| (Stage::Open, e)),
+        Target::Pipeline => load_pipeline(&input, &out).map_err(|e| (Stage::Open, e)),
     }));
     let lib = match lib {
         Err(_) => return (vec!["the library panicked".into()], true),
@@ -1450,6 +1687,19 @@ fn run_case(c: &Case, dir: &Path) -> (Vec<String>, bool) {
                 cli(&["convert".as_ref(), input.as_os_str(), out.as_os_str()]),
             ),
         ],
+        Target::Pipeline => vec![(
+            "augment",
+            cli(&[
+                "augment".as_ref(),
+                "--pipeline".as_ref(),
+                input.as_os_str(),
+                "--input".as_ref(),
+                pipeline_input().as_os_str(),
+                "--output".as_ref(),
+                out.as_os_str(),
+                "--quiet".as_ref(),
+            ]),
+        )],
         Target::Model => vec![(
             "sample",
             cli(&[
