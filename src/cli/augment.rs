@@ -93,8 +93,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(Error::Cancelled(_)) if stop.load(Ordering::SeqCst) => {
             eprintln!(
-                "interrupted: stopped before the dataset was finished; nothing unfinished is in {}, and the \
-                 sampled units are kept in {}.\nTo finish, run the same command with --resume:\n  vadapt {}{}",
+                "interrupted: the dataset is not finished and nothing was moved into {}; the sampled units are \
+                 kept in {}.\nTo finish, run the same command with --resume:\n  vadapt {}{}",
                 args.output.display(),
                 args.output.join(".vadapt").display(),
                 std::env::args().skip(1).collect::<Vec<_>>().join(" "),
