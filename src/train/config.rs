@@ -454,12 +454,6 @@ impl TrainConfig {
                 ),
             );
         }
-        if m.prediction_type == Parameterization::Sample {
-            return bad(
-                "model.prediction_type",
-                "train with epsilon or v_prediction".into(),
-            );
-        }
         let o = &self.optim;
         if o.batch_size == 0 {
             return bad("optim.batch_size", "must be at least 1".into());
@@ -555,7 +549,8 @@ impl TrainConfig {
             "beta_schedule": self.scheduler.beta_schedule,
             "prediction_type": match self.model.prediction_type {
                 Parameterization::VPrediction => "v_prediction",
-                _ => "epsilon",
+                Parameterization::Sample => "sample",
+                Parameterization::Epsilon => "epsilon",
             },
             // Pixel-space models: clamp the x0 estimate to the data range, as diffusers' DDIM/DDPM default does.
             "clip_sample": true,

@@ -272,11 +272,13 @@ impl Trainer {
             &self.device,
         )?;
         let out = self.unet.forward(&input, &t, &ehs)?;
+        // The regression target of the parameterization: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0, or x0 itself.
         let target = match self.config.model.prediction_type {
+            Parameterization::Epsilon => noise,
             Parameterization::VPrediction => {
                 self.schedule.get_velocity(&batch.video, &noise, &ts)?
             }
-            _ => noise,
+            Parameterization::Sample => batch.video,
         };
         Ok((out - target)?.sqr()?.mean_all()?)
     }

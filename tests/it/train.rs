@@ -49,35 +49,51 @@ fn config(text: &str) -> TrainConfig {
     TrainConfig::from_toml(text, Path::new("test.toml")).expect("recipe parses")
 }
 
+/// For each training target (ε, and x0 as the demo recipes use): the loss falls by a large factor on one batch.
 #[test]
 fn loss_falls_on_a_fixed_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = config(&recipe(dir.path(), "fixed_batch = true"));
-    c.steps = 200;
-    c.optim.lr = 3e-3;
-    c.optim.warmup_steps = 0;
-    c.optim.min_lr_ratio = 1.0;
-    c.optim.ema_decay = 0.0;
-    c.guidance.drop_text = 0.0;
-    let mut t = Trainer::new(c, &Device::Cpu).unwrap();
-    let mut losses = Vec::new();
-    for _ in 0..200 {
-        losses.push(t.train_step().unwrap().loss);
+    for param in ["epsilon", "sample"] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = recipe(dir.path(), "fixed_batch = true").replace(
+            "cross_attention_dim = 16",
+            &format!("cross_attention_dim = 16\nprediction_type = \"{param}\""),
+        );
+        let mut c = config(&text);
+        c.steps = 200;
+        c.optim.lr = 3e-3;
+        c.optim.warmup_steps = 0;
+        c.optim.min_lr_ratio = 1.0;
+        c.optim.ema_decay = 0.0;
+        c.guidance.drop_text = 0.0;
+        let mut t = Trainer::new(c, &Device::Cpu).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..200 {
+            losses.push(t.train_step().unwrap().loss);
+        }
+        let first = losses[0];
+        let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
+        println!(
+            "{param}: fixed-batch loss {first:.4} -> {last:.5} ({:.0}x)",
+            first / last
+        );
+        if param == "epsilon" {
+            assert!(
+                first > 0.3,
+                "an untrained model's noise prediction is poor: {first}"
+            );
+        }
+        assert!(
+            last < first / 20.0,
+            "{param}: the loss must fall by a large factor on one batch: {first} -> {last}"
+        );
+        let saved = dir.path().join("model/scheduler/scheduler_config.json");
+        t.save_model(&dir.path().join("model")).unwrap();
+        let saved = std::fs::read_to_string(saved).unwrap();
+        assert!(
+            saved.contains(&format!("\"prediction_type\": \"{param}\"")),
+            "the saved scheduler samples the trained parameterization: {saved}"
+        );
     }
-    let first = losses[0];
-    let last: f64 = losses[190..].iter().sum::<f64>() / 10.0;
-    println!(
-        "fixed-batch loss {first:.4} -> {last:.5} ({:.0}x)",
-        first / last
-    );
-    assert!(
-        first > 0.3,
-        "an untrained model's noise prediction is poor: {first}"
-    );
-    assert!(
-        last < first / 20.0,
-        "the loss must fall by a large factor on one batch: {first} -> {last}"
-    );
 }
 
 #[test]
