@@ -8,6 +8,8 @@
 # Every shard writes its own dataset under $PARTS; the split is by episode and deterministic, and seeds depend only
 # on (global seed, episode, target, window), so the merged dataset is byte-identical to a single-machine run.
 # A shard that is preempted or killed is simply resubmitted: --resume reuses its finished episodes.
+# Slurm sends SIGTERM to the job's processes before a preemption or the time limit: vadapt stops cleanly, keeping its
+# finished units (exit 130), so the requeued task loses at most the episodes in flight.
 #SBATCH --job-name=vadapt-augment
 #SBATCH --cpus-per-task=16
 #SBATCH --mem=32G

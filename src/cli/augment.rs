@@ -17,13 +17,21 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// last line is ignored, and `--resume` rebuilds the unfinished dataset). signal-hook is the usual crate for this
 /// (rust-lang-nursery origin, actively maintained, no dependency but libc, which vadapt already links);
 /// `register_conditional_shutdown` before `register` is its documented double-Ctrl-C pattern.
+/// SIGTERM (what Slurm sends before preempting or timing out a job, and Kubernetes before killing a pod) is
+/// handled the same way, so a scheduled shard stops cleanly and its requeued run resumes.
 fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
-    use signal_hook::consts::SIGINT;
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register_conditional_shutdown(SIGINT, EXIT_INTERRUPTED, Arc::clone(&stop))
-        .context("installing the Ctrl-C handler")?;
-    signal_hook::flag::register(SIGINT, Arc::clone(&stop))
-        .context("installing the Ctrl-C handler")?;
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            EXIT_INTERRUPTED,
+            Arc::clone(&stop),
+        )
+        .context("installing the Ctrl-C / SIGTERM handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the Ctrl-C / SIGTERM handler")?;
+    }
     Ok(stop)
 }
 

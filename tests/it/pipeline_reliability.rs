@@ -129,10 +129,10 @@ fn spawn(args: &[String], file_size_limit: Option<u64>) -> Child {
     cmd.spawn().expect("spawn vadapt")
 }
 
-fn sigint(child: &Child) {
+fn send(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) on our own child's pid.
-    let r = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    assert_eq!(r, 0, "kill -INT failed");
+    let r = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(r, 0, "kill -{signal} failed");
 }
 
 /// Ctrl-C (once: graceful; twice: immediate) and a full disk (units, then the dataset's metadata), each followed by
@@ -149,9 +149,10 @@ fn pipeline_ctrl_c_and_disk_full_leave_a_state_resume_finishes_byte_identically(
     let unit_secs = t0.elapsed().as_secs_f64() / 4.0;
     eprintln!("reference: 4 units, {unit_secs:.1}s per unit");
 
-    // Ctrl-C once (graceful stop) and twice (immediate exit), each after the first unit is finished.
-    for signals in [1, 2] {
-        let out = dir.path().join(format!("ctrl_c_{signals}"));
+    // Ctrl-C once (graceful stop) and twice (immediate exit), and SIGTERM once (what Slurm and Kubernetes send
+    // before stopping a job), each after the first unit is finished.
+    for (signal, signals) in [(libc::SIGINT, 1), (libc::SIGINT, 2), (libc::SIGTERM, 1)] {
+        let out = dir.path().join(format!("signal_{signal}_x{signals}"));
         let mut child = spawn(&augment_args(&toml, &data, &out, false), None);
         wait_for("the first unit", Duration::from_secs(300), || {
             finished_units(&out) >= 1 || child.try_wait().unwrap().is_some()
@@ -161,18 +162,18 @@ fn pipeline_ctrl_c_and_disk_full_leave_a_state_resume_finishes_byte_identically(
             "the run ended before Ctrl-C; the test proves nothing"
         );
         let t = Instant::now();
-        sigint(&child);
+        send(&child, signal);
         if signals == 2 {
             // Two signals sent back to back can merge into one pending signal; the second must arrive after the
             // handler ran, and nothing outside the process can observe that, so wait a moment.
             std::thread::sleep(Duration::from_millis(200));
-            sigint(&child);
+            send(&child, signal);
         }
         let status = wait_exit(&mut child, Duration::from_secs(60));
         let stop_secs = t.elapsed().as_secs_f64();
         let stderr = read_stderr(&mut child);
         eprintln!(
-            "Ctrl-C x{signals}: exited {:?} {stop_secs:.2}s after the signal, {} of 4 units kept",
+            "signal {signal} x{signals}: exited {:?} {stop_secs:.2}s after the signal, {} of 4 units kept",
             status.code(),
             finished_units(&out)
         );
