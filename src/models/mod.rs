@@ -47,3 +47,13 @@ pub trait Denoiser: Send + Sync {
     fn cross_attention_dim(&self) -> usize;
     fn parameterization(&self) -> Parameterization;
 }
+
+/// Max |a − b| over every element: the unit tests' parity measure (integration tests have `common::max_abs_diff`).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("max |a - b| of two tensors of one shape")
+}

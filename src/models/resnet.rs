@@ -393,14 +393,7 @@ mod tests {
                 .unwrap();
             let ours = conv2d_im2col(&x, wt.as_tensor(), Some(&bias), &cfg).unwrap();
             assert_eq!(ours.dims(), reference.dims(), "k{k} s{stride} p{padding}");
-            let diff = (&ours - &reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::models::max_abs_diff(&ours, &reference);
             assert!(diff < 1e-4, "forward k{k} s{stride} p{padding}: {diff}");
             let g_ref = reference
                 .sqr()
@@ -421,14 +414,7 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = crate::models::max_abs_diff(a, b);
             assert!(
                 diff < 1e-4 * scale.max(1.0),
                 "weight grad k{k} s{stride} p{padding}: {diff}"

@@ -786,24 +786,10 @@ ema_decay = 0.0
         let (text, _) = loaded.embed(&batch.prompts[0], 1, &Device::Cpu).unwrap();
         let (text1, _) = loaded.embed(&batch.prompts[1], 1, &Device::Cpu).unwrap();
         let ehs2 = Tensor::cat(&[&text, &text1], 0).unwrap();
-        let d_text = (&ehs - &ehs2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d_text = crate::models::max_abs_diff(&ehs, &ehs2);
         assert!(d_text < 1e-5, "text embeddings differ: {d_text}");
         let inferred = loaded.unet.forward(&x, &ts, &ehs2).unwrap();
-        let d = (&trained - &inferred)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::models::max_abs_diff(&trained, &inferred);
         assert!(d < 1e-4, "trainer and saved model disagree by {d}");
     }
 }
