@@ -3,7 +3,7 @@
 //! with GEGLU), `models/transformers/transformer_2d.py` (continuous input, linear projection) and
 //! `models/transformers/transformer_temporal.py`.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::resnet::GroupNorm;
@@ -33,6 +33,25 @@ fn layer_norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
             candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
         }
         _ => ln.forward(x),
+    }
+}
+
+/// `x Wᵀ + b (+ residual)`: one fused GEMM for CPU f32 inference (`kernels::linear`), candle-nn's Linear and an
+/// add otherwise (training records the graph through those).
+fn project(l: &Linear, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let inference =
+        !x.track_op() && !l.weight().track_op() && !residual.is_some_and(|r| r.track_op());
+    if inference
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && l.weight().dtype() == DType::F32
+    {
+        return super::kernels::linear(x, l.weight(), l.bias(), residual);
+    }
+    let y = l.forward(x)?;
+    match residual {
+        Some(r) => y + r,
+        None => Ok(y),
     }
 }
 
@@ -80,12 +99,36 @@ impl Attention {
 
     /// `x` (B, N, query_dim), `context` (B, M, context_dim) or None.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_residual(x, context, None)
+    }
+
+    /// `forward(x, context) + residual`, the addition fused into the output projection where it can be.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let ctx = context.unwrap_or(x);
+        let q = project(&self.to_q, x, None)?;
+        let k = project(&self.to_k, ctx, None)?;
+        let v = project(&self.to_v, ctx, None)?;
+        if !q.track_op()
+            && !k.track_op()
+            && !v.track_op()
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+        {
+            // Inference on CPU: one fused pass on the interleaved heads, the scale applied inside, no score
+            // matrix and no head split/merge copies (models/kernels.rs).
+            let out = super::kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
+            return Ok(project(&self.to_out, &out, residual)?);
+        }
         // The scale is folded into q (one pass over N*d instead of N*M).
-        let q = self.split_heads(&(self.to_q.forward(x)? * self.scale)?)?;
-        let k = self.split_heads(&self.to_k.forward(ctx)?)?;
-        let v = self.split_heads(&self.to_v.forward(ctx)?)?;
+        let q = self.split_heads(&(q * self.scale)?)?;
+        let k = self.split_heads(&k)?;
+        let v = self.split_heads(&v)?;
         let m = k.dim(1)?;
         let seqs = b * self.heads;
         // Chunk over the (batch * heads) sequences so one score block stays under SCORE_CHUNK_BYTES: the full
@@ -106,12 +149,23 @@ impl Attention {
             1 => parts.swap_remove(0),
             _ => Tensor::cat(&parts, 0)?,
         };
+        self.merge_heads(out, b, n, residual)
+    }
+
+    /// (B*heads, N, d) -> (B, N, heads*d), then the output projection (plus `residual`).
+    fn merge_heads(
+        &self,
+        out: Tensor,
+        b: usize,
+        n: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let out = out
             .reshape((b, self.heads, n, self.head_dim))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, n, self.heads * self.head_dim))?;
-        Ok(self.to_out.forward(&out)?)
+        Ok(project(&self.to_out, &out, residual)?)
     }
 }
 
@@ -134,11 +188,19 @@ impl FeedForward {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let hg = self.proj.forward(x)?;
+        self.forward_residual(x, None)
+    }
+
+    /// `forward(x) + residual`, the addition fused into the output projection where it can be.
+    pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let hg = project(&self.proj, x, None)?;
+        if !hg.track_op() && hg.device().is_cpu() && hg.dtype() == DType::F32 {
+            return Ok(project(&self.out, &super::kernels::geglu(&hg)?, residual)?);
+        }
         let last = hg.rank() - 1;
         let h = hg.narrow(last, 0, self.inner)?;
         let gate = hg.narrow(last, self.inner, self.inner)?;
-        Ok(self.out.forward(&(h * gate.gelu_erf()?)?)?)
+        Ok(project(&self.out, &(h * gate.gelu_erf()?)?, residual)?)
     }
 }
 
@@ -176,10 +238,15 @@ impl BasicTransformerBlock {
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let x = (self.attn1.forward(&layer_norm(&self.norm1, x)?, None)? + x)?;
+        let x = self
+            .attn1
+            .forward_residual(&layer_norm(&self.norm1, x)?, None, Some(x))?;
         let ctx = if self.attn2_is_cross { context } else { None };
-        let x = (self.attn2.forward(&layer_norm(&self.norm2, &x)?, ctx)? + &x)?;
-        Ok((self.ff.forward(&layer_norm(&self.norm3, &x)?)? + &x)?)
+        let x = self
+            .attn2
+            .forward_residual(&layer_norm(&self.norm2, &x)?, ctx, Some(&x))?;
+        self.ff
+            .forward_residual(&layer_norm(&self.norm3, &x)?, Some(&x))
     }
 }
 
@@ -229,7 +296,7 @@ impl Transformer2DModel {
             .forward(x)?
             .permute((0, 2, 3, 1))?
             .reshape((bf, h * w, c))?;
-        let mut hs = self.proj_in.forward(&hs)?;
+        let mut hs = project(&self.proj_in, &hs, None)?;
         for block in &self.blocks {
             hs = block.forward(&hs, Some(context))?;
         }
@@ -290,11 +357,11 @@ impl TransformerTemporalModel {
         let hs = hs
             .permute((0, 3, 4, 2, 1))?
             .reshape((b * h * w, num_frames, c))?;
-        let mut hs = self.proj_in.forward(&hs)?;
+        let mut hs = project(&self.proj_in, &hs, None)?;
         for block in &self.blocks {
             hs = block.forward(&hs, None)?;
         }
-        let hs = self.proj_out.forward(&hs)?;
+        let hs = project(&self.proj_out, &hs, None)?;
         // (b, h, w, f, c) -> (b, f, c, h, w) -> (b*f, c, h, w)
         let hs = hs
             .reshape((b, h, w, num_frames, c))?

@@ -24,6 +24,8 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
 struct GroupNormOp {
     groups: usize,
     eps: f64,
+    /// Apply SiLU to the output in the same pass (inference only: the backward does not cover it).
+    silu: bool,
 }
 
 /// Block geometry: (batch, channels, positions per channel).
@@ -64,20 +66,22 @@ impl CustomOp3 for GroupNormOp {
         let (_, c, s) = geometry(l1.shape(), self.groups)?;
         let cg = c / self.groups;
         let block = cg * s;
-        let mut y = vec![0f32; x.len()];
+        // Every block is written by `group_norm_block`.
+        let mut y = super::kernels::output_buffer(x.len());
         y.par_chunks_mut(block)
             .zip(x.par_chunks(block))
             .enumerate()
             .for_each(|(i, (yb, xb))| {
-                let (mean, rstd) = block_stats(xb, self.eps);
                 let c0 = (i % self.groups) * cg;
-                for k in 0..cg {
-                    let (gamma, beta) = (w[c0 + k], b[c0 + k]);
-                    let (xs, ys) = (&xb[k * s..(k + 1) * s], &mut yb[k * s..(k + 1) * s]);
-                    for (yv, xv) in ys.iter_mut().zip(xs) {
-                        *yv = (xv - mean) * rstd * gamma + beta;
-                    }
-                }
+                super::kernels::group_norm_block(
+                    xb,
+                    yb,
+                    &w[c0..c0 + cg],
+                    &b[c0..c0 + cg],
+                    s,
+                    self.eps as f32,
+                    self.silu,
+                );
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -90,6 +94,9 @@ impl CustomOp3 for GroupNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.silu {
+            candle_core::bail!("group_norm_silu has no backward (inference only)");
+        }
         let c = weight.dim(0)?;
         let n = x.elem_count();
         let packed = x.contiguous()?.apply_op3_no_bwd(
@@ -199,7 +206,30 @@ pub fn group_norm(
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
-        GroupNormOp { groups, eps },
+        GroupNormOp {
+            groups,
+            eps,
+            silu: false,
+        },
+    )
+}
+
+/// `silu(GroupNorm(x))` in one pass, for inference (no backward).
+pub fn group_norm_silu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        &GroupNormOp {
+            groups,
+            eps,
+            silu: true,
+        },
     )
 }
 

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod fused;
+pub mod kernels;
 pub mod model_dir;
 pub mod resnet;
 pub mod text;

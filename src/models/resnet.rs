@@ -44,6 +44,29 @@ impl GroupNorm {
                 self.eps,
             )?);
         }
+        self.forward_composed(x)
+    }
+
+    /// `silu(GroupNorm(x))`: one fused pass for CPU f32 inference, the two ops otherwise.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        let inference = !x.track_op() && !self.weight.track_op();
+        if inference
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+        {
+            return Ok(super::fused::group_norm_silu(
+                x,
+                &self.weight,
+                &self.bias,
+                self.num_groups,
+                self.eps,
+            )?);
+        }
+        Ok(self.forward(x)?.silu()?)
+    }
+
+    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let x = x.to_dtype(DType::F32)?;
@@ -80,7 +103,7 @@ pub(crate) fn conv2d(
     Ok(Conv2d(candle_nn::conv2d(cin, cout, k, cfg, vb)?))
 }
 
-/// A 2-D convolution: candle's kernel for inference; while training (a graph is being recorded) an im2col + matmul
+/// A 2-D convolution: our im2col + GEMM kernel for CPU f32 inference (`kernels::conv2d`), candle's elsewhere; while training (a graph is being recorded) an im2col + matmul
 /// of plain tensor ops instead. candle's CPU backward of `conv2d` goes through a direct `conv_transpose2d` loop that
 /// is ~4x slower than the forward; the im2col form's backward is matmuls and copies.
 #[derive(Debug, Clone)]
@@ -88,8 +111,18 @@ pub struct Conv2d(candle_nn::Conv2d);
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let cfg = self.0.config();
         if x.track_op() || self.0.weight().track_op() {
-            conv2d_im2col(x, self.0.weight(), self.0.bias(), self.0.config())
+            conv2d_im2col(x, self.0.weight(), self.0.bias(), cfg)
+        } else if let (true, DType::F32, DType::F32, Some(bias), 1, 1) = (
+            x.device().is_cpu(),
+            x.dtype(),
+            self.0.weight().dtype(),
+            self.0.bias(),
+            cfg.groups,
+            cfg.dilation,
+        ) {
+            super::kernels::conv2d(x, self.0.weight(), bias, cfg.stride, cfg.padding)
         } else {
             self.0.forward(x)
         }
@@ -184,14 +217,14 @@ impl ResnetBlock2D {
     /// `x` (b*f, c, h, w), `temb` (b*f, temb_channels).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self
             .time_emb_proj
             .forward(&temb.silu()?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -242,6 +275,14 @@ impl TemporalConv {
 
     /// `x` (b, c, f, hw) -> (b, out, f, hw)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let inference = !x.track_op() && !self.weight.track_op();
+        if inference
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+        {
+            return Ok(super::kernels::temporal_conv(x, &self.weight, &self.bias)?);
+        }
         let (b, c, f, hw) = x.dims4()?;
         // (out, in, 3, 1, 1) -> (3, out, in) -> (3*out, in). Rebuilt on every call (a copy of 3*out*in floats,
         // negligible next to the matmul) so that it follows the weight while training.
@@ -313,7 +354,7 @@ impl TemporalConvLayer {
             .contiguous()?;
         let mut hs = identity.clone();
         for (norm, conv) in &self.stages {
-            hs = conv.forward(&norm.forward(&hs)?.silu()?)?;
+            hs = conv.forward(&norm.forward_silu(&hs)?)?;
         }
         let out = (identity + hs)?;
         Ok(out
@@ -419,6 +460,29 @@ mod tests {
                 diff < 1e-4 * scale.max(1.0),
                 "weight grad k{k} s{stride} p{padding}: {diff}"
             );
+        }
+    }
+
+    /// The inference kernel (`kernels::temporal_conv`, three shifted GEMMs) equals the composed path that training
+    /// uses (stacked taps, shifted slices, zero frames), for several frame counts including 1 and 2.
+    #[test]
+    fn temporal_conv_kernel_matches_composed_ops() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let conv = TemporalConv::new(5, 6, false, vb).unwrap();
+        for (b, f, hw) in [(1, 1, 7), (2, 2, 5), (3, 9, 11)] {
+            let x = Tensor::randn(0f32, 1.0, (b, 5, f, hw), &dev).unwrap();
+            // Variables make the graph tracked, so `forward` takes the composed ops.
+            let tracked = conv.forward(&x).unwrap();
+            assert!(
+                conv.weight.track_op(),
+                "the VarMap weight must select the composed path"
+            );
+            let fused = super::super::kernels::temporal_conv(&x, &conv.weight, &conv.bias).unwrap();
+            assert_eq!(fused.dims(), &[b, 6, f, hw]);
+            let diff = crate::models::max_abs_diff(&tracked, &fused);
+            assert!(diff < 1e-5, "b{b} f{f} hw{hw}: {diff}");
         }
     }
 }
