@@ -1,6 +1,7 @@
 //! Subcommands, one file each. Each has an `Args` (clap derive) and a `run(args) -> anyhow::Result<()>`.
 
 mod augment;
+mod bench;
 mod convert;
 mod debug;
 mod eval;
@@ -45,6 +46,9 @@ pub enum Command {
     Eval(eval::Args),
     /// Train a small task model (or the demo prior) from a TOML recipe.
     Train(train::Args),
+    /// Benchmarks as JSON: matmul roofline, UNet forwards, composed sampling (optionally next to diffusers on the
+    /// same weights), video decode / encode / edge rates, peak RSS.
+    Bench(bench::Args),
     /// Fixed-interface commands used by parity tests and outside checks.
     #[command(subcommand)]
     Debug(debug::Command),
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Preview(a) => preview::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Debug(c) => debug::run(c),
     }
 }

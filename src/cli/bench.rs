@@ -1,0 +1,442 @@
+//! `vadapt bench`: the numbers issue 8 asks for, measured in one process and printed as JSON.
+//!
+//! * `matmul`: f32 1024³ GFLOP/s on this machine (the roofline the UNet is compared to);
+//! * `unet_forward`: one forward per model at the benchmark shape (the small model batched cond + uncond, as the
+//!   sampler calls it), with its FLOP count (`unet_3d::forward_flops`), GFLOP/s and % of the matmul rate;
+//! * `compose`: a full composed sampling run (Video Adapter rule, DDIM, small + prior), seconds per run and step;
+//! * `peer` (with `--peer`): the same sampling run in diffusers (`benches/peer/diffusers_compose.py`, PyTorch CPU,
+//!   same weights, inputs, thread count and rule) in a child process started by this one, its time, our speed-up
+//!   and the largest difference of the two final samples;
+//! * `edges`, `video`: Sobel edge and decode / encode frames per second on the bundled sample videos;
+//! * `peak_rss_mib`: the process's peak resident memory (getrusage), after everything above.
+//!
+//! Ratios, not absolute times, are what to compare across machines: both sides run on the same cores in one run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+use vadapt::models::model_dir::ModelDir;
+use vadapt::models::unet_3d::forward_flops;
+use vadapt::models::Denoiser;
+use vadapt::rng::NoiseRng;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The small (edge-conditioned) model directory.
+    #[arg(long, default_value = "models/demo/edge_to_sim")]
+    pub small: PathBuf,
+    /// The prior model directory.
+    #[arg(long, default_value = "models/demo/prior")]
+    pub prior: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub frames: usize,
+    /// HxW of the sampled video.
+    #[arg(long, default_value = "24x40")]
+    pub size: String,
+    /// DDIM steps of the composed sampling run.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Prior strength λ.
+    #[arg(long, default_value_t = 0.4)]
+    pub lam: f32,
+    /// Guidance weight w.
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f32,
+    /// Threads for both sides (RAYON_NUM_THREADS here, torch.set_num_threads in the peer). 0: all cores.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Timed repetitions of each measurement (the best is reported, as criterion's lower bound would be).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Also run the diffusers peer on the same inputs and report the ratio.
+    #[arg(long)]
+    pub peer: bool,
+    /// Python with torch + diffusers for the peer (default: .venv/bin/python, made by scripts/setup.sh).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// A video for the decode / encode / edge numbers (default: the bundled sample's real camera).
+    #[arg(
+        long,
+        default_value = "datasets/sample/lerobot/videos/observation.images.real/chunk-000/file-000.mp4"
+    )]
+    pub video: PathBuf,
+    /// Write the JSON here as well as to stdout.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the peer's inputs and outputs (safetensors) in this directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (h, w) = s
+        .split_once('x')
+        .with_context(|| format!("--size {s:?}: expected HxW, e.g. 24x40"))?;
+    Ok((h.parse()?, w.parse()?))
+}
+
+/// Best of `reps` timings of `f` (seconds), after one untimed warm-up call.
+fn best_of<T>(reps: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let mut out = f()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t0 = Instant::now();
+        out = f()?;
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok((best, out))
+}
+
+fn matmul_gflops(reps: usize) -> anyhow::Result<f64> {
+    let n = 1024;
+    let dev = Device::Cpu;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &dev)?;
+    let (secs, _) = best_of(reps.max(5), || Ok(a.matmul(&b)?))?;
+    Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
+}
+
+fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+struct Setup {
+    small: ModelDir,
+    prior: ModelDir,
+    x_t: Tensor,
+    edge: Tensor,
+    small_text: Tensor,
+    small_uncond: Tensor,
+    prior_text: Tensor,
+    prior_uncond: Tensor,
+}
+
+const PROMPT: &str = "push the red star to the blue cube";
+
+fn setup(args: &Args, device: &Device) -> anyhow::Result<Setup> {
+    let (h, w) = parse_size(&args.size)?;
+    let small = ModelDir::load(&args.small, device)?;
+    let prior = ModelDir::load(&args.prior, device)?;
+    if small.unet.in_channels() != 4 || prior.unet.in_channels() != 3 {
+        bail!(
+            "the benchmark composes an edge-conditioned small model (4 input channels) with an unconditioned prior \
+             (3); {} has {} and {} has {}",
+            args.small.display(),
+            small.unet.in_channels(),
+            args.prior.display(),
+            prior.unet.in_channels()
+        );
+    }
+    let mut rng = NoiseRng::new(7);
+    let x_t = rng.randn((1, 3, args.frames, h, w), device)?;
+    // A smooth moving edge pattern in [-1, 1] (the values matter little for timing; both sides get these).
+    let edge = rng
+        .randn((1, 1, args.frames, h, w), device)?
+        .tanh()?
+        .to_dtype(DType::F32)?;
+    let (small_text, small_uncond) = small.embed(PROMPT, 1, device)?;
+    let (prior_text, prior_uncond) =
+        prior.embed(&format!("{PROMPT}, claymation style"), 1, device)?;
+    Ok(Setup {
+        small,
+        prior,
+        x_t,
+        edge,
+        small_text,
+        small_uncond,
+        prior_text,
+        prior_uncond,
+    })
+}
+
+fn compose_once(s: &Setup, args: &Args) -> anyhow::Result<Tensor> {
+    let small = Conditioned {
+        model: &s.small.unet,
+        channels: Some(s.edge.clone()),
+        text: s.small_text.clone(),
+        uncond: s.small_uncond.clone(),
+        schedule: None,
+    };
+    let priors = [Prior {
+        input: Conditioned {
+            model: &s.prior.unet,
+            channels: None,
+            text: s.prior_text.clone(),
+            uncond: s.prior_uncond.clone(),
+            schedule: None,
+        },
+        strength: Strength::Constant(args.lam),
+    }];
+    let mut scheduler = s.small.scheduler.build()?;
+    scheduler.set_timesteps(args.steps)?;
+    let settings = ComposeSettings {
+        rule: Rule::Composed,
+        guidance: args.guidance,
+        compose_min_t: 100,
+    };
+    let traj = sample(
+        &small,
+        &priors,
+        scheduler.as_mut(),
+        s.x_t.clone(),
+        &settings,
+        &mut NoiseRng::new(0),
+        false,
+    )?;
+    Ok(traj.x0)
+}
+
+fn unet_forward(s: &Setup, args: &Args, matmul: f64) -> anyhow::Result<Value> {
+    let dev = Device::Cpu;
+    let (h, w) = parse_size(&args.size)?;
+    let mut out = serde_json::Map::new();
+    let small_in = Tensor::cat(&[&s.x_t, &s.edge], 1)?;
+    let cases: [(&str, &dyn Denoiser, &ModelDir, Tensor, Tensor); 2] = [
+        (
+            "small_batch2",
+            &s.small.unet,
+            &s.small,
+            Tensor::cat(&[&small_in, &small_in], 0)?,
+            Tensor::cat(&[&s.small_uncond, &s.small_text], 0)?,
+        ),
+        (
+            "prior_batch1",
+            &s.prior.unet,
+            &s.prior,
+            s.x_t.clone(),
+            s.prior_text.clone(),
+        ),
+    ];
+    for (name, model, dir, x, ctx) in cases {
+        let b = x.dim(0)?;
+        let t = Tensor::full(500f32, b, &dev)?;
+        let (secs, _) = best_of(args.reps, || Ok(model.forward(&x, &t, &ctx)?))?;
+        let flops = forward_flops(dir.unet.config(), b, args.frames, h, w, ctx.dim(1)?);
+        let gflops = flops / secs / 1e9;
+        out.insert(
+            name.into(),
+            json!({
+                "ms": secs * 1e3,
+                "gflop": flops / 1e9,
+                "gflop_per_s": gflops,
+                "percent_of_matmul": 100.0 * gflops / matmul,
+            }),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+fn video_numbers(path: &Path, reps: usize) -> anyhow::Result<Value> {
+    vadapt::io::video::init();
+    let (decode_s, frames) = best_of(reps, || Ok(vadapt::io::video::decode_all(path)?))?;
+    let images: Vec<_> = frames.into_iter().map(|f| f.image).collect();
+    let n = images.len();
+    if n == 0 {
+        bail!("{}: no frames", path.display());
+    }
+    let (hgt, wid) = (images[0].height() as usize, images[0].width() as usize);
+    let (edge_s, _) = best_of(reps, || {
+        for im in &images {
+            std::hint::black_box(vadapt::vision::edges::sobel(im.as_raw(), hgt, wid));
+        }
+        Ok(())
+    })?;
+    let dir = tempfile_dir()?;
+    let out = dir.join("bench.mp4");
+    let (encode_s, _) = best_of(reps, || {
+        Ok(vadapt::io::video::encode_frames(
+            &out,
+            &images,
+            10.0,
+            &vadapt::io::video::EncoderOptions::default(),
+        )?)
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "video": path.display().to_string(),
+        "frames": n,
+        "size": format!("{hgt}x{wid}"),
+        "decode_fps": n as f64 / decode_s,
+        "encode_fps": n as f64 / encode_s,
+        "edges_fps": n as f64 / edge_s,
+    }))
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("vadapt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Run the diffusers peer on the same inputs; returns its JSON report with `max_abs_diff_x0` added.
+fn run_peer(s: &Setup, args: &Args, ours_x0: &Tensor) -> anyhow::Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/diffusers_compose.py");
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => tempfile_dir()?,
+    };
+    let inputs = dir.join("inputs.safetensors");
+    let output = dir.join("peer_output.safetensors");
+    candle_core::safetensors::save(
+        &[
+            ("x_T", s.x_t.clone()),
+            ("edge", s.edge.clone()),
+            ("small_text", s.small_text.clone()),
+            ("small_uncond", s.small_uncond.clone()),
+            ("prior_text", s.prior_text.clone()),
+            ("prior_uncond", s.prior_uncond.clone()),
+            ("ours_x0", ours_x0.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        &inputs,
+    )?;
+    let run = Command::new(&args.python)
+        .arg(&script)
+        .arg("--small")
+        .arg(unet_dir(&args.small))
+        .arg("--prior")
+        .arg(unet_dir(&args.prior))
+        .arg("--scheduler-config")
+        .arg(args.small.join("scheduler/scheduler_config.json"))
+        .arg("--inputs")
+        .arg(&inputs)
+        .arg("--output")
+        .arg(&output)
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--lam", &args.lam.to_string()])
+        .args(["--guidance", &args.guidance.to_string()])
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--reps", &args.reps.to_string()])
+        .output()
+        .with_context(|| {
+            format!(
+                "starting the peer with {} (make it with scripts/setup.sh, or pass --python)",
+                args.python.display()
+            )
+        })?;
+    if !run.status.success() {
+        bail!(
+            "the diffusers peer failed ({}):\n{}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let mut report: Value = serde_json::from_slice(&run.stdout).with_context(|| {
+        format!(
+            "peer output is not JSON: {}",
+            String::from_utf8_lossy(&run.stdout)
+        )
+    })?;
+    let theirs = candle_core::safetensors::load(&output, &Device::Cpu)?;
+    let x0 = theirs
+        .get("x0")
+        .with_context(|| format!("{}: no x0", output.display()))?;
+    let diff = (x0 - ours_x0)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    report["max_abs_diff_x0"] = json!(diff);
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
+}
+
+fn unet_dir(model: &Path) -> PathBuf {
+    let u = model.join("unet");
+    if u.join("config.json").exists() {
+        u
+    } else {
+        model.to_path_buf()
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.threads > 0 {
+        // Before the first parallel op: rayon's global pool (ours and candle's gemm) and candle's own pool size
+        // themselves from this variable once.
+        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    }
+    let dev = Device::Cpu;
+    let threads = rayon::current_num_threads();
+    let matmul = matmul_gflops(args.reps)?;
+    eprintln!("matmul 1024^3: {matmul:.1} GFLOP/s on {threads} threads");
+    let s = setup(&args, &dev)?;
+    let forward = unet_forward(&s, &args, matmul)?;
+    eprintln!("unet forward: {forward}");
+    let (compose_s, x0) = best_of(args.reps, || compose_once(&s, &args))?;
+    eprintln!(
+        "composed sampling, {} DDIM steps: {compose_s:.2} s",
+        args.steps
+    );
+    let mut report = json!({
+        "machine": {
+            "threads": threads,
+            "cpu": cpu_model(),
+            "avx2_fma": cfg!(target_arch = "x86_64") && has_avx2_fma(),
+        },
+        "shape": {"frames": args.frames, "size": args.size, "steps": args.steps, "lam": args.lam,
+                  "guidance": args.guidance, "rule": "composed", "scheduler": "DDIM",
+                  "small": args.small.display().to_string(), "prior": args.prior.display().to_string()},
+        "matmul_gflop_per_s": matmul,
+        "unet_forward": forward,
+        "compose": {"seconds": compose_s, "seconds_per_step": compose_s / args.steps as f64},
+    });
+    if args.peer {
+        let peer = run_peer(&s, &args, &x0)?;
+        let their_s = peer["seconds"]
+            .as_f64()
+            .context("peer report has no seconds")?;
+        eprintln!(
+            "diffusers peer: {their_s:.2} s; vadapt is {:.2}x faster; max |x0 diff| {}",
+            their_s / compose_s,
+            peer["max_abs_diff_x0"]
+        );
+        report["peer"] = peer;
+        report["speedup_vs_peer"] = json!(their_s / compose_s);
+    }
+    if args.video.exists() {
+        report["video"] = video_numbers(&args.video, args.reps)?;
+    } else {
+        eprintln!("{}: not found, no video numbers", args.video.display());
+    }
+    report["peak_rss_mib"] = json!(peak_rss_mib());
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &args.json {
+        vadapt::io::lerobot::writer::write_atomic(p, text.as_bytes())?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default()
+}
