@@ -132,6 +132,26 @@ fn vae_decode_matches_diffusers() {
     assert!(d <= TOL, "VAE decode: max abs diff {d} > {TOL}");
 }
 
+/// Three blocks (downscale 4), two layers per block, 3 latent channels, no quant convs, no mid-block attention and a
+/// shift_factor: the config drives the graph.
+#[test]
+fn vae_variant_matches_diffusers() {
+    let vae = AutoencoderKL::load(&parity_fixture("vae_variant"), &Device::Cpu).unwrap();
+    assert_eq!((vae.downscale(), vae.latent_channels()), (4, 3));
+    let file = "vae_variant_io.safetensors";
+    let io = load_io(file);
+    let got = vae.encode(get(&io, "video", file)).unwrap();
+    let d = diff(
+        "VAE variant encode ((mean - shift) * scale)",
+        &got,
+        get(&io, "latents_mean", file),
+    );
+    assert!(d <= TOL, "VAE variant encode: max abs diff {d} > {TOL}");
+    let got = vae.decode(get(&io, "z", file)).unwrap();
+    let d = diff("VAE variant decode", &got, get(&io, "decoded", file));
+    assert!(d <= TOL, "VAE variant decode: max abs diff {d} > {TOL}");
+}
+
 #[test]
 fn vae_bad_inputs_are_named() {
     let vae = vae();

@@ -10,6 +10,9 @@ Writes (all float32, safetensors):
   vae_io.safetensors    video (1,3,2,16,24) in [-1,1]; latents_mean = encode(frames).latent_dist.mean * scaling_factor,
                         logvar (clamped, unscaled); z (1,4,2,8,12) ~ N(0,1); decoded = decode(z / scaling_factor)
                         frames folded into the batch as TextToVideoSDPipeline does
+  vae_variant/          AutoencoderKL (block_out_channels (4, 8, 8), layers_per_block 2, latent_channels 3,
+                        norm_num_groups 2, no quant convs, no mid-block attention, scaling 0.5, shift 0.1)
+  vae_variant_io.safetensors  video as above; latents_mean = (mean - shift) * scale (1,3,2,4,6); z; decoded
   t2v/text_encoder/     CLIPTextModel (hidden 32, 2 layers, 4 heads, vocab 1000, 77 positions, quick_gelu, eps 1e-5)
   clip_gelu/            config.json only: the same weights with hidden_act "gelu" (erf) and layer_norm_eps 1e-6
   t2v/tokenizer/        a tiny CLIP BPE tokenizer (tokenizer.json, CLIPTokenizerFast), vocab 1000
@@ -38,6 +41,7 @@ SEED_VAE = 1001
 SEED_CLIP = 1002
 SEED_INPUTS = 1004
 SEED_UNET = 1005
+SEED_VAE_VARIANT = 1006
 VOCAB = 1000
 
 PROMPTS = [
@@ -81,6 +85,28 @@ def tiny_vae() -> AutoencoderKL:
         scaling_factor=0.18215,
     )
     perturb_norms(vae, torch.Generator().manual_seed(SEED_VAE))
+    return vae.eval()
+
+
+def tiny_vae_variant() -> AutoencoderKL:
+    """The code paths the main VAE does not take: three blocks (downscale 4), two layers per block, 3 latent
+    channels, no quant convs, no mid-block attention, a shift_factor."""
+    torch.manual_seed(SEED_VAE_VARIANT)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(4, 8, 8),
+        layers_per_block=2,
+        latent_channels=3,
+        norm_num_groups=2,
+        sample_size=16,
+        scaling_factor=0.5,
+        shift_factor=0.1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=False,
+    )
+    perturb_norms(vae, torch.Generator().manual_seed(SEED_VAE_VARIANT))
     return vae.eval()
 
 
@@ -205,7 +231,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "fixtures" / "parity"))
     out = Path(ap.parse_args().out)
-    for d in ["t2v", "clip_gelu"]:
+    for d in ["t2v", "clip_gelu", "vae_variant"]:
         shutil.rmtree(out / d, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
@@ -231,6 +257,25 @@ def main() -> None:
             "decoded": decoded.contiguous(),
         },
         out / "vae_io.safetensors",
+    )
+
+    # The VAE variant, on the same video; latents = (mean - shift_factor) * scaling_factor and
+    # decoded = decode(z / scaling_factor + shift_factor), as the pipelines with a shift_factor (SD3) do.
+    var = tiny_vae_variant()
+    var.save_pretrained(out / "vae_variant", safe_serialization=True)
+    sf, sh = var.config.scaling_factor, var.config.shift_factor
+    zv = torch.randn((1, 3, 2, 4, 6), generator=g)
+    with torch.no_grad():
+        mean_v = var.encode(fold(video)).latent_dist.mean
+        decoded_v = var.decode(fold(zv) / sf + sh).sample
+    save_file(
+        {
+            "video": video.contiguous(),
+            "latents_mean": unfold((mean_v - sh) * sf, 1, 2),
+            "z": zv.contiguous(),
+            "decoded": unfold(decoded_v, 1, 2),
+        },
+        out / "vae_variant_io.safetensors",
     )
 
     # Tokenizer and CLIP text encoders (the quick_gelu one is the t2v directory's text_encoder/)
@@ -285,6 +330,7 @@ def main() -> None:
             "clip": SEED_CLIP,
             "inputs": SEED_INPUTS,
             "unet": SEED_UNET,
+            "vae_variant": SEED_VAE_VARIANT,
         },
     }
     (out / "generation_report.json").write_text(json.dumps(report, indent=2) + "\n")
