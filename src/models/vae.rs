@@ -5,11 +5,17 @@
 //! same weight names, parity against tests/fixtures/parity within 1e-4.
 //!
 //! Why not `candle_transformers::models::stable_diffusion::vae::AutoEncoderKL` as it is: its weight names and
-//! blocks are diffusers' (and are reused here: `DownEncoderBlock2D`, `UpDecoderBlock2D`, `ResnetBlock2D`), but its
-//! mid-block `AttentionBlock` does not match diffusers (ported here, see [`VaeAttention`]), its encoder output is a distribution whose mean is private (only a random `sample()`
-//! drawn from candle's global RNG is reachable, so encoding cannot be deterministic), it does not clamp the log
-//! variance to [-30, 20] as diffusers does, and it cannot drop the mid-block attention
-//! (`mid_block_add_attention: false`). So the attention and the encoder/decoder wiring are ported here.
+//! blocks are diffusers' (and are reused here: `DownEncoderBlock2D`, `UpDecoderBlock2D`, `ResnetBlock2D`), but
+//! * its mid-block `AttentionBlock` does not match diffusers when several frames are batched (max abs diff 0.53 on
+//!   tests/fixtures/parity): candle-core 0.11.1's CPU matmul of a transposed left operand by a batch-broadcast right
+//!   operand, which `candle_nn::Linear` uses for non-contiguous 3-D inputs, is wrong for batch > 1; [`VaeAttention`]
+//!   makes its input contiguous first;
+//! * its encoder output is a distribution whose mean is private (only a random `sample()` drawn from candle's global
+//!   RNG is reachable, so encoding cannot be deterministic) and whose log variance is not clamped to [-30, 20] as in
+//!   diffusers;
+//! * it cannot drop the mid-block attention (`mid_block_add_attention: false`).
+//!
+//! So the attention and the encoder/decoder wiring are ported here.
 //!
 //! Videos are (batch, 3, frames, height, width) in [-1, 1] at the API; frames are folded into the batch and every
 //! frame goes through the 2-D autoencoder on its own, as diffusers' text-to-video pipelines do
@@ -192,8 +198,8 @@ impl AutoencoderKLConfig {
 
 /// The mid block's single-head self-attention over all pixels: diffusers `Attention` as `UNetMidBlock2D` builds it
 /// for the VAE (`_from_deprecated_attn_block`, `AttnProcessor2_0`): GroupNorm, q/k/v/out linears named `to_q`,
-/// `to_k`, `to_v`, `to_out.0`, residual connection. (candle-transformers' `AttentionBlock` reads the same weights
-/// but did not match diffusers on tests/fixtures/parity: max abs diff 0.53 on the mid block's output.)
+/// `to_k`, `to_v`, `to_out.0`, residual connection. The linears get contiguous (b, h*w, c) inputs: candle 0.11.1's
+/// `Linear` on a transposed 3-D input with batch > 1 is wrong on CPU (see the module docs).
 struct VaeAttention {
     group_norm: GroupNorm,
     to_q: Linear,
