@@ -28,16 +28,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Python venv for the interoperability tests (lerobot writes/loads LeRobot v3.0, tensorflow-datasets writes RLDS).
+# Python venv for the interoperability tests (lerobot writes/loads LeRobot v3.0, tensorflow-datasets writes RLDS) and
+# for regenerating tests/fixtures/parity (transformers; the parity tests themselves read committed files only).
 # About 9 GB and 5 minutes on a fresh machine (PyPI's torch wheel carries CUDA libraries). It lives outside the
 # checkout (VADAPT_VENV, default ~/.cache/vadapt/interop-venv) so every clone on a machine shares it, and
 # `.venv` in the checkout links to it; it is skipped when the pinned requirements are already installed.
 # VADAPT_SKIP_PYTHON=1 skips it (the interop tests then fail, saying why).
 if [ "${VADAPT_SKIP_PYTHON:-0}" != "1" ]; then
-  REQ=tests/interop/requirements.txt
+  # Two pinned lists: the interop tests', and the parity fixtures' generator (tests/parity; transformers).
+  REQS=(tests/interop/requirements.txt tests/parity/requirements.txt)
   VENV="${VADAPT_VENV:-$HOME/.cache/vadapt/interop-venv}"
   STAMP="$VENV/.vadapt-requirements"
-  if ! cmp -s "$REQ" "$STAMP" 2>/dev/null; then
+  if ! cat "${REQS[@]}" | cmp -s - "$STAMP" 2>/dev/null; then
     mkdir -p "$(dirname "$VENV")"
     if [ ! -x "$VENV/bin/python" ]; then
       python3 -m venv "$VENV" 2>/dev/null || {
@@ -47,8 +49,8 @@ if [ "${VADAPT_SKIP_PYTHON:-0}" != "1" ]; then
       }
     fi
     echo "setup: installing Python interop packages into $VENV (first run only, a few minutes)" >&2
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ"
-    cp "$REQ" "$STAMP"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${REQS[@]/#/-r}"
+    cat "${REQS[@]}" > "$STAMP"
   fi
   if [ ! -e .venv ] || [ -L .venv ]; then
     ln -sfn "$VENV" .venv

@@ -1,14 +1,17 @@
 //! Denoising models. `unet_3d` is compatible with diffusers' `UNet3DConditionModel` (same config.json and
-//! weight names).
+//! weight names); `vae` is diffusers' `AutoencoderKL` and `latent_prior` loads a diffusers text-to-video directory
+//! (UNet + VAE + CLIP) for latent priors.
 
 pub mod attention;
 pub mod fused;
 pub mod kernels;
+pub mod latent_prior;
 pub mod model_dir;
 pub mod resnet;
 pub mod text;
 pub mod unet_3d;
 pub mod unet_3d_blocks;
+pub mod vae;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

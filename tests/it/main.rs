@@ -8,6 +8,7 @@ mod eval;
 mod fuzz_props;
 mod interop;
 mod lerobot;
+mod parity_latent;
 mod pipeline;
 mod pipeline_reliability;
 mod rlds;

@@ -531,14 +531,23 @@ fn clip_text_missing_parts_are_named() {
     let enc = load_text_encoder(&tmp.path().join("pipe"), &dev).unwrap();
     assert_eq!(enc.encode(&["red"]).unwrap().dims(), &[1, 16, 32]);
 
-    // Unsupported activations are refused with the field named.
+    // gelu runs at any size (the port in models/text/clip_text.rs; parity in parity_latent.rs) and differs from
+    // quick_gelu; unsupported activations are refused with the field named.
+    let quick = enc.encode(&["red"]).unwrap();
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(te.join("config.json")).unwrap()).unwrap();
     cfg["hidden_act"] = json!("gelu");
     std::fs::write(te.join("config.json"), cfg.to_string()).unwrap();
+    let gelu = load_text_encoder(&te, &dev)
+        .expect("gelu at this size")
+        .encode(&["red"])
+        .unwrap();
+    assert!(max_abs_diff(&vals(&gelu), &vals(&quick)) > 1e-4);
+    cfg["hidden_act"] = json!("relu");
+    std::fs::write(te.join("config.json"), cfg.to_string()).unwrap();
     let err = load_text_encoder(&te, &dev)
         .err()
-        .expect("gelu at this size")
+        .expect("relu")
         .to_string();
     assert!(err.contains("hidden_act"), "{err}");
 }

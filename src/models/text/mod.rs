@@ -16,6 +16,7 @@
 
 mod byte_encoder;
 mod cache;
+pub mod clip_text;
 mod pretrained;
 
 use std::path::{Path, PathBuf};

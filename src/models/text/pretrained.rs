@@ -1,5 +1,8 @@
 //! Frozen pretrained text encoders from a local Hugging Face directory, run through `candle-transformers`:
 //! CLIP's text tower (`CLIPTextModel`, embedding = `last_hidden_state`) and T5's encoder (`T5EncoderModel`).
+//! CLIP configs with `hidden_act: "quick_gelu"` and `layer_norm_eps: 1e-5` run through candle-transformers'
+//! `clip::text_model`; every other CLIP config (the `"gelu"` encoders of SD 2.x / ModelScope, other epsilons) through
+//! our port of transformers' text tower in `clip_text.rs` (candle's gelu presets use tanh GELU, transformers erf).
 //!
 //! A directory holds `config.json` (transformers' format), `model.safetensors` and `tokenizer.json` (a
 //! "fast" tokenizer; diffusers pipelines keep it in a sibling `tokenizer/` folder, which is looked at too).
@@ -10,13 +13,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::{clip, stable_diffusion, t5};
+use candle_transformers::models::{clip, t5};
 use serde::Deserialize;
 use serde_json::Value;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::clip_text::{ClipActivation, ClipTextDims, ClipTextTransformer};
 use super::{
     check_uncond, read_json, uncond_or_zeros, weights_error, LoadOptions, TextEncoder,
     UNCOND_TENSOR,
@@ -232,10 +236,10 @@ pub struct HfClipTextConfig {
 }
 
 enum ClipModel {
-    /// `clip::text_model`: any size, quick_gelu only.
-    Configurable(clip::text_model::ClipTextTransformer),
-    /// `stable_diffusion::clip`: fixed presets, including the gelu ones.
-    Preset(stable_diffusion::clip::ClipTextTransformer),
+    /// candle-transformers' `clip::text_model`: any size, but quick_gelu and layer_norm_eps 1e-5 only.
+    Candle(clip::text_model::ClipTextTransformer),
+    /// Our port of transformers' text tower (`clip_text.rs`): the other activations and epsilons.
+    Port(ClipTextTransformer),
 }
 
 /// Frozen CLIP text encoder (`CLIPTextModel`); the embedding is `last_hidden_state`, (b, 77, hidden_size).
@@ -267,15 +271,6 @@ impl ClipText {
             )
         })?;
         let loc = Location::file(&config_path);
-        if (config.layer_norm_eps - 1e-5).abs() > 1e-12 {
-            return Err(Error::unsupported(
-                loc.field("layer_norm_eps"),
-                format!(
-                    "{} (candle-transformers' CLIP fixes 1e-5)",
-                    config.layer_norm_eps
-                ),
-            ));
-        }
         if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
             return Err(Error::config(
                 loc.field("num_attention_heads"),
@@ -285,50 +280,52 @@ impl ClipText {
                 ),
             ));
         }
+        let Some(activation) = ClipActivation::from_hf(&config.hidden_act) else {
+            return Err(Error::unsupported(
+                loc.field("hidden_act"),
+                format!(
+                    "CLIP hidden_act {:?} (supported: \"quick_gelu\", \"gelu\", \"gelu_new\", \"gelu_pytorch_tanh\")",
+                    config.hidden_act
+                ),
+            ));
+        };
+        if !(config.layer_norm_eps.is_finite() && config.layer_norm_eps > 0.0) {
+            return Err(Error::config(
+                loc.field("layer_norm_eps"),
+                format!("{} (must be finite and positive)", config.layer_norm_eps),
+            ));
+        }
         let weights = weights_file(dir)?;
         let vb = mmap_weights(&weights, opts.dtype, device)?;
-        let model = match config.hidden_act.as_str() {
-            "quick_gelu" => {
-                let c = clip::text_model::ClipTextConfig {
-                    vocab_size: config.vocab_size,
-                    embed_dim: config.hidden_size,
-                    activation: clip::text_model::Activation::QuickGelu,
-                    intermediate_size: config.intermediate_size,
-                    max_position_embeddings: config.max_position_embeddings,
-                    pad_with: None,
-                    num_hidden_layers: config.num_hidden_layers,
-                    num_attention_heads: config.num_attention_heads,
-                    projection_dim: config.projection_dim,
-                };
-                let m = clip::text_model::ClipTextTransformer::new(vb.pp("text_model"), &c)
-                    .map_err(weights_error(&weights))?;
-                ClipModel::Configurable(m)
-            }
-            "gelu" => {
-                let preset = gelu_preset(&config).ok_or_else(|| {
-                    Error::unsupported(
-                        loc.clone().field("hidden_act"),
-                        format!(
-                            "gelu CLIP of hidden_size {}, {} layers, {} heads, intermediate {}: candle-transformers \
-                             runs gelu CLIP text towers only in the sizes of SD 2.x/ModelScope (1024, 23, 16, 4096), \
-                             Wuerstchen (1024, 24, 16, 4096) and SDXL's second encoder (1280, 32, 20, 5120)",
-                            config.hidden_size,
-                            config.num_hidden_layers,
-                            config.num_attention_heads,
-                            config.intermediate_size
-                        ),
-                    )
-                })?;
-                let m = stable_diffusion::clip::ClipTextTransformer::new(vb, &preset)
-                    .map_err(weights_error(&weights))?;
-                ClipModel::Preset(m)
-            }
-            other => {
-                return Err(Error::unsupported(
-                    loc.field("hidden_act"),
-                    format!("CLIP hidden_act {other:?} (supported: \"quick_gelu\", \"gelu\")"),
-                ))
-            }
+        let model = if activation == ClipActivation::QuickGelu && config.layer_norm_eps == 1e-5 {
+            let c = clip::text_model::ClipTextConfig {
+                vocab_size: config.vocab_size,
+                embed_dim: config.hidden_size,
+                activation: clip::text_model::Activation::QuickGelu,
+                intermediate_size: config.intermediate_size,
+                max_position_embeddings: config.max_position_embeddings,
+                pad_with: None,
+                num_hidden_layers: config.num_hidden_layers,
+                num_attention_heads: config.num_attention_heads,
+                projection_dim: config.projection_dim,
+            };
+            let m = clip::text_model::ClipTextTransformer::new(vb.pp("text_model"), &c)
+                .map_err(weights_error(&weights))?;
+            ClipModel::Candle(m)
+        } else {
+            let d = ClipTextDims {
+                vocab_size: config.vocab_size,
+                hidden: config.hidden_size,
+                intermediate_size: config.intermediate_size,
+                num_hidden_layers: config.num_hidden_layers,
+                num_attention_heads: config.num_attention_heads,
+                max_position_embeddings: config.max_position_embeddings,
+                activation,
+                layer_norm_eps: config.layer_norm_eps,
+            };
+            let m = ClipTextTransformer::new(vb.pp("text_model"), &d)
+                .map_err(weights_error(&weights))?;
+            ClipModel::Port(m)
         };
         let len = config.max_position_embeddings;
         let tokenizer = FixedTokenizer::load(dir, len, &["<|endoftext|>"], config.eos_token_id)?;
@@ -351,32 +348,27 @@ impl ClipText {
     pub fn config(&self) -> &HfClipTextConfig {
         &self.config
     }
-}
 
-/// The `stable_diffusion::clip` preset with `c`'s sizes, for `hidden_act: "gelu"` (that module's config
-/// fields are private, so only its presets can be built).
-fn gelu_preset(c: &HfClipTextConfig) -> Option<stable_diffusion::clip::Config> {
-    let key = (
-        c.vocab_size,
-        c.hidden_size,
-        c.num_hidden_layers,
-        c.num_attention_heads,
-        c.intermediate_size,
-        c.max_position_embeddings,
-    );
-    match key {
-        // SD 2.x / ModelScope text-to-video (OpenCLIP ViT-H). candle's preset uses the tanh approximation of
-        // GELU where transformers uses erf: the outputs differ slightly (parity is measured elsewhere).
-        (49408, 1024, 23, 16, 4096, 77) => {
-            tracing::warn!("CLIP gelu (1024, 23 layers): candle-transformers' v2_1 preset uses tanh-approximate GELU");
-            Some(stable_diffusion::clip::Config::v2_1())
+    /// `last_hidden_state` (b, t, hidden_size) f32 of token ids (b, t) (u32 or i64), t <= max_position_embeddings,
+    /// under CLIP's causal mask only: what `encode` computes after tokenizing.
+    pub fn encode_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        let _enter = self.span.enter();
+        let (_, t) = ids.dims2()?;
+        if t > self.config.max_position_embeddings {
+            return Err(Error::invalid(
+                Location::none().field("input_ids"),
+                format!(
+                    "{t} tokens, this CLIP has max_position_embeddings {}",
+                    self.config.max_position_embeddings
+                ),
+            ));
         }
-        (49408, 1024, 24, 16, 4096, 77) => Some(stable_diffusion::clip::Config::wuerstchen()),
-        (49408, 1280, 32, 20, 5120, 77) => {
-            tracing::warn!("CLIP gelu (1280, 32 layers): candle-transformers' sdxl2 preset uses tanh-approximate GELU");
-            Some(stable_diffusion::clip::Config::sdxl2())
-        }
-        _ => None,
+        let ids = ids.to_dtype(DType::U32)?;
+        let out = match &self.model {
+            ClipModel::Candle(m) => m.forward_with_mask(&ids, usize::MAX)?,
+            ClipModel::Port(m) => m.forward(&ids)?,
+        };
+        Ok(out.to_dtype(DType::F32)?)
     }
 }
 
@@ -384,11 +376,7 @@ impl TextEncoder for ClipText {
     fn encode(&self, prompts: &[&str]) -> Result<Tensor> {
         let _enter = self.span.enter();
         let ids = self.tokenizer.ids(prompts, &self.device)?;
-        let out = match &self.model {
-            ClipModel::Configurable(m) => m.forward_with_mask(&ids, usize::MAX)?,
-            ClipModel::Preset(m) => m.forward(&ids)?,
-        };
-        Ok(out.to_dtype(DType::F32)?)
+        self.encode_ids(&ids)
     }
     fn dim(&self) -> usize {
         self.config.hidden_size
