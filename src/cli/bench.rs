@@ -382,7 +382,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "machine": {
             "threads": threads,
             "cpu": cpu_model(),
-            "avx2_fma": cfg!(target_arch = "x86_64") && has_avx2_fma(),
+            "avx2_fma": vadapt::models::kernels::has_avx2_fma(),
         },
         "shape": {"frames": args.frames, "size": args.size, "steps": args.steps, "lam": args.lam,
                   "guidance": args.guidance, "rule": "composed", "scheduler": "DDIM",
@@ -416,17 +416,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{text}");
     Ok(())
-}
-
-fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn cpu_model() -> String {

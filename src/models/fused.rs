@@ -8,16 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("{what}: f32 only"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: input must be contiguous"),
-    }
-}
+use super::kernels::contiguous_f32;
 
 /// `torch.nn.GroupNorm` over (batch, channels, ...): per (batch, group) block of `channels / groups` channels times
 /// every position, `y = (x − μ) / sqrt(σ² + eps) · γ_c + β_c`, with σ² the biased variance (two passes, as torch).
@@ -99,9 +90,10 @@ impl CustomOp3 for GroupNormOp {
         }
         let c = weight.dim(0)?;
         let n = x.elem_count();
-        let packed = x.contiguous()?.apply_op3_no_bwd(
-            &weight.contiguous()?,
-            &grad.contiguous()?,
+        let packed = super::kernels::apply3(
+            x,
+            weight,
+            grad,
             &GroupNormGrad {
                 groups: self.groups,
                 eps: self.eps,
@@ -222,9 +214,10 @@ pub fn group_norm_silu(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
+    super::kernels::apply3(
+        x,
+        weight,
+        bias,
         &GroupNormOp {
             groups,
             eps,

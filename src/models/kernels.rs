@@ -33,7 +33,12 @@ pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
     v
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 data of a contiguous CPU storage under its layout.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => candle_core::bail!("{what}: f32 only"),
@@ -366,7 +371,8 @@ impl OutPtr {
     }
 }
 
-fn has_avx2_fma() -> bool {
+/// Whether this CPU runs the AVX2 + FMA builds of the kernels.
+pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -485,6 +491,17 @@ impl CustomOp3 for Attention {
     }
 }
 
+/// Apply an inference-only three-input op to contiguous copies (views when already contiguous) of its inputs.
+pub(crate) fn apply3(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    op: &impl CustomOp3,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?
+        .apply_op3_no_bwd(&b.contiguous()?, &c.contiguous()?, op)
+}
+
 /// Multi-head `softmax(scale · q kᵀ) v` for f32 CPU tensors q (b, n, heads · d), k and v (b, m, heads · d), heads
 /// interleaved as a linear projection writes them; returns (b, n, heads · d).
 pub fn attention(
@@ -494,11 +511,7 @@ pub fn attention(
     heads: usize,
     scale: f32,
 ) -> candle_core::Result<Tensor> {
-    q.contiguous()?.apply_op3_no_bwd(
-        &k.contiguous()?,
-        &v.contiguous()?,
-        &Attention { heads, scale },
-    )
+    apply3(q, k, v, &Attention { heads, scale })
 }
 
 /// `h · gelu_erf(gate)` where the last axis of the input is `[h, gate]` (2·inner wide).
@@ -818,11 +831,7 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        &Conv2d { stride, padding },
-    )
+    apply3(x, weight, bias, &Conv2d { stride, padding })
 }
 
 /// The ModelScope temporal convolution, a Conv3d with kernel (3, 1, 1) and padding (1, 0, 0) on (b, c, f, h·w):
@@ -928,8 +937,7 @@ impl CustomOp3 for TemporalConv {
 /// Temporal (3, 1, 1) convolution of a f32 CPU (b, c, f, h·w) input with an (o, c, 3, 1, 1) weight and (o,) bias.
 /// Inference only (no backward).
 pub fn temporal_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &TemporalConv)
+    apply3(x, weight, bias, &TemporalConv)
 }
 
 /// `y = x Wᵀ + b (+ residual)` over every row of x at once. candle-nn's `Linear` on a (batch, n, i) input runs one
