@@ -12,7 +12,8 @@ small model), with model outputs converted to epsilon before they are summed (th
     eps      = eps_s(x_t, t | 0, e) + w * (eps_s(x_t, t | c, e) - eps_s(x_t, t | 0, e))  for t < 100
 The small model's cond and uncond passes are one batch-2 forward (uncond first), as in vadapt.
 
-Installed by scripts/setup.sh into the project's venv (tests/interop/requirements.txt pins torch and diffusers).
+Its packages come with the project's venv (scripts/setup.sh): tests/parity/requirements.txt pins torch 2.10.0 and
+diffusers 0.35.2.
 """
 
 import argparse
