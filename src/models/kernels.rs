@@ -156,6 +156,11 @@ unsafe fn attention_rows<F: MulAdd>(
     p: &mut [f32],
 ) {
     let m = p.len();
+    if d == LANES && vt.is_none() && m % LANES == 0 && m <= NARROW_MAX_KEYS {
+        // SAFETY: forwarded contract.
+        unsafe { attention_rows_narrow::<F>((q, kt, v), out, rows, m, stride, scale) };
+        return;
+    }
     let full = m - m % KEY_BLOCK;
     for i in 0..rows {
         let qi = &q[i * stride..][..d];
@@ -210,6 +215,80 @@ unsafe fn attention_rows<F: MulAdd>(
             Some(vt) => pv_transposed::<F>(p, vt, oi, inv),
             None => pv_rows::<F>(p, v, stride, oi, inv),
         }
+    }
+}
+
+/// The most keys `attention_rows_narrow` takes (its score rows live on the stack).
+const NARROW_MAX_KEYS: usize = 64;
+
+/// Query rows, 4 at a time, for LANES-wide heads and a few keys (the temporal attention: heads of 8, 8-32 frames):
+/// each key vector loaded for the scores and each value row loaded for the output serves four rows, and the four
+/// rows' accumulator chains interleave. Same arithmetic per row as `attention_rows`.
+///
+/// # Safety
+/// As `attention_rows`: `out` valid for `rows` exclusive rows of LANES floats, `stride` apart.
+#[inline(always)]
+unsafe fn attention_rows_narrow<F: MulAdd>(
+    (q, kt, v): (&[f32], &[f32], &[f32]),
+    out: *mut f32,
+    rows: usize,
+    m: usize,
+    stride: usize,
+    scale: f32,
+) {
+    const R: usize = 4;
+    let mut p = [0f32; R * NARROW_MAX_KEYS];
+    let mut i = 0;
+    while i < rows {
+        let live = (rows - i).min(R);
+        // Rows past the end repeat the last live row (computed, never written).
+        let row = |r: usize| (i + r.min(live - 1)) * stride;
+        for j0 in (0..m).step_by(LANES) {
+            let mut acc = [[0f32; LANES]; R];
+            for c in 0..LANES {
+                let kc = &kt[c * m + j0..][..LANES];
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    let qc = q[row(r) + c];
+                    for l in 0..LANES {
+                        ar[l] = F::mul_add(qc, kc[l], ar[l]);
+                    }
+                }
+            }
+            for (r, ar) in acc.iter().enumerate() {
+                p[r * m + j0..][..LANES].copy_from_slice(ar);
+            }
+        }
+        let mut inv = [0f32; R];
+        for (r, iv) in inv.iter_mut().enumerate() {
+            let pr = &mut p[r * m..(r + 1) * m];
+            let mx = max(pr);
+            let mut acc = [0f32; LANES];
+            for ch in pr.chunks_exact_mut(LANES) {
+                for l in 0..LANES {
+                    ch[l] = exp((ch[l] - mx) * scale);
+                    acc[l] += ch[l];
+                }
+            }
+            *iv = 1.0 / acc.iter().sum::<f32>();
+        }
+        let mut acc = [[0f32; LANES]; R];
+        for j in 0..m {
+            let vr = &v[j * stride..][..LANES];
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let pj = p[r * m + j];
+                for l in 0..LANES {
+                    ar[l] = F::mul_add(pj, vr[l], ar[l]);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate().take(live) {
+            // SAFETY: row i + r < rows of this block, exclusively ours (the caller's contract).
+            let o = unsafe { std::slice::from_raw_parts_mut(out.add((i + r) * stride), LANES) };
+            for l in 0..LANES {
+                o[l] = ar[l] * inv[r];
+            }
+        }
+        i += R;
     }
 }
 
@@ -1134,6 +1213,8 @@ mod tests {
             (3, 37, 29, 8),
             (2, 5, 1, 3),
             (40, 16, 16, 8),
+            (5, 7, 24, 8),
+            (2, 3, 64, 8),
             (1, 300, 77, 16),
             (2, 70, 130, 8),
             (2, 9, 70, 24),
@@ -1156,7 +1237,12 @@ mod tests {
     #[test]
     fn attention_on_interleaved_heads_matches_split_heads() {
         let dev = Device::Cpu;
-        for (b, n, m, heads, d) in [(2, 30, 20, 3, 8), (1, 7, 100, 2, 8), (3, 16, 16, 4, 5)] {
+        for (b, n, m, heads, d) in [
+            (2, 30, 20, 3, 8),
+            (1, 7, 100, 2, 8),
+            (3, 16, 16, 4, 5),
+            (2, 13, 16, 3, 8),
+        ] {
             let q = Tensor::randn(0f32, 1.0, (b, n, heads * d), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, m, heads * d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, m, heads * d), &dev).unwrap();
