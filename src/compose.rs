@@ -216,14 +216,17 @@ pub fn composed_eps(
     prior_calls: &mut usize,
 ) -> Result<Tensor> {
     let w = settings.guidance;
+    // cfg(ε) = ε(∅) + w · (ε(c) − ε(∅)) is ε(c) when w = 1: the unconditional passes are skipped then (half the
+    // small model's work at the demo's w = 1). `cfg` below receives ε(c) for ε(∅) and returns ε(c).
+    let uncond = w != 1.0;
     let in_window = t >= settings.compose_min_t && !priors.is_empty();
     if !in_window {
-        let (eu, ec) = eval_eps(small, x, t, schedule, true)?;
+        let (eu, ec) = eval_eps(small, x, t, schedule, uncond)?;
         return cfg(&eu.unwrap_or_else(|| ec.clone()), &ec, w);
     }
     match settings.rule {
         Rule::Composed => {
-            let (eu, ec) = eval_eps(small, x, t, schedule, true)?;
+            let (eu, ec) = eval_eps(small, x, t, schedule, uncond)?;
             let eu = eu.unwrap_or_else(|| ec.clone());
             let mut text = ec;
             for p in priors {
@@ -234,11 +237,11 @@ pub fn composed_eps(
             cfg(&eu, &text, w)
         }
         Rule::CfgMix => {
-            let (eu, ec) = eval_eps(small, x, t, schedule, true)?;
+            let (eu, ec) = eval_eps(small, x, t, schedule, uncond)?;
             let total: f32 = priors.iter().map(|p| p.strength.at(t)).sum();
             let mut eps = (cfg(&eu.unwrap_or_else(|| ec.clone()), &ec, w)? * (1.0 - total) as f64)?;
             for p in priors {
-                let (pu, pc) = eval_eps(&p.input, x, t, schedule, true)?;
+                let (pu, pc) = eval_eps(&p.input, x, t, schedule, uncond)?;
                 *prior_calls += 1;
                 eps = (eps
                     + (cfg(&pu.unwrap_or_else(|| pc.clone()), &pc, w)?
@@ -256,7 +259,7 @@ pub fn composed_eps(
                     ),
                 ));
             };
-            let (pu, pc) = eval_eps(&lead.input, x, t, schedule, true)?;
+            let (pu, pc) = eval_eps(&lead.input, x, t, schedule, uncond)?;
             *prior_calls += 1;
             let (_, es) = eval_eps(small, x, t, schedule, false)?;
             let text = (pc + (es * lead.strength.at(t) as f64)?)?;

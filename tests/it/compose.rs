@@ -355,6 +355,54 @@ fn composition_window_switches_at_the_right_step() {
     .unwrap();
     assert_eq!(s.calls.load(Ordering::SeqCst), 20);
     assert_eq!(p.calls.load(Ordering::SeqCst), 9);
+
+    // At w = 1 guidance is the identity on ε(c): no unconditional pass for either rule. A run at w = 1.000001 still
+    // makes that pass; its trajectory differs from the w = 1 one only by that 1e-6 of guidance.
+    for rule in [Rule::Composed, Rule::CfgMix] {
+        let run = |w: f32| {
+            let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
+            let settings = ComposeSettings {
+                rule,
+                guidance: w,
+                compose_min_t: 100,
+            };
+            let traj = sample(
+                &cond(&s, 1),
+                &[Prior {
+                    input: cond(&p, 2),
+                    strength: Strength::Constant(0.3),
+                }],
+                ddim(10).as_mut(),
+                x_t(),
+                &settings,
+                &mut NoiseRng::new(0),
+                false,
+            )
+            .unwrap();
+            (
+                traj.x0,
+                s.calls.load(Ordering::SeqCst),
+                p.calls.load(Ordering::SeqCst),
+            )
+        };
+        let (x1, small_calls, prior_calls) = run(1.0);
+        assert_eq!(
+            small_calls, 10,
+            "{rule:?}: one batch-1 small forward per step at w = 1"
+        );
+        assert_eq!(
+            prior_calls, 9,
+            "{rule:?}: one batch-1 prior forward per composed step at w = 1"
+        );
+        let (x_ref, small_ref, _) = run(1.000_001);
+        assert_eq!(
+            small_ref, 20,
+            "{rule:?}: w != 1 keeps the unconditional pass"
+        );
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = max_abs_diff(&flat(&x1), &flat(&x_ref));
+        assert!(d < 1e-4, "{rule:?}: w = 1 without uncond vs with it: {d}");
+    }
 }
 
 #[test]
