@@ -257,6 +257,35 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
+/// A composed DDIM(10) run of the two standard mocks (small model and one prior at λ 0.3, composition from t = 100):
+/// the final sample and the batch items each model was called with.
+fn run_mocks(rule: Rule, guidance: f32) -> (Tensor, usize, usize) {
+    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
+    let settings = ComposeSettings {
+        rule,
+        guidance,
+        compose_min_t: 100,
+    };
+    let traj = sample(
+        &cond(&s, 1),
+        &[Prior {
+            input: cond(&p, 2),
+            strength: Strength::Constant(0.3),
+        }],
+        ddim(10).as_mut(),
+        x_t(),
+        &settings,
+        &mut NoiseRng::new(0),
+        false,
+    )
+    .unwrap();
+    (
+        traj.x0,
+        s.calls.load(Ordering::SeqCst),
+        p.calls.load(Ordering::SeqCst),
+    )
+}
+
 #[test]
 fn lam_zero_equals_small_model_alone() {
     let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
@@ -334,58 +363,14 @@ fn composition_window_switches_at_the_right_step() {
         assert_eq!(traj.prior_calls, expected, "compose_min_t = {min_t}");
     }
     // One batched forward per step for the small model (cond + uncond = batch 2), one batch-1 call for the prior.
-    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
-    let settings = ComposeSettings {
-        rule: Rule::Composed,
-        guidance: 2.0,
-        compose_min_t: 100,
-    };
-    sample(
-        &cond(&s, 1),
-        &[Prior {
-            input: cond(&p, 2),
-            strength: Strength::Constant(0.3),
-        }],
-        ddim(10).as_mut(),
-        x_t(),
-        &settings,
-        &mut NoiseRng::new(0),
-        false,
-    )
-    .unwrap();
-    assert_eq!(s.calls.load(Ordering::SeqCst), 20);
-    assert_eq!(p.calls.load(Ordering::SeqCst), 9);
+    let (_, small_calls, prior_calls) = run_mocks(Rule::Composed, 2.0);
+    assert_eq!(small_calls, 20);
+    assert_eq!(prior_calls, 9);
 
     // At w = 1 guidance is the identity on ε(c): no unconditional pass for either rule. A run at w = 1.000001 still
     // makes that pass; its trajectory differs from the w = 1 one only by that 1e-6 of guidance.
     for rule in [Rule::Composed, Rule::CfgMix] {
-        let run = |w: f32| {
-            let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
-            let settings = ComposeSettings {
-                rule,
-                guidance: w,
-                compose_min_t: 100,
-            };
-            let traj = sample(
-                &cond(&s, 1),
-                &[Prior {
-                    input: cond(&p, 2),
-                    strength: Strength::Constant(0.3),
-                }],
-                ddim(10).as_mut(),
-                x_t(),
-                &settings,
-                &mut NoiseRng::new(0),
-                false,
-            )
-            .unwrap();
-            (
-                traj.x0,
-                s.calls.load(Ordering::SeqCst),
-                p.calls.load(Ordering::SeqCst),
-            )
-        };
-        let (x1, small_calls, prior_calls) = run(1.0);
+        let (x1, small_calls, prior_calls) = run_mocks(rule, 1.0);
         assert_eq!(
             small_calls, 10,
             "{rule:?}: one batch-1 small forward per step at w = 1"
@@ -394,12 +379,11 @@ fn composition_window_switches_at_the_right_step() {
             prior_calls, 9,
             "{rule:?}: one batch-1 prior forward per composed step at w = 1"
         );
-        let (x_ref, small_ref, _) = run(1.000_001);
+        let (x_ref, small_ref, _) = run_mocks(rule, 1.000_001);
         assert_eq!(
             small_ref, 20,
             "{rule:?}: w != 1 keeps the unconditional pass"
         );
-        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let d = max_abs_diff(&flat(&x1), &flat(&x_ref));
         assert!(d < 1e-4, "{rule:?}: w = 1 without uncond vs with it: {d}");
     }
