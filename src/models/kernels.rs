@@ -156,7 +156,7 @@ unsafe fn attention_rows<F: MulAdd>(
     p: &mut [f32],
 ) {
     let m = p.len();
-    if d == LANES && vt.is_none() && m % LANES == 0 && m <= NARROW_MAX_KEYS {
+    if d == LANES && vt.is_none() && m.is_multiple_of(LANES) && m <= NARROW_MAX_KEYS {
         // SAFETY: forwarded contract.
         unsafe { attention_rows_narrow::<F>((q, kt, v), out, rows, m, stride, scale) };
         return;
@@ -745,6 +745,78 @@ fn sum(a: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + r
 }
 
+/// `dst += lhs · rhs` for an (m, k) lhs and a (k, n) rhs into an (m, n) dst whose rows are `dst_rs` apart and
+/// contiguous; lhs and rhs strides are (column, row). The one GEMM call of the conv, temporal conv and linear kernels.
+///
+/// # Safety
+/// Every addressed element of the three matrices must be in bounds, and dst must not alias lhs or rhs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_accumulate(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    (lhs_cs, lhs_rs): (usize, usize),
+    rhs: *const f32,
+    (rhs_cs, rhs_rs): (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: forwarded contract; read_dst = true with alpha = beta = 1 is dst = dst + lhs·rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            true,
+            lhs,
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs,
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// For each batch item: fill its `o` output rows of `cols` with the bias, then let `accumulate(out_item, in_item,
+/// parallelism)` add its GEMMs. Items run in parallel with one-thread GEMMs when there are at least as many as
+/// threads (frames are in the batch); otherwise one at a time with a parallel GEMM.
+fn per_item_with_bias(
+    out: &mut [f32],
+    x: &[f32],
+    in_item: usize,
+    bias: &[f32],
+    cols: usize,
+    accumulate: impl Fn(&mut [f32], &[f32], gemm::Parallelism) + Sync,
+) {
+    let (o, b) = (bias.len(), x.len() / in_item.max(1));
+    let threads = rayon::current_num_threads();
+    let one = |(ob, xb): (&mut [f32], &[f32]), par| {
+        for (oc, &bv) in ob.chunks_exact_mut(cols).zip(bias) {
+            oc.fill(bv);
+        }
+        accumulate(ob, xb, par)
+    };
+    if b >= threads {
+        out.par_chunks_mut(o * cols)
+            .zip(x.par_chunks(in_item))
+            .for_each(|item| one(item, gemm::Parallelism::None));
+    } else {
+        out.chunks_mut(o * cols)
+            .zip(x.chunks(in_item))
+            .for_each(|item| one(item, gemm::Parallelism::Rayon(threads)));
+    }
+}
+
 /// `conv2d` (groups 1, dilation 1) as one GEMM per image: `out (O, HW) = W (O, C·kh·kw) · cols (C·kh·kw, HW) + b`,
 /// where `cols` row (c, ky, kx) is input channel c shifted by (ky − p, kx − p): built from row-segment copies (the
 /// channel-major layout makes the GEMM's output NCHW directly, no transposes). candle's CPU im2col writes one
@@ -837,43 +909,19 @@ impl CustomOp3 for Conv2d {
         let (k, hw) = (c * kh * kw, ho * wo);
         let pointwise = kh == 1 && kw == 1 && s == 1 && p == 0;
         let mut out = output_buffer(b * o * hw);
-        let threads = rayon::current_num_threads();
-        // Images in parallel with a one-thread GEMM each when there are enough of them (frames are in the batch);
-        // otherwise one image at a time with a parallel GEMM.
-        let (outer, inner) = if b >= threads {
-            (true, gemm::Parallelism::None)
-        } else {
-            (false, gemm::Parallelism::Rayon(threads))
-        };
-        let one = |(ob, xb): (&mut [f32], &[f32])| {
-            for (oc, &bv) in ob.chunks_exact_mut(hw).zip(bias) {
-                oc.fill(bv);
-            }
-            let mut run = |cols: &[f32]| {
-                // SAFETY: dst (o, hw), lhs (o, k), rhs (k, hw), all row-major and in bounds; dst = dst + lhs·rhs.
-                unsafe {
-                    gemm::gemm(
-                        o,
-                        hw,
-                        k,
-                        ob.as_mut_ptr(),
-                        1,
-                        hw as isize,
-                        true,
-                        wt.as_ptr(),
-                        1,
-                        k as isize,
-                        cols.as_ptr(),
-                        1,
-                        hw as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        inner,
-                    )
-                }
+        per_item_with_bias(&mut out, x, c * h * w, bias, hw, |ob, xb, par| {
+            // SAFETY: dst (o, hw), lhs the (o, k) weight, rhs cols (k, hw), all row-major and in bounds.
+            let mut run = |cols: &[f32]| unsafe {
+                gemm_accumulate(
+                    (o, hw, k),
+                    ob.as_mut_ptr(),
+                    hw,
+                    wt.as_ptr(),
+                    (1, k),
+                    cols.as_ptr(),
+                    (1, hw),
+                    par,
+                )
             };
             if pointwise {
                 run(xb);
@@ -887,16 +935,7 @@ impl CustomOp3 for Conv2d {
                     run(&buf[..k * hw]);
                 });
             }
-        };
-        if outer {
-            out.par_chunks_mut(o * hw)
-                .zip(x.par_chunks(c * h * w))
-                .for_each(one);
-        } else {
-            out.chunks_mut(o * hw)
-                .zip(x.chunks(c * h * w))
-                .for_each(one);
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, o, ho, wo))))
     }
 }
@@ -955,16 +994,7 @@ impl CustomOp3 for TemporalConv {
         let o = wd[0];
         let cols = f * hw;
         let mut out = output_buffer(b * o * cols);
-        let threads = rayon::current_num_threads();
-        let (outer, inner) = if b >= threads {
-            (true, gemm::Parallelism::None)
-        } else {
-            (false, gemm::Parallelism::Rayon(threads))
-        };
-        let one = |(ob, xb): (&mut [f32], &[f32])| {
-            for (oc, &bv) in ob.chunks_exact_mut(cols).zip(bias) {
-                oc.fill(bv);
-            }
+        per_item_with_bias(&mut out, x, c * cols, bias, cols, |ob, xb, par| {
             // (tap, output column offset, input column offset, columns)
             let shifted = cols.saturating_sub(hw);
             for (tap, dst_off, src_off, n) in
@@ -974,41 +1004,21 @@ impl CustomOp3 for TemporalConv {
                     continue;
                 }
                 // SAFETY: dst rows of `cols` floats from `dst_off`, n ≤ cols − dst_off columns; lhs W[:, :, tap] with
-                // row stride 3c and column stride 3 inside the (o, c, 3) weight; rhs rows of `cols` from `src_off`.
+                // column stride 3 and row stride 3c inside the (o, c, 3) weight; rhs rows of `cols` from `src_off`.
                 unsafe {
-                    gemm::gemm(
-                        o,
-                        n,
-                        c,
+                    gemm_accumulate(
+                        (o, n, c),
                         ob.as_mut_ptr().add(dst_off),
-                        1,
-                        cols as isize,
-                        true,
+                        cols,
                         wt.as_ptr().add(tap),
-                        3,
-                        (3 * c) as isize,
+                        (3, 3 * c),
                         xb.as_ptr().add(src_off),
-                        1,
-                        cols as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        inner,
+                        (1, cols),
+                        par,
                     )
                 }
             }
-        };
-        if outer {
-            out.par_chunks_mut(o * cols)
-                .zip(x.par_chunks(c * cols))
-                .for_each(one);
-        } else {
-            out.chunks_mut(o * cols)
-                .zip(x.chunks(c * cols))
-                .for_each(one);
-        }
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, o, f, hw))))
     }
 }
@@ -1127,27 +1137,16 @@ impl candle_core::CustomOp2 for LinearOp {
             gemm::Parallelism::None
         };
         // SAFETY: dst (rows, o) row-major; lhs x (rows, i) row-major; rhs Wᵀ (i, o) read from the (o, i) weight with
-        // row stride 1 and column stride i; every index is in bounds.
+        // column stride i and row stride 1; every index is in bounds.
         unsafe {
-            gemm::gemm(
-                rows,
-                o,
-                i,
+            gemm_accumulate(
+                (rows, o, i),
                 out.as_mut_ptr(),
-                1,
-                o as isize,
-                true,
+                o,
                 x.as_ptr(),
-                1,
-                i as isize,
+                (1, i),
                 w.as_ptr(),
-                i as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
+                (i, 1),
                 par,
             )
         }
