@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
-use vadapt::models::model_dir::ModelDir;
+use vadapt::models::model_dir::{ModelDir, Signals};
 use vadapt::rng::NoiseRng;
 use vadapt::vision::tensor::{frame_to_tensor, tensor_to_frames};
 use vadapt::vision::{edges::edge_channel, resize::resize_rgb};
@@ -96,15 +96,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .take(frames)
                 .map(|f| resize_rgb(&f.image, h as u32, w as u32))
                 .collect();
-            let e = Tensor::from_vec(edge_channel(&clip), (1, frames, h, w), &device)?;
-            (Some(e), Some(frame_to_tensor(&clip[0], &device)?))
+            // A latent model sees its conditioning average-pooled to latent size.
+            let s = small.downscale();
+            let pool = |t: Tensor| if s > 1 { t.avg_pool2d(s) } else { Ok(t) };
+            let e = pool(Tensor::from_vec(
+                edge_channel(&clip),
+                (1, frames, h, w),
+                &device,
+            )?)?;
+            let first = pool(frame_to_tensor(&clip[0], &device)?.unsqueeze(0)?)?.squeeze(0)?;
+            (Some(e), Some(first))
         }
         None => (None, None),
+    };
+    let signals = Signals {
+        edges: edges.as_ref(),
+        first_frame: first.as_ref(),
+        low_res: None,
     };
     let (text, uncond) = small.embed(&args.prompt, 1, &device)?;
     let small_in = Conditioned {
         model: &small.unet,
-        channels: small.channels(edges.as_ref(), first.as_ref(), frames)?,
+        channels: small.channels(signals, frames)?,
         text,
         uncond,
         schedule: None,
@@ -119,7 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             vec![Prior {
                 input: Conditioned {
                     model: &p.unet,
-                    channels: p.channels(edges.as_ref(), first.as_ref(), frames)?,
+                    channels: p.channels(signals, frames)?,
                     text,
                     uncond,
                     schedule: Some(vadapt::schedulers::NoiseSchedule::from_config(&p.scheduler)),
@@ -132,7 +145,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut scheduler = small.scheduler.build()?;
     scheduler.set_timesteps(args.steps)?;
     let mut rng = NoiseRng::new(args.seed);
-    let x_t = (rng.randn((1, 3, frames, h, w), &device)? * scheduler.init_noise_sigma())?;
+    let (c, s) = (small.sample_channels(), small.downscale());
+    if h % s != 0 || w % s != 0 {
+        bail!("{h}x{w}: a latent model at 1/{s} size needs multiples of {s}");
+    }
+    if let Some(p) = &prior {
+        if p.space() != small.space() {
+            bail!(
+                "{} denoises {}, {} denoises {}: compose models of one space",
+                p.path.display(),
+                p.space(),
+                small.path.display(),
+                small.space()
+            );
+        }
+    }
+    let x_t = (rng.randn((1, c, frames, h / s, w / s), &device)? * scheduler.init_noise_sigma())?;
     let settings = ComposeSettings {
         rule: args.rule,
         guidance: args.guidance,
@@ -147,7 +175,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut rng,
         false,
     )?;
-    let out_frames = tensor_to_frames(&traj.x0.squeeze(0)?)?;
+    let video = match &small.vae {
+        Some(vae) => vae.decode(&traj.x0)?,
+        None => traj.x0,
+    };
+    let out_frames = tensor_to_frames(&video.squeeze(0)?)?;
     // Small model resolutions (24x40) are below SVT-AV1's minimum; H.264 takes any even size.
     let opts = EncoderOptions {
         codec: Some(VideoCodec::H264),

@@ -4,20 +4,30 @@
 //! DIR/unet/                       diffusers UNet3DConditionModel (config.json + safetensors); or DIR itself
 //! DIR/text_encoder/               optional: byte-level encoder, CLIP or T5 (see models::text)
 //! DIR/scheduler/scheduler_config.json   optional diffusers scheduler config (default: DDIM, squaredcos_cap_v2)
+//! DIR/vae/                        optional: an AutoencoderKL; the model then works in that VAE's latent space
 //! DIR/vadapt.json                 optional: {"conditioning": ["edges", "first_frame"], "frames": 8,
 //!                                            "height": 24, "width": 40, "fps": 10}
 //! ```
 //! `conditioning` lists the channels concatenated after the noisy video, in this order (DESIGN.md: [noisy RGB,
-//! edges, first frame]); when `vadapt.json` is absent it is inferred from the UNet's `in_channels`
-//! (3: none, 4: edges, 6: first frame, 7: both).
+//! edges, first frame]; a super-resolution stage adds `low_res`); when `vadapt.json` is absent it is inferred from
+//! the UNet's `in_channels` (3: none, 4: edges, 6: first frame, 7: both).
+//!
+//! **Latent models.** A directory with `vae/` denoises that VAE's scaled latents (b, latent_channels, f, h/s, w/s),
+//! s the VAE's downscale; its conditioning channels are at latent size too (edges average-pooled by s), and
+//! `height`/`width` in `vadapt.json` stay in pixels. A diffusers text-to-video directory (ModelScope, Zeroscope:
+//! `model_index.json` with unet/, vae/, text_encoder/, tokenizer/, scheduler/) loads as a latent model with no
+//! conditioning that samples any frame count. Models composed in one target must share their sample space
+//! ([`SampleSpace`]).
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::latent_prior::{check_pipeline_index, is_pipeline_dir};
 use super::text::{load_text_encoder, TextEncoder};
 use super::unet_3d::UNet3DConditionModel;
+use super::vae::AutoencoderKL;
 use super::Denoiser;
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::schedulers::SchedulerConfig;
@@ -30,13 +40,57 @@ pub enum Conditioning {
     Edges,
     /// The first frame in [-1, 1], repeated over time, 3 channels.
     FirstFrame,
+    /// A super-resolution stage's input: the previous stage's video upsampled to this model's resolution, in
+    /// [-1, 1], 3 channels per frame.
+    LowRes,
 }
 
 impl Conditioning {
     pub fn channels(self) -> usize {
         match self {
             Conditioning::Edges => 1,
-            Conditioning::FirstFrame => 3,
+            Conditioning::FirstFrame | Conditioning::LowRes => 3,
+        }
+    }
+}
+
+/// The signals conditioning channels are built from, each at the model's sample resolution (latent size for a
+/// latent model); a model takes the ones its `conditioning` lists.
+#[derive(Default, Clone, Copy)]
+pub struct Signals<'a> {
+    /// The edge channel, (1, F, h, w).
+    pub edges: Option<&'a Tensor>,
+    /// The first frame, (3, h, w) in [-1, 1].
+    pub first_frame: Option<&'a Tensor>,
+    /// The previous stage's video upsampled, (3, F, h, w) in [-1, 1].
+    pub low_res: Option<&'a Tensor>,
+}
+
+/// What a model denoises: RGB pixels, or the scaled latents of a VAE. Two models compose only in the same space.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleSpace {
+    Pixels,
+    Latents {
+        channels: usize,
+        downscale: usize,
+        scaling_factor: f64,
+        shift_factor: Option<f64>,
+    },
+}
+
+impl std::fmt::Display for SampleSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SampleSpace::Pixels => write!(f, "RGB pixels"),
+            SampleSpace::Latents {
+                channels,
+                downscale,
+                scaling_factor,
+                ..
+            } => write!(
+                f,
+                "{channels}-channel VAE latents at 1/{downscale} size (scaling factor {scaling_factor})"
+            ),
         }
     }
 }
@@ -89,10 +143,19 @@ pub struct ModelDir {
     pub scheduler: SchedulerConfig,
     pub conditioning: Vec<Conditioning>,
     pub meta: ModelMeta,
+    /// The VAE of a latent model (`DIR/vae/`).
+    pub vae: Option<AutoencoderKL>,
+    /// Samples any number of frames (a text-to-video pipeline directory without `vadapt.json`); otherwise windows
+    /// of `meta.frames`.
+    pub any_frames: bool,
 }
 
 impl ModelDir {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let pipeline = is_pipeline_dir(dir);
+        if pipeline {
+            check_pipeline_index(dir)?;
+        }
         let unet_dir = if dir.join("unet").join("config.json").exists() {
             dir.join("unet")
         } else {
@@ -117,7 +180,13 @@ impl ModelDir {
                 dir,
             )?,
         };
+        let vae = if dir.join("vae").join("config.json").exists() {
+            Some(AutoencoderKL::load(&dir.join("vae"), device)?)
+        } else {
+            None
+        };
         let meta_path = dir.join("vadapt.json");
+        let any_frames = pipeline && !meta_path.exists();
         let meta: ModelMeta = if meta_path.exists() {
             let text = std::fs::read_to_string(&meta_path).at(&meta_path)?;
             serde_json::from_str(&text)
@@ -125,22 +194,52 @@ impl ModelDir {
         } else {
             ModelMeta::default()
         };
+        let sample_channels = vae.as_ref().map_or(3, AutoencoderKL::latent_channels);
+        let unet_config = unet_dir.join("config.json");
+        if unet.out_channels() != sample_channels {
+            return Err(Error::model(
+                Location::file(&unet_config).field("out_channels"),
+                match &vae {
+                    Some(_) => format!(
+                        "the UNet predicts {} channels, the VAE's latents have {sample_channels}",
+                        unet.out_channels()
+                    ),
+                    None => format!(
+                        "the UNet predicts {} channels; a model without vae/ denoises RGB (3)",
+                        unet.out_channels()
+                    ),
+                },
+            ));
+        }
+        if let Some(enc) = &text_encoder {
+            if unet.cross_attention_dim() != enc.dim() {
+                return Err(Error::model(
+                    Location::file(&unet_config).field("cross_attention_dim"),
+                    format!(
+                        "{}, but the text encoder's embeddings are {} wide",
+                        unet.cross_attention_dim(),
+                        enc.dim()
+                    ),
+                ));
+            }
+        }
         let conditioning = match &meta.conditioning {
             Some(c) => c.clone(),
-            None => match unet.in_channels() {
-                3 => vec![],
-                4 => vec![Conditioning::Edges],
-                6 => vec![Conditioning::FirstFrame],
-                7 => vec![Conditioning::Edges, Conditioning::FirstFrame],
-                n => {
+            None => match unet.in_channels() - sample_channels.min(unet.in_channels()) {
+                0 => vec![],
+                1 => vec![Conditioning::Edges],
+                3 => vec![Conditioning::FirstFrame],
+                4 => vec![Conditioning::Edges, Conditioning::FirstFrame],
+                _ => {
+                    let n = unet.in_channels();
                     return Err(Error::model(
                         Location::file(dir).field("conditioning"),
                         format!("cannot infer the conditioning of a {n}-channel UNet; list it in vadapt.json"),
-                    ))
+                    ));
                 }
             },
         };
-        let expected = 3 + conditioning.iter().map(|c| c.channels()).sum::<usize>();
+        let expected = sample_channels + conditioning.iter().map(|c| c.channels()).sum::<usize>();
         if expected != unet.in_channels() {
             return Err(Error::model(
                 Location::file(&meta_path).field("conditioning"),
@@ -157,7 +256,32 @@ impl ModelDir {
             scheduler,
             conditioning,
             meta,
+            vae,
+            any_frames,
         })
+    }
+
+    /// What this model denoises.
+    pub fn space(&self) -> SampleSpace {
+        match &self.vae {
+            None => SampleSpace::Pixels,
+            Some(v) => SampleSpace::Latents {
+                channels: v.latent_channels(),
+                downscale: v.downscale(),
+                scaling_factor: v.config().scaling_factor,
+                shift_factor: v.config().shift_factor,
+            },
+        }
+    }
+
+    /// Channels of the video the model denoises: 3 (RGB) or the VAE's latent channels.
+    pub fn sample_channels(&self) -> usize {
+        self.unet.out_channels()
+    }
+
+    /// Pixels per sample along height and width: 1, or the VAE's downscale.
+    pub fn downscale(&self) -> usize {
+        self.vae.as_ref().map_or(1, AutoencoderKL::downscale)
     }
 
     /// (text, uncond) embeddings of `prompt` for a batch of `batch`: from the model's text encoder, or zeros of
@@ -180,25 +304,18 @@ impl ModelDir {
         }
     }
 
-    /// The conditioning channels, (1, k, frames, h, w), from the edge channel (1, F, H, W) and the first frame
-    /// (3, H, W) in [-1, 1].
-    pub fn channels(
-        &self,
-        edges: Option<&Tensor>,
-        first_frame: Option<&Tensor>,
-        frames: usize,
-    ) -> Result<Option<Tensor>> {
-        conditioning_channels(&self.conditioning, edges, first_frame, frames, &self.path)
+    /// The conditioning channels, (1, k, frames, h, w), from the signals at the sample resolution.
+    pub fn channels(&self, signals: Signals, frames: usize) -> Result<Option<Tensor>> {
+        conditioning_channels(&self.conditioning, signals, frames, &self.path)
     }
 }
 
-/// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in
-/// DESIGN.md's order: edges (1, F, H, W) then the first frame (3, H, W) repeated over time. `model` names the model
-/// in the error when a signal it needs is missing. Sampling and training build them the same way.
+/// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in the
+/// order listed (DESIGN.md: edges, then the first frame repeated over time). `model` names the model in the error
+/// when a signal it needs is missing. Sampling and training build them the same way.
 pub fn conditioning_channels(
     conditioning: &[Conditioning],
-    edges: Option<&Tensor>,
-    first_frame: Option<&Tensor>,
+    signals: Signals,
     frames: usize,
     model: &Path,
 ) -> Result<Option<Tensor>> {
@@ -206,7 +323,8 @@ pub fn conditioning_channels(
     for c in conditioning {
         match c {
             Conditioning::Edges => parts.push(
-                edges
+                signals
+                    .edges
                     .ok_or_else(|| {
                         Error::config(
                             Location::file(model).field("edges"),
@@ -215,8 +333,20 @@ pub fn conditioning_channels(
                     })?
                     .unsqueeze(0)?,
             ),
+            Conditioning::LowRes => parts.push(
+                signals
+                    .low_res
+                    .ok_or_else(|| {
+                        Error::config(
+                            Location::file(model).field("low_res"),
+                            "this model is a super-resolution stage: it needs the previous stage's video (list it \
+                             under a target's stages, after the base model)",
+                        )
+                    })?
+                    .unsqueeze(0)?,
+            ),
             Conditioning::FirstFrame => {
-                let f = first_frame.ok_or_else(|| {
+                let f = signals.first_frame.ok_or_else(|| {
                     Error::config(
                         Location::file(model).field("first_frame"),
                         "this model is conditioned on the first frame; give a video",

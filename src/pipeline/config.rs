@@ -189,6 +189,39 @@ pub struct TargetConfig {
     /// Per-target seed (default: the global seed).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// A super-resolution cascade after the base model: `[[target.stages]]`, each a model conditioned on the
+    /// previous stage's output upsampled to its resolution (`low_res`) and on the edges at that resolution. The
+    /// target's camera is the last stage's output.
+    #[serde(default)]
+    pub stages: Vec<StageConfig>,
+}
+
+/// One super-resolution stage of a target (the paper's 24x40 -> 48x80 -> 192x320 cascade). Composition with
+/// priors happens at the base stage; stages refine what it made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The stage model (ModelDir; its conditioning lists `low_res`).
+    pub adapter: PathBuf,
+    /// [height, width]; default: the stage model's vadapt.json.
+    #[serde(default)]
+    pub resolution: Option<[usize; 2]>,
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    #[serde(default)]
+    pub sampler: Sampler,
+    /// Classifier-free guidance on the stage's text (1: none).
+    #[serde(default = "d_stage_guidance")]
+    pub guidance: f32,
+    /// Prompt template (default: `{task}` for models with a text encoder, empty otherwise).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub window_overlap: Option<usize>,
+}
+
+fn d_stage_guidance() -> f32 {
+    1.0
 }
 
 fn d_guidance() -> f32 {
@@ -292,6 +325,9 @@ impl PipelineConfig {
             for p in &mut t.priors {
                 fix(&mut p.dir);
             }
+            for st in &mut t.stages {
+                fix(&mut st.adapter);
+            }
         }
     }
 
@@ -325,6 +361,7 @@ impl PipelineConfig {
         let mut names = std::collections::BTreeSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let k = |f: &str| format!("target[{i}].{f}");
+            // `k("")` is the prefix `target[i].`.
             if !safe_name(&t.name) {
                 return err(
                     k("name"),
@@ -388,34 +425,60 @@ impl PipelineConfig {
                     format!("{} must be a finite number >= 0", t.guidance),
                 );
             }
-            if t.steps == 0 || t.steps > 1000 {
-                return err(k("steps"), format!("{} must be in 1..=1000", t.steps));
-            }
-            if let Some([h, w]) = t.resolution {
-                // Two UNet downsamplings at least; 8 keeps every demo model valid.
-                if h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
+            check_sampling(path, &k(""), t.steps, t.resolution, t.prompt.as_deref())?;
+            for (j, st) in t.stages.iter().enumerate() {
+                let key = k(&format!("stages[{j}]."));
+                check_model_dir(&st.adapter, path, &format!("{key}adapter"))?;
+                check_sampling(path, &key, st.steps, st.resolution, st.prompt.as_deref())?;
+                if !(st.guidance.is_finite() && st.guidance >= 0.0) {
                     return err(
-                        k("resolution"),
-                        format!("[{h}, {w}]: height and width must be positive multiples of 8"),
-                    );
-                }
-            }
-            if let Some(p) = &t.prompt {
-                if p.contains('{')
-                    && !p
-                        .replace("{task}", "")
-                        .chars()
-                        .all(|c| c != '{' && c != '}')
-                {
-                    return err(
-                        k("prompt"),
-                        format!("{p:?}: the only placeholder is {{task}}"),
+                        format!("{key}guidance"),
+                        format!("{} must be a finite number >= 0", st.guidance),
                     );
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Checks shared by a target and its cascade stages; `prefix` ends in `.` (`target[0].`, `target[0].stages[1].`).
+fn check_sampling(
+    path: &Path,
+    prefix: &str,
+    steps: usize,
+    resolution: Option<[usize; 2]>,
+    prompt: Option<&str>,
+) -> Result<()> {
+    let err = |key: &str, msg: String| {
+        Err(Error::config(
+            Location::file(path).field(format!("{prefix}{key}")),
+            msg,
+        ))
+    };
+    if steps == 0 || steps > 1000 {
+        return err("steps", format!("{steps} must be in 1..=1000"));
+    }
+    if let Some([h, w]) = resolution {
+        // Two UNet downsamplings at least; 8 keeps every demo model valid.
+        if h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
+            return err(
+                "resolution",
+                format!("[{h}, {w}]: height and width must be positive multiples of 8"),
+            );
+        }
+    }
+    if let Some(p) = prompt {
+        if p.contains('{')
+            && !p
+                .replace("{task}", "")
+                .chars()
+                .all(|c| c != '{' && c != '}')
+        {
+            return err("prompt", format!("{p:?}: the only placeholder is {{task}}"));
+        }
+    }
+    Ok(())
 }
 
 /// The dotted key of the `key = value` line holding byte `pos` of a TOML text, with its table

@@ -25,7 +25,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::config::{render_prompt, Codec, Layout, PipelineConfig, TargetConfig};
+use super::config::{render_prompt, Codec, Layout, PipelineConfig, StageConfig, TargetConfig};
 use super::units::{UnitRecord, WorkDir};
 use super::window::{window_starts, ModelUse, TargetSampler};
 use crate::compose::ComposeSettings;
@@ -34,7 +34,7 @@ use crate::error::{Error, IoResultExt, Location, Result};
 use crate::io::lerobot::writer::{write_atomic, LeRobotWriter, WriterOptions};
 use crate::io::video::{EncoderOptions, VideoCodec};
 use crate::io::{open_dataset, EpisodeSource};
-use crate::models::model_dir::ModelDir;
+use crate::models::model_dir::{Conditioning, ModelDir};
 use crate::vision::resize::resize_rgb;
 
 /// `--shard i/n`: this run takes the episodes at positions `p` (in dataset order) with `p % n == i`.
@@ -193,6 +193,8 @@ pub struct TargetPlan {
     pub resolution: (usize, usize),
     pub steps: usize,
     pub priors: usize,
+    /// The super-resolution stages' resolutions.
+    pub stages: Vec<(usize, usize)>,
 }
 
 impl Plan {
@@ -215,8 +217,13 @@ impl Plan {
                 .iter()
                 .map(|&n| window_starts(n, t.frames, t.overlap).len())
                 .sum();
+            let stages: String = t
+                .stages
+                .iter()
+                .map(|(h, w)| format!(" -> SR {h}x{w}"))
+                .collect();
             s.push_str(&format!(
-                "target {:<12} -> {}: {}x{} x {} frames (overlap {}), {} steps, {} prior(s), {} windows in all\n",
+                "target {:<12} -> {}: {}x{} x {} frames (overlap {}), {} steps, {} prior(s), {} windows in all{stages}\n",
                 t.name,
                 t.camera_key,
                 t.resolution.0,
@@ -239,6 +246,61 @@ struct LoadedTarget {
     priors: Vec<(ModelDir, f32, Option<String>)>,
     resolution: (usize, usize),
     overlap: usize,
+    stages: Vec<LoadedStage>,
+}
+
+/// One super-resolution stage of a target.
+struct LoadedStage {
+    cfg: StageConfig,
+    model: ModelDir,
+    resolution: (usize, usize),
+    overlap: usize,
+}
+
+/// The sampling resolution (explicit, or the model's) and window overlap of a model, checked: the overlap is below
+/// the model's window and a latent model's resolution divides by its VAE's downscale.
+fn resolution_and_overlap(
+    model: &ModelDir,
+    resolution: Option<[usize; 2]>,
+    overlap: Option<usize>,
+    loc: &dyn Fn(&str) -> Location,
+) -> Result<((usize, usize), usize)> {
+    let (h, w) = resolution
+        .map(|[h, w]| (h, w))
+        .unwrap_or((model.meta.height, model.meta.width));
+    let frames = model.meta.frames;
+    let overlap = overlap.unwrap_or(frames / 2);
+    if overlap >= frames {
+        return Err(Error::config(
+            loc("window_overlap"),
+            format!("{overlap} must be below the model's {frames} frames"),
+        ));
+    }
+    let s = model.downscale();
+    if h % s != 0 || w % s != 0 {
+        return Err(Error::config(
+            loc("resolution"),
+            format!(
+                "{h}x{w}: {} works in latents at 1/{s} size, so height and width must be multiples of {s}",
+                model.path.display()
+            ),
+        ));
+    }
+    Ok(((h, w), overlap))
+}
+
+/// A prompt for a model without a text encoder cannot be honoured: refuse before any work.
+fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result<()> {
+    if prompt.is_some_and(|p| !p.is_empty()) && model.text_encoder.is_none() {
+        return Err(Error::config(
+            loc,
+            format!(
+                "{} has no text_encoder/, so it takes no prompt",
+                model.path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl LoadedTarget {
@@ -249,31 +311,36 @@ impl LoadedTarget {
             .into_iter()
             .map(|p| Ok((ModelDir::load(&p.dir, device)?, p.strength, p.prompt)))
             .collect::<Result<Vec<_>>>()?;
-        let resolution = cfg
-            .resolution
-            .map(|[h, w]| (h, w))
-            .unwrap_or((small.meta.height, small.meta.width));
-        let frames = small.meta.frames;
-        let overlap = cfg.window_overlap.unwrap_or(frames / 2);
         let loc = |k: &str| Location::file(file).field(format!("target.{}.{k}", cfg.name));
-        if overlap >= frames {
+        let (resolution, overlap) =
+            resolution_and_overlap(&small, cfg.resolution, cfg.window_overlap, &loc)?;
+        let frames = small.meta.frames;
+        check_prompt(&small, cfg.prompt.as_deref(), loc("prompt"))?;
+        if small.conditioning.contains(&Conditioning::LowRes) {
             return Err(Error::config(
-                loc("window_overlap"),
-                format!("{overlap} must be below the model's {frames} frames"),
-            ));
-        }
-        // A prompt for a model without a text encoder cannot be honoured: refuse before any work.
-        if cfg.prompt.as_deref().is_some_and(|p| !p.is_empty()) && small.text_encoder.is_none() {
-            return Err(Error::config(
-                loc("prompt"),
+                loc("adapter"),
                 format!(
-                    "{} has no text_encoder/, so it takes no prompt",
-                    cfg.adapter.display()
+                    "{} is a super-resolution stage (it takes low_res): list it under [[target.stages]], after a base model",
+                    small.path.display()
                 ),
             ));
         }
         for (p, _, prompt) in &priors {
-            if p.meta.frames != frames {
+            // Composition adds noise predictions, so every model must denoise the same thing.
+            if p.space() != small.space() {
+                return Err(Error::config(
+                    loc("prior"),
+                    format!(
+                        "{} denoises {}, the adapter {} denoises {}: compose models of one space (train the \
+                         adapter on the prior's VAE latents, `model.vae` in the training recipe)",
+                        p.path.display(),
+                        p.space(),
+                        small.path.display(),
+                        small.space()
+                    ),
+                ));
+            }
+            if !p.any_frames && p.meta.frames != frames {
                 return Err(Error::config(
                     loc("prior"),
                     format!(
@@ -283,16 +350,48 @@ impl LoadedTarget {
                     ),
                 ));
             }
-            let explicit = prompt.as_deref().or(cfg.prompt.as_deref());
-            if explicit.is_some_and(|s| !s.is_empty()) && p.text_encoder.is_none() {
+            check_prompt(
+                p,
+                prompt.as_deref().or(cfg.prompt.as_deref()),
+                loc("prior_prompt"),
+            )?;
+        }
+        let mut stages = Vec::new();
+        let mut previous = resolution;
+        for (i, st) in cfg.stages.iter().enumerate() {
+            let model = ModelDir::load(&st.adapter, device)?;
+            let key = |k: &str| {
+                Location::file(file).field(format!("target.{}.stages[{i}].{k}", cfg.name))
+            };
+            if !model.conditioning.contains(&Conditioning::LowRes) {
                 return Err(Error::config(
-                    loc("prior_prompt"),
+                    key("adapter"),
                     format!(
-                        "{} has no text_encoder/, so it takes no prompt",
-                        p.path.display()
+                        "{} is not a super-resolution model: its conditioning {:?} has no low_res",
+                        model.path.display(),
+                        model.conditioning
                     ),
                 ));
             }
+            let (res, overlap) =
+                resolution_and_overlap(&model, st.resolution, st.window_overlap, &key)?;
+            check_prompt(&model, st.prompt.as_deref(), key("prompt"))?;
+            if res.0 < previous.0 || res.1 < previous.1 {
+                return Err(Error::config(
+                    key("resolution"),
+                    format!(
+                        "{}x{} is below the previous stage's {}x{}",
+                        res.0, res.1, previous.0, previous.1
+                    ),
+                ));
+            }
+            previous = res;
+            stages.push(LoadedStage {
+                cfg: st.clone(),
+                model,
+                resolution: res,
+                overlap,
+            });
         }
         Ok(Self {
             cfg: cfg.clone(),
@@ -300,7 +399,69 @@ impl LoadedTarget {
             priors,
             resolution,
             overlap,
+            stages,
         })
+    }
+
+    /// Every resolution the target samples at: the base model's, then each stage's.
+    fn resolutions(&self) -> Vec<(usize, usize)> {
+        std::iter::once(self.resolution)
+            .chain(self.stages.iter().map(|s| s.resolution))
+            .collect()
+    }
+
+    /// The sampler of cascade stage `i` (0-based): the stage model alone, seeded as `name/stage<i+1>`.
+    fn stage_sampler(&self, i: usize, task: &str) -> TargetSampler<'_> {
+        let st = &self.stages[i];
+        let tpl = Self::template(&st.model, st.cfg.prompt.as_deref());
+        let mut scheduler = st.model.scheduler.clone();
+        scheduler.class_name = Some(st.cfg.sampler.class_name().to_string());
+        TargetSampler {
+            name: format!("{}/stage{}", self.cfg.name, i + 1),
+            small: ModelUse {
+                model: &st.model,
+                prompt: render_prompt(&tpl, task),
+            },
+            priors: Vec::new(),
+            settings: ComposeSettings {
+                rule: Default::default(),
+                guidance: st.cfg.guidance,
+                compose_min_t: 0,
+            },
+            scheduler,
+            steps: st.cfg.steps,
+            frames: st.model.meta.frames,
+            overlap: st.overlap,
+        }
+    }
+
+    /// One episode through the base model and every stage. `frames[i]` are the source frames at
+    /// `self.resolutions()[i]`.
+    fn sample_episode(
+        &self,
+        frames: &[Arc<Vec<RgbImage>>],
+        task: &str,
+        seed: u64,
+        episode: u64,
+        device: &Device,
+        check: &dyn Fn(&'static str) -> Result<()>,
+    ) -> Result<Vec<RgbImage>> {
+        let mut out = self
+            .sampler(task)
+            .sample_episode_checked(&frames[0], None, seed, episode, device, check)?;
+        for (i, st) in self.stages.iter().enumerate() {
+            let (h, w) = st.resolution;
+            let low_res = frames_resized(&out, h, w);
+            out = self.stage_sampler(i, task).sample_episode_checked(
+                &frames[i + 1],
+                Some(&low_res),
+                seed,
+                episode,
+                device,
+                check,
+            )?;
+        }
+        Ok(out)
     }
 
     fn template(model: &ModelDir, explicit: Option<&str>) -> String {
@@ -316,7 +477,7 @@ impl LoadedTarget {
         let mut scheduler = self.small.scheduler.clone();
         scheduler.class_name = Some(self.cfg.sampler.class_name().to_string());
         TargetSampler {
-            name: &self.cfg.name,
+            name: self.cfg.name.clone(),
             small: ModelUse {
                 model: &self.small,
                 prompt: render_prompt(&small_tpl, task),
@@ -455,6 +616,7 @@ pub fn plan(
             resolution: lt.resolution,
             steps: t.steps,
             priors: lt.priors.len(),
+            stages: lt.stages.iter().map(|s| s.resolution).collect(),
         });
     }
     let plan = Plan {
@@ -477,7 +639,8 @@ struct Job {
     episode: u64,
     target: usize,
     task: String,
-    frames: Arc<Vec<RgbImage>>,
+    /// The source frames at each resolution the target samples at (base, then each cascade stage).
+    frames: Vec<Arc<Vec<RgbImage>>>,
     done: Option<UnitRecord>,
 }
 
@@ -602,6 +765,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                     .all_priors()
                     .iter()
                     .map(|p| model_hash(&p.dir))
+                    .chain(t.cfg.stages.iter().map(|st| model_hash(&st.adapter)))
                     .collect::<Result<_>>()?,
             ))
         })
@@ -724,16 +888,20 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                                 for (ti, t) in targets.iter().enumerate() {
                                     let done =
                                         finished.get(&(ep.index.0, t.cfg.name.clone())).cloned();
-                                    let (h, w) = t.resolution;
                                     let at = if done.is_some() {
-                                        Arc::new(Vec::new())
+                                        Vec::new()
                                     } else {
-                                        at_res
-                                            .entry(t.resolution)
-                                            .or_insert_with(|| {
-                                                Arc::new(frames_resized(&frames, h, w))
+                                        t.resolutions()
+                                            .into_iter()
+                                            .map(|(h, w)| {
+                                                at_res
+                                                    .entry((h, w))
+                                                    .or_insert_with(|| {
+                                                        Arc::new(frames_resized(&frames, h, w))
+                                                    })
+                                                    .clone()
                                             })
-                                            .clone()
+                                            .collect()
                                     };
                                     jobs.push(Job {
                                         pos,
@@ -795,7 +963,6 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                                 work.load(rec)?
                             }
                             None => {
-                                let sampler = t.sampler(&job.task);
                                 // Between denoising steps: stop on Ctrl-C or a sibling's failure.
                                 let check = |point: &'static str| {
                                     halt.check()?;
@@ -805,9 +972,10 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
                                     };
                                     halt.inject(stage, job.pos, job.episode)
                                 };
-                                let out = sampler
-                                    .sample_episode_checked(
+                                let out = t
+                                    .sample_episode(
                                         &job.frames,
+                                        &job.task,
                                         t.seed(global_seed),
                                         job.episode,
                                         &device,
@@ -1426,6 +1594,10 @@ fn provenance(
             "adapter": {"path": t.cfg.adapter.to_string_lossy(), "hash": ah},
             "priors": t.cfg.all_priors().iter().zip(ph).map(|(p, h)| json!({
                 "path": p.dir.to_string_lossy(), "hash": h, "strength": p.strength,
+            })).collect::<Vec<_>>(),
+            "stages": t.stages.iter().zip(&ph[t.priors.len()..]).map(|(st, h)| json!({
+                "path": st.cfg.adapter.to_string_lossy(), "hash": h,
+                "resolution": [st.resolution.0, st.resolution.1], "steps": st.cfg.steps,
             })).collect::<Vec<_>>(),
             "model_frames": t.small.meta.frames,
             "window_overlap": t.overlap,

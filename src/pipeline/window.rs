@@ -13,12 +13,12 @@ use image::RgbImage;
 
 use crate::compose::{composed_eps, from_epsilon, ComposeSettings, Conditioned, Prior, Strength};
 use crate::error::{Error, Location, Result};
-use crate::models::model_dir::ModelDir;
+use crate::models::model_dir::{ModelDir, SampleSpace, Signals};
 use crate::models::Parameterization;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
 use crate::vision::edges::edge_channel;
-use crate::vision::tensor::{frame_to_tensor, tensor_to_frames};
+use crate::vision::tensor::{frame_to_tensor, frames_to_tensor, tensor_to_frames};
 
 /// Window start frames covering `len` frames with windows of `frames` and `overlap` shared frames. The last
 /// window ends at the last frame; an episode shorter than a window gets one (padded) window.
@@ -48,10 +48,10 @@ pub struct ModelUse<'a> {
     pub prompt: String,
 }
 
-/// Everything one target needs to sample an episode.
+/// Everything one target (or one stage of its super-resolution cascade) needs to sample an episode.
 pub struct TargetSampler<'a> {
-    /// Seed salt and error context.
-    pub name: &'a str,
+    /// Seed salt and error context: the target's name (`name/stage1`, ... for cascade stages).
+    pub name: String,
     pub small: ModelUse<'a>,
     /// (model, λ, prompt).
     pub priors: Vec<(ModelUse<'a>, f32)>,
@@ -61,6 +61,10 @@ pub struct TargetSampler<'a> {
     pub frames: usize,
     pub overlap: usize,
 }
+
+/// Frames of a latent decode call: one at a time, as diffusers' VAE slicing, so decoding a long episode needs the
+/// memory of one frame's activations.
+const DECODE_FRAMES: usize = 1;
 
 impl TargetSampler<'_> {
     /// Denoise one episode whose source frames are already at the model resolution. Returns as many frames as
@@ -72,15 +76,18 @@ impl TargetSampler<'_> {
         episode: u64,
         device: &Device,
     ) -> Result<Vec<RgbImage>> {
-        self.sample_episode_checked(source, seed, episode, device, &|_| Ok(()))
+        self.sample_episode_checked(source, None, seed, episode, device, &|_| Ok(()))
     }
 
-    /// [`Self::sample_episode`] that calls `check(point)` after the edge channel is computed (`"edges"`) and
-    /// before every model call of every denoising step (`"sample"`), and stops with its error: how a run stops mid-episode on
-    /// Ctrl-C or when another stage failed, instead of finishing a unit nobody will take.
+    /// [`Self::sample_episode`] for any model: `low_res` is a super-resolution stage's input (the previous stage's
+    /// output, already resized to this resolution, as many frames as `source`). It calls `check(point)` after the
+    /// edge channel is computed (`"edges"`) and before every model call of every denoising step (`"sample"`), and
+    /// stops with its error: how a run stops mid-episode on Ctrl-C or when another stage failed, instead of
+    /// finishing a unit nobody will take.
     pub fn sample_episode_checked(
         &self,
         source: &[RgbImage],
+        low_res: Option<&[RgbImage]>,
         seed: u64,
         episode: u64,
         device: &Device,
@@ -93,31 +100,75 @@ impl TargetSampler<'_> {
                 "episode has no frames",
             ));
         }
+        if let Some(l) = low_res {
+            if l.len() != n_real || l.iter().any(|f| f.dimensions() != source[0].dimensions()) {
+                return Err(Error::invalid(
+                    Location::none().episode(episode).field("low_res"),
+                    format!(
+                        "{} low-resolution frames for {n_real} source frames of {}x{}",
+                        l.len(),
+                        source[0].width(),
+                        source[0].height()
+                    ),
+                ));
+            }
+        }
         let f = self.frames;
         // Shorter than a window: repeat the last frame (those outputs are dropped).
-        let mut clip: Vec<RgbImage> = source.to_vec();
-        while clip.len() < f {
-            clip.push(clip[n_real - 1].clone());
-        }
+        let pad = |frames: &[RgbImage]| {
+            let mut clip = frames.to_vec();
+            while clip.len() < f {
+                clip.push(frames[n_real - 1].clone());
+            }
+            clip
+        };
+        let clip = pad(source);
         let n = clip.len();
         let (h, w) = (clip[0].height() as usize, clip[0].width() as usize);
-        let starts = window_starts(n, f, self.overlap.min(f - 1));
-        let edges = Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?;
+        let model = self.small.model;
+        let space = model.space();
+        let s = model.downscale();
+        if h % s != 0 || w % s != 0 {
+            return Err(Error::config(
+                Location::file(&model.path).field("vae"),
+                format!("{h}x{w} pixels: a latent model at 1/{s} size needs multiples of {s}"),
+            ));
+        }
+        let (hs, ws) = (h / s, w / s);
+        // Every signal at the sample resolution: latent models see them average-pooled to latent size.
+        let to_sample_res =
+            |t: Tensor| -> Result<Tensor> { Ok(if s > 1 { t.avg_pool2d(s)? } else { t }) };
+        let edges = to_sample_res(Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?)?;
+        let low_res = match low_res {
+            Some(l) => {
+                let v = frames_to_tensor(&pad(l), device)?; // (3, n, h, w)
+                Some(to_sample_res(v)?)
+            }
+            None => None,
+        };
         check("edges")?;
 
-        let (text, uncond) = self.small.model.embed(&self.small.prompt, 1, device)?;
+        let (text, uncond) = model.embed(&self.small.prompt, 1, device)?;
         let prior_text: Vec<(Tensor, Tensor)> = self
             .priors
             .iter()
             .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
             .collect::<Result<_>>()?;
-        let mut windows = Vec::with_capacity(starts.len());
-        for &s in &starts {
-            let e = edges.narrow(1, s, f)?;
-            let first = frame_to_tensor(&clip[s], device)?;
+        let mut windows = Vec::with_capacity(n);
+        let starts = window_starts(n, f, self.overlap.min(f - 1));
+        for &st in &starts {
+            let e = edges.narrow(1, st, f)?;
+            let first =
+                to_sample_res(frame_to_tensor(&clip[st], device)?.unsqueeze(0)?)?.squeeze(0)?;
+            let lr = low_res.as_ref().map(|l| l.narrow(1, st, f)).transpose()?;
+            let signals = Signals {
+                edges: Some(&e),
+                first_frame: Some(&first),
+                low_res: lr.as_ref(),
+            };
             let small = Conditioned {
-                model: &self.small.model.unet,
-                channels: self.small.model.channels(Some(&e), Some(&first), f)?,
+                model: &model.unet,
+                channels: model.channels(signals, f)?,
                 text: text.clone(),
                 uncond: uncond.clone(),
                 schedule: None,
@@ -130,7 +181,7 @@ impl TargetSampler<'_> {
                     Ok(Prior {
                         input: Conditioned {
                             model: &p.model.unet,
-                            channels: p.model.channels(Some(&e), Some(&first), f)?,
+                            channels: p.model.channels(signals, f)?,
                             text: t.clone(),
                             uncond: u.clone(),
                             schedule: Some(NoiseSchedule::from_config(&p.model.scheduler)),
@@ -139,14 +190,23 @@ impl TargetSampler<'_> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            windows.push((s, small, priors));
+            windows.push((st, small, priors));
         }
 
         let mut scheduler = self.scheduler.build()?;
         scheduler.set_timesteps(self.steps)?;
-        let x = (initial_noise(seed, episode, self.name, &starts, f, (h, w), device)?
-            * scheduler.init_noise_sigma())?;
-        let mut step_rng = NoiseRng::new(derive_seed(seed, episode, self.name, u64::MAX));
+        let channels = model.sample_channels();
+        let x = (initial_noise(
+            seed,
+            episode,
+            &self.name,
+            &starts,
+            f,
+            channels,
+            (hs, ws),
+            device,
+        )? * scheduler.init_noise_sigma())?;
+        let mut step_rng = NoiseRng::new(derive_seed(seed, episode, &self.name, u64::MAX));
         let schedule = scheduler.schedule().clone();
         let mut prior_calls = 0;
         let x = denoise_windows(
@@ -169,20 +229,34 @@ impl TargetSampler<'_> {
                 )
             },
         )?;
-        let mut out = tensor_to_frames(&x.get(0)?)?;
+        let video = match (&space, &model.vae) {
+            (SampleSpace::Latents { .. }, Some(vae)) => {
+                let mut parts = Vec::new();
+                for start in (0..n).step_by(DECODE_FRAMES) {
+                    check("sample")?;
+                    let len = DECODE_FRAMES.min(n - start);
+                    parts.push(vae.decode(&x.narrow(2, start, len)?)?);
+                }
+                Tensor::cat(&parts, 2)?
+            }
+            _ => x,
+        };
+        let mut out = tensor_to_frames(&video.get(0)?)?;
         out.truncate(n_real);
         Ok(out)
     }
 }
 
-/// The initial noise of an episode of `starts.last() + frames` frames, (1, 3, N, h, w): each frame from the seed of
-/// the first window that covers it, so a window's noise never depends on the episode's length beyond it.
+/// The initial noise of an episode of `starts.last() + frames` frames, (1, channels, N, h, w): each frame from the
+/// seed of the first window that covers it, so a window's noise never depends on the episode's length beyond it.
+#[allow(clippy::too_many_arguments)]
 pub fn initial_noise(
     seed: u64,
     episode: u64,
     target: &str,
     starts: &[usize],
     frames: usize,
+    channels: usize,
     (h, w): (usize, usize),
     device: &Device,
 ) -> Result<Tensor> {
@@ -190,7 +264,7 @@ pub fn initial_noise(
     let mut covered = 0;
     for (wi, &s) in starts.iter().enumerate() {
         let mut rng = NoiseRng::new(derive_seed(seed, episode, target, wi as u64));
-        let z = rng.randn((1, 3, frames, h, w), device)?;
+        let z = rng.randn((1, channels, frames, h, w), device)?;
         if s + frames > covered {
             let from = covered - s;
             parts.push(z.narrow(2, from, frames - from)?);

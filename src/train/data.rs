@@ -14,7 +14,7 @@ use image::RgbImage;
 use super::config::TrainConfig;
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
-use crate::models::model_dir::{conditioning_channels, Conditioning};
+use crate::models::model_dir::{conditioning_channels, Conditioning, Signals};
 use crate::rng::NoiseRng;
 use crate::vision::edges::edge_channel;
 use crate::vision::resize::resize_rgb;
@@ -204,13 +204,14 @@ impl ClipSet {
             }
             let edges = Tensor::from_vec(e, (1, f, h, w), device)?;
             let first = frame_to_tensor(&ep.condition[c.start], device)?;
-            if let Some(ch) = conditioning_channels(
-                &self.conditioning,
-                Some(&edges),
-                Some(&first),
-                f,
-                Path::new(&ep.name),
-            )? {
+            let signals = Signals {
+                edges: Some(&edges),
+                first_frame: Some(&first),
+                low_res: None,
+            };
+            if let Some(ch) =
+                conditioning_channels(&self.conditioning, signals, f, Path::new(&ep.name))?
+            {
                 channels.push(ch);
             }
             prompts.push(ep.prompt.clone());

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
-use vadapt::models::latent_prior::LatentPrior;
+use vadapt::models::model_dir::ModelDir;
 use vadapt::models::text::{load_text_encoder, ClipText, TextEncoder};
 use vadapt::models::unet_3d::{UNet3DConditionModel, UNet3DConfig};
 use vadapt::models::vae::AutoencoderKL;
@@ -360,15 +360,18 @@ fn clip_unsupported_config_is_named() {
 #[test]
 fn text_to_video_directory_loads() {
     let dir = parity_fixture("t2v");
-    let p = LatentPrior::load(&dir, &Device::Cpu).unwrap();
+    let p = ModelDir::load(&dir, &Device::Cpu).unwrap();
     assert_eq!(
         (p.unet.in_channels(), p.unet.out_channels()),
         (4, 4),
         "latent UNet"
     );
-    assert_eq!(p.vae.latent_channels(), 4);
+    assert_eq!(p.vae.as_ref().expect("vae/").latent_channels(), 4);
     assert_eq!(
-        (p.text_encoder.dim(), p.text_encoder.max_tokens()),
+        (
+            p.text_encoder.as_ref().unwrap().dim(),
+            p.text_encoder.as_ref().unwrap().max_tokens()
+        ),
         (32, 77)
     );
     assert_eq!(p.scheduler.kind().unwrap(), SchedulerKind::Ddim);
@@ -377,7 +380,12 @@ fn text_to_video_directory_loads() {
         serde_json::from_str(&std::fs::read_to_string(parity_fixture("prompts.json")).unwrap())
             .unwrap();
     let (io, _) = clip_io();
-    let got = p.text_encoder.encode(&[prompts[0].as_str()]).unwrap();
+    let got = p
+        .text_encoder
+        .as_ref()
+        .unwrap()
+        .encode(&[prompts[0].as_str()])
+        .unwrap();
     let want = io["last_hidden_state_quick_gelu"].narrow(0, 0, 1).unwrap();
     assert!(max_abs_diff(&flat(&got), &flat(&want)) <= TOL);
 
@@ -389,7 +397,7 @@ fn text_to_video_directory_loads() {
     let mut index: serde_json::Value = serde_json::from_str(&index_text).unwrap();
     index["unet"] = serde_json::json!(["diffusers", "UNet2DConditionModel"]);
     std::fs::write(copy.join("model_index.json"), index.to_string()).unwrap();
-    let err = LatentPrior::load(&copy, &Device::Cpu)
+    let err = ModelDir::load(&copy, &Device::Cpu)
         .err()
         .expect("2-D UNet")
         .to_string();
@@ -425,7 +433,7 @@ fn text_to_video_directory_loads() {
     )
     .unwrap();
     vars.save(te.join("model.safetensors")).unwrap();
-    let err = LatentPrior::load(&copy, &Device::Cpu)
+    let err = ModelDir::load(&copy, &Device::Cpu)
         .err()
         .expect("text encoder 48 wide, UNet cross-attention 32")
         .to_string();
@@ -453,7 +461,7 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn composed_latent_sampling_end_to_end() {
     let dev = Device::Cpu;
-    let prior = LatentPrior::load(&parity_fixture("t2v"), &dev).unwrap();
+    let prior = ModelDir::load(&parity_fixture("t2v"), &dev).unwrap();
 
     // The small task model: a tiny random UNet3D on the same 4 latent channels, unconditioned on text width 32.
     let small_cfg: UNet3DConfig = serde_json::from_value(serde_json::json!({
@@ -469,8 +477,18 @@ fn composed_latent_sampling_end_to_end() {
             .unwrap();
 
     let (frames, h, w) = (2, 8, 12);
-    let text = prior.text_encoder.encode(&["push the red star"]).unwrap();
-    let uncond = prior.text_encoder.unconditional(1).unwrap();
+    let text = prior
+        .text_encoder
+        .as_ref()
+        .unwrap()
+        .encode(&["push the red star"])
+        .unwrap();
+    let uncond = prior
+        .text_encoder
+        .as_ref()
+        .unwrap()
+        .unconditional(1)
+        .unwrap();
     let small_in = Conditioned {
         model: &small,
         channels: None,
@@ -508,8 +526,8 @@ fn composed_latent_sampling_end_to_end() {
     .unwrap();
     assert_eq!(traj.x0.dims(), &[1, 4, frames, h, w]);
     assert!(traj.prior_calls >= 1, "the prior was composed in");
-    let video = prior.vae.decode(&traj.x0).unwrap();
-    let s = prior.vae.downscale();
+    let video = prior.vae.as_ref().unwrap().decode(&traj.x0).unwrap();
+    let s = prior.downscale();
     assert_eq!(video.dims(), &[1, 3, frames, h * s, w * s]);
     let v = flat(&video);
     assert!(v.iter().all(|x| x.is_finite()), "decoded video is finite");

@@ -616,7 +616,7 @@ fn pipeline_window_sampler_is_deterministic_per_episode() {
         })
         .collect();
     let sampler = TargetSampler {
-        name: "t",
+        name: "t".into(),
         small: ModelUse {
             model: &model,
             prompt: String::new(),
