@@ -7,6 +7,7 @@
 //! `compose` (the sampling loop) -> `io` (LeRobot v3.0 output).
 
 pub mod compose;
+pub mod compute;
 pub mod episode;
 pub mod error;
 pub mod eval;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
+use vadapt::compute::{Compute, DeviceSpec, Precision};
 use vadapt::error::Error;
 use vadapt::pipeline::{self, PipelineConfig, RunOptions, Shard};
 
@@ -70,6 +71,12 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Where the models run: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Precision of the UNets and VAEs: f32 (the CPU default and fast path), f16, or bf16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -83,6 +90,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         strict: args.strict,
         threads: args.threads,
         progress: !args.quiet,
+        compute: Compute {
+            device: args.device,
+            precision: args.dtype,
+        },
         stop: None,
         fail: None,
     };

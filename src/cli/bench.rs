@@ -19,9 +19,14 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+
+use candle_nn::VarBuilder;
+use vadapt::compute::{DeviceSpec, Precision};
 use vadapt::models::model_dir::ModelDir;
-use vadapt::models::unet_3d::forward_flops;
+use vadapt::models::unet_3d::{forward_flops, UNet3DConditionModel, UNet3DConfig};
 use vadapt::models::Denoiser;
 use vadapt::rng::NoiseRng;
 
@@ -71,6 +76,20 @@ pub struct Args {
     /// Keep the peer's inputs and outputs (safetensors) in this directory.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+    /// Where the models run: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Precision of the UNets: f32, f16 or bf16 (CUDA only).
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
+    /// Instead of the demo benchmarks: time a random-weight UNet3D of this diffusers config.json, e.g. a real-size
+    /// prior (`benches/configs/modelscope_t2v_unet.json`), at `--frames` and `--latent`, batch 2 (the conditional and
+    /// unconditional passes of one guided step).
+    #[arg(long)]
+    pub unet_config: Option<PathBuf>,
+    /// HxW of the latents for `--unet-config` (32x32: a 256x256 video through an SD VAE).
+    #[arg(long, default_value = "32x32")]
+    pub latent: String,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -360,11 +379,107 @@ fn unet_dir(model: &Path) -> PathBuf {
     }
 }
 
+/// Weights drawn from N(0, 0.02²) as the model asks for them, one tensor at a time (a `VarMap` keeps gradient
+/// bookkeeping and needed ~2.7x the weights' memory for a 1.4 B model); counts what it hands out.
+#[derive(Default)]
+struct RandomWeights {
+    count: Arc<AtomicUsize>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        _name: &str,
+        _hints: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.count.fetch_add(s.elem_count(), Ordering::Relaxed);
+        Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: random weights need a shape")
+    }
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// `--unet-config`: one guided step of a random-weight UNet of any size (a real-size prior), with its parameter
+/// count, weight memory, FLOPs and rate. Weights are random: the time of a forward does not depend on their values.
+fn unet_config_only(args: &Args, config: &Path) -> anyhow::Result<Value> {
+    let dev = args.device.open()?;
+    let dtype = args.dtype.dtype();
+    let (h, w) = parse_size(&args.latent)?;
+    let cfg = UNet3DConfig::from_file(config)?;
+    let t0 = Instant::now();
+    let weights = RandomWeights::default();
+    let params = Arc::clone(&weights.count);
+    let unet = UNet3DConditionModel::new(
+        VarBuilder::from_backend(Box::new(weights), dtype, dev.clone()),
+        cfg.clone(),
+    )?;
+    let init_s = t0.elapsed().as_secs_f64();
+    let params = params.load(Ordering::Relaxed);
+    eprintln!(
+        "{}: {:.3} B parameters ({dtype:?}, random init {init_s:.1} s)",
+        config.display(),
+        params as f64 / 1e9
+    );
+    let mut rng = NoiseRng::new(7);
+    let b = 2;
+    let x = rng.randn((b, cfg.in_channels, args.frames, h, w), &dev)?;
+    let tokens = 77;
+    let ctx = rng.randn((b, tokens, cfg.cross_attention_dim), &dev)?;
+    let t = Tensor::full(500f32, b, &dev)?;
+    // Reading one number back waits for the device (CUDA kernels run asynchronously).
+    let (secs, _) = best_of(args.reps, || {
+        Ok(unet.forward(&x, &t, &ctx)?.sum_all()?.to_scalar::<f32>()?)
+    })?;
+    let flops = forward_flops(&cfg, b, args.frames, h, w, tokens);
+    eprintln!(
+        "forward, batch 2 (one guided step), {} frames at {h}x{w} latents: {secs:.2} s, {:.1} GFLOP/s",
+        args.frames,
+        flops / secs / 1e9
+    );
+    Ok(json!({
+        "unet_config": config.display().to_string(),
+        "device": args.device.to_string(),
+        "dtype": format!("{dtype:?}"),
+        "parameters": params,
+        "weights_gib": (params * dtype.size_in_bytes()) as f64 / (1u64 << 30) as f64,
+        "frames": args.frames,
+        "latent": args.latent,
+        "seconds_per_guided_step": secs,
+        "seconds_per_20_step_window": 20.0 * secs,
+        "gflop": flops / 1e9,
+        "gflop_per_s": flops / secs / 1e9,
+        "threads": rayon::current_num_threads(),
+        "peak_rss_mib": peak_rss_mib(),
+    }))
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.threads > 0 {
         // Before the first parallel op: rayon's global pool (ours and candle's gemm) and candle's own pool size
         // themselves from this variable once.
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    }
+    if let Some(config) = &args.unet_config {
+        let report = unet_config_only(&args, config)?;
+        let text = serde_json::to_string_pretty(&report)?;
+        if let Some(p) = &args.json {
+            vadapt::io::lerobot::writer::write_atomic(p, text.as_bytes())?;
+        }
+        println!("{text}");
+        return Ok(());
+    }
+    if args.device != DeviceSpec::Cpu || args.dtype != Precision::F32 {
+        bail!(
+            "the demo benchmarks (and the diffusers peer) run on the CPU in F32; --device / --dtype apply to \
+             --unet-config"
+        );
     }
     let dev = Device::Cpu;
     let threads = rayon::current_num_threads();

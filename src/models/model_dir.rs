@@ -21,7 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::latent_prior::{check_pipeline_index, is_pipeline_dir};
@@ -152,6 +152,11 @@ pub struct ModelDir {
 
 impl ModelDir {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_in(dir, device, DType::F32)
+    }
+
+    /// Load with the UNet's and VAE's weights and compute in `dtype` (the text encoder stays F32).
+    pub fn load_in(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let pipeline = is_pipeline_dir(dir);
         if pipeline {
             check_pipeline_index(dir)?;
@@ -161,7 +166,7 @@ impl ModelDir {
         } else {
             dir.to_path_buf()
         };
-        let unet = UNet3DConditionModel::load(&unet_dir, device)?;
+        let unet = UNet3DConditionModel::load_with_dtype(&unet_dir, device, dtype)?;
         let text_encoder = if dir.join("text_encoder").exists() {
             Some(load_text_encoder(&dir.join("text_encoder"), device)?)
         } else {
@@ -181,7 +186,11 @@ impl ModelDir {
             )?,
         };
         let vae = if dir.join("vae").join("config.json").exists() {
-            Some(AutoencoderKL::load(&dir.join("vae"), device)?)
+            Some(AutoencoderKL::load_with_dtype(
+                &dir.join("vae"),
+                device,
+                dtype,
+            )?)
         } else {
             None
         };

@@ -69,6 +69,8 @@ impl GroupNorm {
     fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
+        // Statistics in F32 whatever the weights' dtype (diffusers upcasts GroupNorm the same way under autocast).
+        let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let grouped = x.reshape((b, self.num_groups, ()))?;
         let mean = grouped.mean_keepdim(D::Minus1)?;
@@ -79,9 +81,13 @@ impl GroupNorm {
             .reshape(dims.as_slice())?;
         let mut shape = vec![1, c];
         shape.extend(std::iter::repeat(1).take(dims.len() - 2));
+        let f32 = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.to_dtype(DType::F32)?.reshape(shape.as_slice())?)
+        };
         Ok(normed
-            .broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
-            .broadcast_add(&self.bias.reshape(shape.as_slice())?)?)
+            .broadcast_mul(&f32(&self.weight)?)?
+            .broadcast_add(&f32(&self.bias)?)?
+            .to_dtype(dtype)?)
     }
 }
 
@@ -108,6 +114,12 @@ pub(crate) fn conv2d(
 /// is ~4x slower than the forward; the im2col form's backward is matmuls and copies.
 #[derive(Debug, Clone)]
 pub struct Conv2d(candle_nn::Conv2d);
+
+impl Conv2d {
+    pub fn weight(&self) -> &Tensor {
+        self.0.weight()
+    }
+}
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -410,6 +410,12 @@ impl UNet3DConditionModel {
     }
 
     pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(Error::unsupported(
+                Location::file(dir).field("dtype"),
+                "BF16 compute on CPU (candle has no CPU BF16 matmul): use F32 or F16 there, BF16 on CUDA",
+            ));
+        }
         let config = UNet3DConfig::from_file(&dir.join("config.json"))?;
         let files = weight_files(dir)?;
         for f in &files {
@@ -509,18 +515,22 @@ impl UNet3DConditionModel {
             }
             _ => timestep.clone(),
         };
-        let t_emb = timestep_embedding(&timesteps, self.config.block_out_channels[0])?;
+        // Everything runs in the weights' dtype (F32 on CPU; F16/BF16 where loaded so); the sinusoidal embedding is
+        // computed in F32 first, as diffusers does.
+        let dtype = self.dtype();
+        let t_emb =
+            timestep_embedding(&timesteps, self.config.block_out_channels[0])?.to_dtype(dtype)?;
         record("time_proj", &t_emb);
         let emb = self
             .time_linear_2
             .forward(&self.time_linear_1.forward(&t_emb)?.silu()?)?;
         record("time_embedding", &emb);
         let emb = repeat_interleave(&emb, f)?;
-        let context = repeat_interleave(&encoder_hidden_states.to_dtype(DType::F32)?, f)?;
+        let context = repeat_interleave(&encoder_hidden_states.to_dtype(dtype)?, f)?;
 
         // 2. pre-process: (b, c, f, h, w) -> (b*f, c, h, w)
         let x = sample
-            .to_dtype(DType::F32)?
+            .to_dtype(dtype)?
             .permute((0, 2, 1, 3, 4))?
             .contiguous()?
             .reshape((b * f, c, h, w))?;
@@ -562,9 +572,16 @@ impl UNet3DConditionModel {
         let x = self.conv_out.forward(&x)?;
         record("conv_out", &x);
         let co = self.config.out_channels;
+        // Samplers and composition work in F32 whatever the weights' dtype.
         Ok(x.reshape((b, f, co, h, w))?
             .permute((0, 2, 1, 3, 4))?
+            .to_dtype(DType::F32)?
             .contiguous()?)
+    }
+
+    /// The dtype the weights were loaded in, which the forward runs in.
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight().dtype()
     }
 }
 

@@ -97,6 +97,7 @@ pub fn merge(out: &Path, parts: &[PathBuf], progress: bool) -> Result<RunSummary
         }
     }
     let opts = RunOptions {
+        compute: Default::default(),
         input: state.input.clone(),
         output: out.to_path_buf(),
         shard: Shard::default(),

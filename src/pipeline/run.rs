@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use image::RgbImage;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -29,6 +29,7 @@ use super::config::{render_prompt, Codec, Layout, PipelineConfig, StageConfig, T
 use super::units::{UnitRecord, WorkDir};
 use super::window::{window_starts, ModelUse, TargetSampler};
 use crate::compose::ComposeSettings;
+use crate::compute::Compute;
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames};
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::io::lerobot::writer::{write_atomic, LeRobotWriter, WriterOptions};
@@ -83,6 +84,8 @@ pub struct RunOptions {
     pub threads: usize,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Device and precision of the models.
+    pub compute: Compute,
     /// Set from outside (the CLI's Ctrl-C handler) to stop the run: every stage stops at its next check (a sampler
     /// between denoising steps), in-flight episodes are dropped, nothing unfinished is moved into the output, and
     /// `run` returns [`Error::Cancelled`] with [`INTERRUPTED`]. Finished units stay; `resume` completes the run.
@@ -304,12 +307,18 @@ fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result
 }
 
 impl LoadedTarget {
-    fn load(cfg: &TargetConfig, file: &Path, device: &Device) -> Result<Self> {
-        let small = ModelDir::load(&cfg.adapter, device)?;
+    fn load(cfg: &TargetConfig, file: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let small = ModelDir::load_in(&cfg.adapter, device, dtype)?;
         let priors = cfg
             .all_priors()
             .into_iter()
-            .map(|p| Ok((ModelDir::load(&p.dir, device)?, p.strength, p.prompt)))
+            .map(|p| {
+                Ok((
+                    ModelDir::load_in(&p.dir, device, dtype)?,
+                    p.strength,
+                    p.prompt,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let loc = |k: &str| Location::file(file).field(format!("target.{}.{k}", cfg.name));
         let (resolution, overlap) =
@@ -359,7 +368,7 @@ impl LoadedTarget {
         let mut stages = Vec::new();
         let mut previous = resolution;
         for (i, st) in cfg.stages.iter().enumerate() {
-            let model = ModelDir::load(&st.adapter, device)?;
+            let model = ModelDir::load_in(&st.adapter, device, dtype)?;
             let key = |k: &str| {
                 Location::file(file).field(format!("target.{}.stages[{i}].{k}", cfg.name))
             };
@@ -598,7 +607,8 @@ pub fn plan(
 ) -> Result<(Plan, Box<dyn EpisodeSource>)> {
     let source = open_dataset(&opts.input)?;
     let output_size = output_size(cfg, source.as_ref(), file)?;
-    let device = Device::Cpu;
+    let device = opts.compute.device.open()?;
+    let dtype = opts.compute.precision.dtype();
     let mut targets = Vec::new();
     for t in &cfg.targets {
         if source.features().contains_key(&t.camera_key()) {
@@ -607,7 +617,7 @@ pub fn plan(
                 format!("the dataset already has {}", t.camera_key()),
             ));
         }
-        let lt = LoadedTarget::load(t, file, &device)?;
+        let lt = LoadedTarget::load(t, file, &device, dtype)?;
         targets.push(TargetPlan {
             name: t.name.clone(),
             camera_key: t.camera_key(),
@@ -750,11 +760,12 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
     // Everything the config or the input can get wrong (cameras, models, prompts) fails here, before the output
     // directory is touched.
     let (plan, source) = plan(cfg, file, opts)?;
-    let device = Device::Cpu;
+    let device = opts.compute.device.open()?;
+    let dtype = opts.compute.precision.dtype();
     let targets: Vec<LoadedTarget> = cfg
         .targets
         .iter()
-        .map(|t| LoadedTarget::load(t, file, &device))
+        .map(|t| LoadedTarget::load(t, file, &device, dtype))
         .collect::<Result<_>>()?;
     let hashes: Vec<(String, Vec<String>)> = targets
         .iter()

@@ -1531,6 +1531,7 @@ fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
     use vadapt::pipeline::{run::plan, PipelineConfig, RunOptions, Shard};
     let cfg = PipelineConfig::load(path)?;
     let opts = RunOptions {
+        compute: Default::default(),
         input: pipeline_input(),
         output: out.to_path_buf(),
         shard: Shard::default(),

@@ -1,6 +1,7 @@
 //! All integration tests in one binary (one link instead of one per file).
 
 mod bad_inputs;
+mod bench_cli;
 mod common;
 mod compose;
 mod edges;
@@ -15,6 +16,7 @@ mod rlds;
 mod sample_cli;
 mod sample_data;
 mod schedulers;
+mod stages;
 mod text;
 mod train;
 mod unet3d;

@@ -24,7 +24,7 @@ use crate::common::{max_abs_diff, repo};
 const TOL: f32 = 1e-4;
 
 /// `tests/fixtures/parity/<rel>`; fails naming the file and how to regenerate it.
-fn parity_fixture(rel: &str) -> PathBuf {
+pub(crate) fn parity_fixture(rel: &str) -> PathBuf {
     let p = repo().join("tests/fixtures/parity").join(rel);
     assert!(
         p.exists(),
@@ -443,7 +443,7 @@ fn text_to_video_directory_loads() {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

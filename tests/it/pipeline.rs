@@ -47,6 +47,7 @@ pub(crate) fn pipeline_toml(dir: &Path, layout: &str, extra_target: &str) -> Pat
 
 pub(crate) fn opts(input: &Path, output: &Path) -> RunOptions {
     RunOptions {
+        compute: Default::default(),
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         shard: Shard::default(),

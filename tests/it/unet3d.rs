@@ -303,3 +303,43 @@ fn f16_and_sharded_weights_load() {
         .unwrap();
     assert!(max_abs_diff(&flat(&out), &reference) <= TOL);
 }
+
+/// Computing in F16 (a GPU dtype; candle runs it on CPU too, slowly): the forward runs in the weights' dtype and
+/// returns F32, within half-precision rounding of diffusers' F32 output, on both fixtures. BF16 has no CPU matmul in
+/// candle: refused at load on CPU, naming the model.
+#[test]
+fn f16_compute_stays_near_the_f32_reference_and_bf16_on_cpu_is_refused() {
+    for name in ["tiny", "modelscope_mini"] {
+        let io = load_io(name);
+        let reference = flat(&io["output"]);
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = UNet3DConditionModel::load_with_dtype(
+            &fixture(&format!("unet3d/{name}")),
+            &Device::Cpu,
+            DType::BF16,
+        )
+        .err()
+        .expect("BF16 on CPU")
+        .to_string();
+        assert!(err.contains(name) && err.contains("BF16"), "{err}");
+        for (dtype, rel) in [(DType::F16, 1e-2)] {
+            let m = UNet3DConditionModel::load_with_dtype(
+                &fixture(&format!("unet3d/{name}")),
+                &Device::Cpu,
+                dtype,
+            )
+            .unwrap();
+            assert_eq!(m.dtype(), dtype);
+            let out = m
+                .forward(&io["sample"], &io["timestep"], &io["encoder_hidden_states"])
+                .unwrap();
+            assert_eq!(out.dtype(), DType::F32, "samplers get F32");
+            let d = max_abs_diff(&flat(&out), &reference);
+            eprintln!("{name} {dtype:?}: max abs diff {d:.3e} (output scale {scale:.2})");
+            assert!(
+                d <= rel * scale,
+                "{name} {dtype:?}: diff {d} > {rel} x {scale}"
+            );
+        }
+    }
+}
