@@ -18,6 +18,7 @@
 //! sample) and their outputs converted to ε before they are summed; the small model's scheduler drives sampling.
 
 use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Location, Result};
@@ -226,11 +227,22 @@ pub fn composed_eps(
     }
     match settings.rule {
         Rule::Composed => {
-            let (eu, ec) = eval_eps(small, x, t, schedule, uncond)?;
+            // The small model and the priors are independent forwards: run them side by side on the thread pool.
+            // Each forward alone leaves cores idle at every op's end (short ops, a join per op); two interleave
+            // and fill those gaps. The result is the same: every forward is deterministic on any thread.
+            let (small_eps, prior_eps) = rayon::join(
+                || eval_eps(small, x, t, schedule, uncond),
+                || {
+                    priors
+                        .par_iter()
+                        .map(|p| eval_eps(&p.input, x, t, schedule, false).map(|(_, e)| e))
+                        .collect::<Result<Vec<_>>>()
+                },
+            );
+            let (eu, ec) = small_eps?;
             let eu = eu.unwrap_or_else(|| ec.clone());
             let mut text = ec;
-            for p in priors {
-                let (_, ep) = eval_eps(&p.input, x, t, schedule, false)?;
+            for (p, ep) in priors.iter().zip(prior_eps?) {
                 *prior_calls += 1;
                 text = (text + (ep * p.strength.at(t) as f64)?)?;
             }
