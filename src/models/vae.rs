@@ -110,6 +110,11 @@ pub struct AutoencoderKLConfig {
 }
 
 impl AutoencoderKLConfig {
+    /// Pixels per latent along height and width: 2^(len(block_out_channels) - 1).
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).at(path)?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| {
@@ -523,7 +528,7 @@ impl AutoencoderKL {
 
     /// Pixels per latent along height and width: 2^(len(block_out_channels) - 1) (8 for SD/ModelScope VAEs).
     pub fn downscale(&self) -> usize {
-        1 << (self.config.block_out_channels.len() - 1)
+        self.config.downscale()
     }
 
     pub fn latent_channels(&self) -> usize {

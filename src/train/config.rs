@@ -19,6 +19,10 @@
 //! conditioning = ["edges"]                      # [noisy RGB, edges, first frame] on channels
 //! block_out_channels = [32, 64]
 //! # init_from = "models/demo/edge_to_sim"       # ... or fine-tune an existing model directory
+//! # low_res = [12, 20]                          # a super-resolution stage (conditioning lists "low_res"): the
+//! #                                             # previous stage's resolution
+//! # vae = "models/t2v/vae"                      # denoise this frozen AutoencoderKL's latents (or a diffusers
+//! #                                             # text-to-video dir: its vae/); height/width stay in pixels
 //!
 //! [text_encoder]                                # optional: the byte-level text encoder (models::text)
 //! num_hidden_layers = 1
@@ -35,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::model_dir::Conditioning;
+use crate::models::vae::AutoencoderKLConfig;
 use crate::models::Parameterization;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +134,15 @@ pub struct ModelConfig {
     pub cross_attention_dim: usize,
     #[serde(default = "d_param")]
     pub prediction_type: Parameterization,
+    /// A super-resolution stage's input resolution `[height, width]` (the previous stage's): the low_res signal is
+    /// the target video resized down to it and back up. Required exactly when `conditioning` lists `low_res`.
+    /// (Absent fields are not serialized, so checkpoints of recipes without them still resume.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_res: Option<[usize; 2]>,
+    /// A frozen diffusers AutoencoderKL (a `vae/` dir, or a text-to-video pipeline dir holding one): the UNet then
+    /// denoises its scaled latents and the saved model gets a `vae/` copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -380,6 +394,51 @@ impl TrainConfig {
         if m.frames == 0 || m.height == 0 || m.width == 0 {
             return bad("model", "frames, height and width must be positive".into());
         }
+        let has_low_res = m.conditioning.contains(&Conditioning::LowRes);
+        match (has_low_res, m.low_res) {
+            (true, None) => {
+                return bad(
+                    "model.low_res",
+                    "conditioning lists low_res: give the previous stage's resolution, e.g. low_res = [24, 40]"
+                        .into(),
+                )
+            }
+            (false, Some(_)) => {
+                return bad(
+                    "model.low_res",
+                    "is set, but model.conditioning does not list \"low_res\"".into(),
+                )
+            }
+            (true, Some([lh, lw])) if lh == 0 || lw == 0 || lh > m.height || lw > m.width => {
+                return bad(
+                    "model.low_res",
+                    format!(
+                        "[{lh}, {lw}] must be positive and at most the model's {}x{}",
+                        m.height, m.width
+                    ),
+                )
+            }
+            _ => {}
+        }
+        // A latent model's UNet runs at 1/s of the pixel size.
+        let s = match self.vae_config(path)? {
+            Some((dir, vae)) => {
+                let s = vae.downscale();
+                if m.height % s != 0 || m.width % s != 0 {
+                    return bad(
+                        "model.height",
+                        format!(
+                            "{}x{} pixels: the VAE {} works at 1/{s} size, so height and width must be multiples of {s}",
+                            m.height,
+                            m.width,
+                            dir.display()
+                        ),
+                    );
+                }
+                s
+            }
+            None => 1,
+        };
         let levels = m.block_out_channels.len();
         if levels == 0 {
             return bad(
@@ -388,13 +447,17 @@ impl TrainConfig {
             );
         }
         let factor = 1usize << (levels - 1);
-        if m.height % factor != 0 || m.width % factor != 0 {
+        let (sh, sw) = (m.height / s, m.width / s);
+        if sh % factor != 0 || sw % factor != 0 {
+            let latent = if s > 1 {
+                format!(" (latents of {}x{} pixels)", m.height, m.width)
+            } else {
+                String::new()
+            };
             return bad(
                 "model.height",
                 format!(
-                    "{}x{} must be divisible by {factor} ({levels} levels halve it {} times)",
-                    m.height,
-                    m.width,
+                    "{sh}x{sw}{latent} must be divisible by {factor} ({levels} levels halve it {} times)",
                     levels - 1
                 ),
             );
@@ -488,9 +551,37 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The diffusers `config.json` of the UNet this recipe trains.
-    pub fn unet_config_json(&self) -> serde_json::Value {
+    /// The VAE directory `model.vae` names (the path itself, or its `vae/` for a pipeline directory) and its
+    /// config; `None` for a pixel-space recipe. `path` is the recipe, for errors.
+    pub fn vae_config(&self, path: &Path) -> Result<Option<(PathBuf, AutoencoderKLConfig)>> {
+        let Some(given) = &self.model.vae else {
+            return Ok(None);
+        };
+        let dir = if given.join("config.json").exists() {
+            given.clone()
+        } else if given.join("vae").join("config.json").exists() {
+            given.join("vae")
+        } else {
+            let why = if given.exists() {
+                "has neither config.json nor vae/config.json (expected a diffusers AutoencoderKL directory or a \
+                 text-to-video pipeline directory)"
+            } else {
+                "does not exist"
+            };
+            return Err(Error::config(
+                Location::file(path).field("model.vae"),
+                format!("{} {why}", given.display()),
+            ));
+        };
+        let config = AutoencoderKLConfig::from_file(&dir.join("config.json"))?;
+        Ok(Some((dir, config)))
+    }
+
+    /// The diffusers `config.json` of the UNet this recipe trains: RGB in and out, or the latents of `vae` (then
+    /// `sample_size` is the latent size, as diffusers' text-to-video UNets record it).
+    pub fn unet_config_json(&self, vae: Option<&AutoencoderKLConfig>) -> serde_json::Value {
         let m = &self.model;
+        let (sample_channels, s) = vae.map_or((3, 1), |v| (v.latent_channels, v.downscale()));
         let levels = m.block_out_channels.len();
         let attention = m
             .attention_levels
@@ -511,7 +602,8 @@ impl TrainConfig {
             .rev()
             .map(|&a| if a { "CrossAttnUpBlock3D" } else { "UpBlock3D" })
             .collect();
-        let in_channels = 3 + m.conditioning.iter().map(|c| c.channels()).sum::<usize>();
+        let in_channels =
+            sample_channels + m.conditioning.iter().map(|c| c.channels()).sum::<usize>();
         let mut v = serde_json::json!({
             "_class_name": "UNet3DConditionModel",
             "_diffusers_version": "0.42.1",
@@ -527,8 +619,8 @@ impl TrainConfig {
             "norm_eps": 1e-5,
             "norm_num_groups": m.norm_num_groups,
             "num_attention_heads": null,
-            "out_channels": 3,
-            "sample_size": m.height.max(m.width),
+            "out_channels": sample_channels,
+            "sample_size": m.height.max(m.width) / s,
             "time_cond_proj_dim": null,
             "up_block_types": up,
         });
@@ -553,7 +645,8 @@ impl TrainConfig {
                 Parameterization::Epsilon => "epsilon",
             },
             // Pixel-space models: clamp the x0 estimate to the data range, as diffusers' DDIM/DDPM default does.
-            "clip_sample": true,
+            // Scaled latents have no such range (diffusers' text-to-video schedulers set it false).
+            "clip_sample": self.model.vae.is_none(),
             "set_alpha_to_one": false,
             "steps_offset": 1,
             "timestep_spacing": "leading",

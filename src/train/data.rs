@@ -5,6 +5,12 @@
 //! `data.condition_key`, so paired renderings of the same motion (sample data's `sim` and `real`) train a
 //! translation model: edges of the real video in, the sim video out. Edges are computed after resizing to the model
 //! resolution, exactly as sampling and `vadapt augment` compute them.
+//!
+//! A super-resolution recipe (`model.low_res`) also gets each target frame resized down to the previous stage's
+//! resolution and back up with the same `resize_rgb` a cascade uses between stages (`pipeline::run`): training sees
+//! what inference feeds the stage, a lower-resolution video upsampled. A latent recipe (`model.vae`) gets every
+//! signal average-pooled by the VAE's downscale, as `pipeline::window` pools them; the target video stays in pixels
+//! here and the trainer encodes it.
 
 use std::path::Path;
 
@@ -29,13 +35,17 @@ pub struct EpisodeClips {
     pub condition: Vec<RgbImage>,
     /// `sobel_dx / 4` of each condition frame, (H * W) each.
     pub edges: Vec<Vec<f32>>,
+    /// Each target frame through `model.low_res` and back to the model resolution; empty unless the recipe
+    /// conditions on low_res.
+    pub low_res: Vec<RgbImage>,
 }
 
 /// A batch of clips, ready for the model.
 pub struct Batch {
-    /// (B, 3, F, H, W) in [-1, 1].
+    /// (B, 3, F, H, W) in [-1, 1], pixels even for a latent recipe.
     pub video: Tensor,
-    /// (B, k, F, H, W) or `None` for an unconditional model.
+    /// (B, k, F, h, w) at the sample resolution (H / s, W / s for a latent recipe) or `None` for an unconditional
+    /// model.
     pub channels: Option<Tensor>,
     pub prompts: Vec<String>,
 }
@@ -55,6 +65,8 @@ pub struct ClipSet {
     height: usize,
     width: usize,
     conditioning: Vec<Conditioning>,
+    /// Pixels per sample along height and width: 1, or the VAE's downscale for a latent recipe.
+    downscale: usize,
 }
 
 impl ClipSet {
@@ -65,6 +77,12 @@ impl ClipSet {
         let m = &config.model;
         let span = (m.frames - 1) * d.frame_stride + 1;
         let condition_key = d.condition_key.as_deref().unwrap_or(&d.target_key);
+        let downscale = config
+            .vae_config(Path::new("the recipe"))?
+            .map_or(1, |(_, v)| v.downscale());
+        let low_res = m
+            .low_res
+            .filter(|_| m.conditioning.contains(&Conditioning::LowRes));
         let mut all = Vec::new();
         for root in &d.dataset {
             let source = open_dataset(root)?;
@@ -125,12 +143,23 @@ impl ClipSet {
                     .iter()
                     .map(|f| edge_channel(std::slice::from_ref(f)))
                     .collect();
+                let low_res = match low_res {
+                    Some([lh, lw]) => target
+                        .iter()
+                        .map(|f| {
+                            let small = resize_rgb(f, lh as u32, lw as u32);
+                            resize_rgb(&small, m.height as u32, m.width as u32)
+                        })
+                        .collect(),
+                    None => Vec::new(),
+                };
                 all.push(EpisodeClips {
                     name: format!("{}#{}", root.display(), index.0),
                     prompt: d.prompt.replace("{task}", &ep.task),
                     target,
                     condition,
                     edges,
+                    low_res,
                 });
             }
         }
@@ -154,6 +183,7 @@ impl ClipSet {
             height: m.height,
             width: m.width,
             conditioning: m.conditioning.clone(),
+            downscale,
         })
     }
 
@@ -202,12 +232,24 @@ impl ClipSet {
             for &i in &idx {
                 e.extend_from_slice(&ep.edges[i]);
             }
-            let edges = Tensor::from_vec(e, (1, f, h, w), device)?;
-            let first = frame_to_tensor(&ep.condition[c.start], device)?;
+            // Every signal at the sample resolution: a latent recipe's average-pooled by the VAE's downscale,
+            // exactly as `pipeline::window` builds them for sampling.
+            let s = self.downscale;
+            let pool =
+                |t: Tensor| -> Result<Tensor> { Ok(if s > 1 { t.avg_pool2d(s)? } else { t }) };
+            let edges = pool(Tensor::from_vec(e, (1, f, h, w), device)?)?;
+            let first =
+                pool(frame_to_tensor(&ep.condition[c.start], device)?.unsqueeze(0)?)?.squeeze(0)?;
+            let low_res = if ep.low_res.is_empty() {
+                None
+            } else {
+                let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.low_res[i].clone()).collect();
+                Some(pool(frames_to_tensor(&frames, device)?)?)
+            };
             let signals = Signals {
                 edges: Some(&edges),
                 first_frame: Some(&first),
-                low_res: None,
+                low_res: low_res.as_ref(),
             };
             if let Some(ch) =
                 conditioning_channels(&self.conditioning, signals, f, Path::new(&ep.name))?
@@ -241,6 +283,18 @@ impl ClipSet {
         (0..self.frames)
             .map(|i| pool[clip.episode].edges[clip.start + i * self.stride].as_slice())
             .collect()
+    }
+
+    /// The low_res input of a clip at the model resolution (for sample sheets); `None` unless the recipe
+    /// conditions on low_res.
+    pub fn low_res_frames(&self, clip: ClipRef, holdout: bool) -> Option<Vec<RgbImage>> {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        let ep = &pool[clip.episode];
+        (!ep.low_res.is_empty()).then(|| {
+            (0..self.frames)
+                .map(|i| ep.low_res[clip.start + i * self.stride].clone())
+                .collect()
+        })
     }
 
     /// The target frames of a clip (ground truth in sample sheets).

@@ -4,11 +4,12 @@
 //! `optim` is AdamW + schedule + clipping + EMA, `trainer` is the loop and its checkpoints, `report` the loss
 //! log, loss curve and sample sheets. A run directory holds:
 //! ```text
-//! OUT/model/                     the latest EMA model: a vadapt/diffusers model directory (unet/, text_encoder/,
+//! OUT/model/                     the latest EMA model: a vadapt/diffusers model directory (unet/, text_encoder/, vae/,
 //!                                scheduler/, vadapt.json) that `vadapt sample` and pipelines load
 //! OUT/checkpoints/step-N/        the model at step N + trainer_state.{json,safetensors} (weights, AdamW moments, EMA)
 //! OUT/loss.csv, OUT/loss.png     step, loss, lr, grad_norm, seconds; the curve (log scale)
-//! OUT/samples/step-N.png         rows per held-out clip: condition video, its edges, ground truth, sample
+//! OUT/samples/step-N.png         rows per held-out clip: condition video, its edges, (low_res input,) ground
+//!                                truth, sample
 //! ```
 
 pub mod config;

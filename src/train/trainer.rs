@@ -9,6 +9,10 @@
 //! with classifier-free guidance dropout: the text is replaced by the unconditional embedding with probability
 //! `guidance.drop_text` (and the conditioning channels zeroed with `guidance.drop_conditions`).
 //!
+//! A latent recipe (`model.vae`) runs the same objective on x_0 = the frozen VAE's scaled latents of the clip (the
+//! mode of its distribution, no gradient), with the conditioning channels at latent size (`data`); the saved model
+//! carries a copy of the VAE in `vae/`, which is how `ModelDir::load` knows it is a latent model.
+//!
 //! Every random draw of step `s` comes from its own stream, `derive_seed(seed, s, "train-step", 0)`, so the run
 //! needs no RNG state in its checkpoints: the parameters, the AdamW moments, the EMA and `s` are the whole state,
 //! and a resumed run continues exactly as if it had never stopped.
@@ -30,6 +34,7 @@ use crate::models::model_dir::ModelDir;
 use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
 use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
+use crate::models::vae::AutoencoderKL;
 use crate::models::Parameterization;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
@@ -67,6 +72,8 @@ pub struct Trainer {
     unet_config: serde_json::Value,
     unet: UNet3DConditionModel,
     text: Option<ByteTextEncoder>,
+    /// The frozen VAE of a latent recipe and the directory it was loaded from (copied into saved models).
+    vae: Option<(PathBuf, AutoencoderKL)>,
     /// Every variable (trained or frozen) by its prefixed name.
     vars: BTreeMap<String, Var>,
     params: Params,
@@ -83,6 +90,7 @@ impl Trainer {
     /// A fresh run (seeded initialisation, or `model.init_from`).
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         let data = ClipSet::load(&config)?;
+        let vae_config = config.vae_config(Path::new("the recipe"))?;
         let unet_config = match &config.model.init_from {
             Some(dir) => {
                 let p = unet_dir(dir).join("config.json");
@@ -90,16 +98,32 @@ impl Trainer {
                 serde_json::from_str(&text)
                     .map_err(|e| Error::config(Location::file(&p), e.to_string()))?
             }
-            None => config.unet_config_json(),
+            None => config.unet_config_json(vae_config.as_ref().map(|(_, c)| c)),
         };
         let parsed: UNet3DConfig = serde_json::from_value(unet_config.clone())
             .map_err(|e| Error::config(Location::none().field("model"), e.to_string()))?;
-        let want_in = 3 + config
-            .model
-            .conditioning
-            .iter()
-            .map(|c| c.channels())
-            .sum::<usize>();
+        let sample_channels = vae_config.as_ref().map_or(3, |(_, c)| c.latent_channels);
+        let want_in = sample_channels
+            + config
+                .model
+                .conditioning
+                .iter()
+                .map(|c| c.channels())
+                .sum::<usize>();
+        if parsed.out_channels != sample_channels {
+            return Err(Error::config(
+                Location::none().field("model.init_from"),
+                format!(
+                    "the UNet predicts {} channels; this recipe denoises {sample_channels} ({})",
+                    parsed.out_channels,
+                    if vae_config.is_some() {
+                        "the latents of model.vae"
+                    } else {
+                        "RGB"
+                    }
+                ),
+            ));
+        }
         if parsed.in_channels != want_in {
             return Err(Error::config(
                 Location::none().field("model.conditioning"),
@@ -109,6 +133,11 @@ impl Trainer {
                 ),
             ));
         }
+        // Loaded outside the VarMap: the VAE is no parameter and no checkpoint state.
+        let vae = match vae_config {
+            Some((dir, _)) => Some((dir.clone(), AutoencoderKL::load(&dir, device)?)),
+            None => None,
+        };
         let (vb, varmap) = seeded_var_builder(config.seed, device);
         let unet = UNet3DConditionModel::new(vb.pp("unet"), parsed)?;
         let text = match &config.text_encoder {
@@ -159,6 +188,7 @@ impl Trainer {
             unet_config,
             unet,
             text,
+            vae,
             vars,
             params,
             opt,
@@ -242,7 +272,11 @@ impl Trainer {
         let mut rng = NoiseRng::new(derive_seed(c.seed, stream, "train-step", 0));
         let clips = self.data.random_clips(b, &mut rng);
         let batch = self.data.batch(&clips, false, &self.device)?;
-        let noise = rng.randn(batch.video.shape().clone(), &self.device)?;
+        let x0 = match &self.vae {
+            Some((_, vae)) => vae.encode(&batch.video)?.detach(),
+            None => batch.video,
+        };
+        let noise = rng.randn(x0.shape().clone(), &self.device)?;
         let t_max = self.schedule.num_train_timesteps();
         let ts: Vec<usize> = (0..b).map(|_| rng.below(t_max)).collect();
         let keep_text: Vec<bool> = (0..b)
@@ -257,7 +291,7 @@ impl Trainer {
                 }
             })
             .collect();
-        let x_t = self.schedule.add_noise(&batch.video, &noise, &ts)?;
+        let x_t = self.schedule.add_noise(&x0, &noise, &ts)?;
         let input = match &batch.channels {
             Some(ch) => {
                 let mask = Tensor::from_vec(keep_cond, (b, 1, 1, 1, 1), &self.device)?;
@@ -275,10 +309,8 @@ impl Trainer {
         // The regression target of the parameterization: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0, or x0 itself.
         let target = match self.config.model.prediction_type {
             Parameterization::Epsilon => noise,
-            Parameterization::VPrediction => {
-                self.schedule.get_velocity(&batch.video, &noise, &ts)?
-            }
-            Parameterization::Sample => batch.video,
+            Parameterization::VPrediction => self.schedule.get_velocity(&x0, &noise, &ts)?,
+            Parameterization::Sample => x0,
         };
         Ok((out - target)?.sqr()?.mean_all()?)
     }
@@ -376,6 +408,9 @@ impl Trainer {
                 &serde_json::to_value(byte_config(&self.config, t)).unwrap_or_default(),
             )?;
             save_tensors(&strip(TEXT), &tdir.join("model.safetensors"))?;
+        }
+        if let Some((src, _)) = &self.vae {
+            copy_vae(src, &dir.join("vae"))?;
         }
         let sdir = dir.join("scheduler");
         std::fs::create_dir_all(&sdir).at(&sdir)?;
@@ -501,7 +536,8 @@ impl Trainer {
     }
 
     /// A contact sheet of the saved model (`model_dir`) on held-out clips: rows per clip are the condition video,
-    /// its edges, the ground truth and the sample.
+    /// its edges, the low_res input (super-resolution recipes only), the ground truth and the sample (decoded by
+    /// the model's VAE for a latent recipe).
     pub fn sample_sheet(&self, model_dir: &Path) -> Result<image::RgbImage> {
         let model = ModelDir::load(model_dir, &self.device)?;
         let (clips, holdout) = self.data.sample_clips(self.config.log.sample_clips);
@@ -530,7 +566,17 @@ impl Trainer {
             let mut scheduler = model.scheduler.build()?;
             scheduler.set_timesteps(self.config.log.sample_steps)?;
             let mut rng = NoiseRng::new(derive_seed(self.config.seed, i as u64, "sample-sheet", 0));
-            let x_t = rng.randn((1, 3, m.frames, m.height, m.width), &self.device)?;
+            let s = model.downscale();
+            let x_t = rng.randn(
+                (
+                    1,
+                    model.sample_channels(),
+                    m.frames,
+                    m.height / s,
+                    m.width / s,
+                ),
+                &self.device,
+            )?;
             let settings = ComposeSettings {
                 guidance: self.config.log.sample_guidance as f32,
                 ..ComposeSettings::default()
@@ -552,10 +598,17 @@ impl Trainer {
                 .into_iter()
                 .map(|e| report::edge_image(e, h, w))
                 .collect();
+            let video = match &model.vae {
+                Some(vae) => vae.decode(&traj.x0)?,
+                None => traj.x0,
+            };
             rows.push(cond);
             rows.push(edges);
+            if let Some(low_res) = self.data.low_res_frames(*clip, holdout) {
+                rows.push(low_res);
+            }
             rows.push(self.data.target_frames(*clip, holdout));
-            rows.push(tensor_to_frames(&traj.x0.squeeze(0)?)?);
+            rows.push(tensor_to_frames(&video.squeeze(0)?)?);
         }
         Ok(report::contact_sheet(&rows, 3))
     }
@@ -667,6 +720,22 @@ fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
                 var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Copy a VAE directory's config and weights (what `AutoencoderKL::load` reads) to `dst`.
+fn copy_vae(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).at(dst)?;
+    let mut files = weight_files(src)?;
+    files.push(src.join("config.json"));
+    let index = src.join("diffusion_pytorch_model.safetensors.index.json");
+    if index.exists() {
+        files.push(index);
+    }
+    for f in files {
+        let name = f.file_name().unwrap_or_default();
+        std::fs::copy(&f, dst.join(name)).at(&f)?;
     }
     Ok(())
 }

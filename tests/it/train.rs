@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::Device;
+use vadapt::models::Denoiser;
 use vadapt::train::{TrainConfig, Trainer};
 
 use crate::common::{repo, vadapt};
@@ -284,4 +285,299 @@ fn bad_recipes_name_the_key() {
         err.contains("observation.images.wrist") && err.contains("no such camera"),
         "{err}"
     );
+}
+
+/// Train `config` to its `steps` with the full loop (checkpoints, model export, sample sheet at the end); the
+/// losses of every step.
+fn run_to_end(c: TrainConfig) -> (Trainer, Vec<f64>) {
+    let mut t = Trainer::new(c, &Device::Cpu).unwrap();
+    let mut losses = Vec::new();
+    t.run(&indicatif::ProgressBar::hidden(), |_, s| {
+        losses.push(s.loss);
+        true
+    })
+    .unwrap();
+    (t, losses)
+}
+
+fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The only sample sheet of a run, as an image.
+fn only_sheet(run: &Path) -> image::RgbImage {
+    let sheets: Vec<_> = std::fs::read_dir(run.join("samples"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(sheets.len(), 1, "one sample sheet at the end");
+    image::open(sheets[0].path()).unwrap().to_rgb8()
+}
+
+/// A latent recipe (the fixture's 2x-downscaling VAE, given as the whole text-to-video pipeline dir): trains on
+/// VAE latents, saves a model with a vae/ copy that `ModelDir::load` sees as latent, and that model samples
+/// through the pipeline's window sampler to frames at pixel resolution.
+#[test]
+fn latent_recipe_trains_a_model_that_samples_in_pixels() {
+    use vadapt::compose::ComposeSettings;
+    use vadapt::models::model_dir::{Conditioning, ModelDir, SampleSpace};
+    use vadapt::pipeline::window::{ModelUse, TargetSampler};
+    use vadapt::train::data::ClipRef;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t2v = repo().join("tests/fixtures/parity/t2v");
+    let text = recipe(dir.path(), "").replace(
+        "[model]\n",
+        &format!("[model]\nvae = \"{}\"\n", t2v.display()),
+    );
+    let mut c = config(&text);
+    c.steps = 3;
+    let (t, losses) = run_to_end(c);
+    assert_eq!(losses.len(), 3);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+    let model_dir = dir.path().join("model");
+    let model = ModelDir::load(&model_dir, &Device::Cpu).unwrap();
+    assert!(model.vae.is_some(), "the saved model is a latent model");
+    assert_eq!(
+        model.space(),
+        SampleSpace::Latents {
+            channels: 4,
+            downscale: 2,
+            scaling_factor: 0.18215,
+            shift_factor: None
+        }
+    );
+    assert_eq!(model.conditioning, vec![Conditioning::Edges]);
+    assert_eq!(
+        (model.unet.in_channels(), model.unet.out_channels()),
+        (5, 4),
+        "4 latent channels + 1 edge channel in, 4 latent channels out"
+    );
+    let cfg = |p: &Path| std::fs::read_to_string(p.join("vae/config.json")).unwrap();
+    assert_eq!(
+        cfg(&model_dir),
+        cfg(&t2v),
+        "vae/config.json is the source's"
+    );
+    assert_eq!(
+        std::fs::read(model_dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap(),
+        std::fs::read(t2v.join("vae/diffusion_pytorch_model.safetensors")).unwrap(),
+        "the VAE weights are the source's"
+    );
+    let ckpt = dir.path().join("checkpoints/step-00000003/vae/config.json");
+    assert!(ckpt.exists(), "the checkpoint's model export has vae/ too");
+    let sched = std::fs::read_to_string(model_dir.join("scheduler/scheduler_config.json")).unwrap();
+    assert!(
+        sched.contains("\"clip_sample\": false"),
+        "latents are not clamped to [-1, 1]: {sched}"
+    );
+    // The sheet holds decoded frames: 8x16 pixels (latents would be 4x8), 4 rows of 4 frames.
+    let sheet = only_sheet(dir.path());
+    assert_eq!(
+        (sheet.width(), sheet.height()),
+        (4 * (48 + 2) + 2, 4 * (24 + 2) + 2)
+    );
+
+    // 6 frames through 4-frame windows overlapping by 2: two windows, decoded to pixels.
+    let mut source = t.data.condition_frames(
+        ClipRef {
+            episode: 0,
+            start: 0,
+        },
+        false,
+    );
+    source.extend(
+        t.data.condition_frames(
+            ClipRef {
+                episode: 0,
+                start: 2,
+            },
+            false,
+        )[..2]
+            .to_vec(),
+    );
+    let sampler = TargetSampler {
+        name: "latent".into(),
+        small: ModelUse {
+            model: &model,
+            prompt: String::new(),
+        },
+        priors: vec![],
+        settings: ComposeSettings::default(),
+        scheduler: model.scheduler.clone(),
+        steps: 2,
+        frames: 4,
+        overlap: 2,
+    };
+    let out = sampler.sample_episode(&source, 1, 0, &Device::Cpu).unwrap();
+    assert_eq!(out.len(), 6);
+    assert!(
+        out.iter().all(|f| f.dimensions() == (16, 8)),
+        "pixel frames"
+    );
+}
+
+/// A super-resolution recipe: the low_res channels are the target resized to `model.low_res` and back with the
+/// pipeline's resize, the saved model is a low_res-conditioned stage that the window sampler runs with a previous
+/// stage's video, and `model.low_res` is required exactly when the conditioning lists low_res.
+#[test]
+fn sr_recipe_trains_a_low_res_stage() {
+    use vadapt::compose::ComposeSettings;
+    use vadapt::models::model_dir::{Conditioning, ModelDir};
+    use vadapt::pipeline::window::{ModelUse, TargetSampler};
+    use vadapt::train::data::ClipRef;
+    use vadapt::vision::resize::resize_rgb;
+    use vadapt::vision::tensor::frames_to_tensor;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = recipe(dir.path(), "");
+    let sr = base.replace(
+        "[model]\n",
+        "[model]\nconditioning = [\"low_res\", \"edges\"]\nlow_res = [4, 8]\n",
+    );
+    let mut c = config(&sr);
+    c.steps = 3;
+    let (t, losses) = run_to_end(c);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+    // Channels 0..3 of a batch are the target through 4x8 and back to 8x16.
+    let clip = ClipRef {
+        episode: 1,
+        start: 3,
+    };
+    let batch = t.data.batch(&[clip], false, &Device::Cpu).unwrap();
+    let ch = batch.channels.unwrap();
+    assert_eq!(ch.dims(), &[1, 4, 4, 8, 16], "low_res (3) + edges (1)");
+    let want: Vec<_> = t
+        .data
+        .target_frames(clip, false)
+        .iter()
+        .map(|f| resize_rgb(&resize_rgb(f, 4, 8), 8, 16))
+        .collect();
+    let want = frames_to_tensor(&want, &Device::Cpu).unwrap();
+    let got = ch.get(0).unwrap().narrow(0, 0, 3).unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(
+        d < 1e-6,
+        "low_res channels differ from the resized target by {d}"
+    );
+    let sharp = frames_to_tensor(&t.data.target_frames(clip, false), &Device::Cpu).unwrap();
+    assert!(
+        max_abs_diff(&got, &sharp) > 0.05,
+        "the low_res input has lost detail"
+    );
+
+    let model = ModelDir::load(&dir.path().join("model"), &Device::Cpu).unwrap();
+    assert_eq!(
+        model.conditioning,
+        vec![Conditioning::LowRes, Conditioning::Edges]
+    );
+    assert_eq!(model.unet.in_channels(), 7);
+    // Rows: condition, edges, low_res, truth, sample.
+    let sheet = only_sheet(dir.path());
+    assert_eq!(
+        sheet.height(),
+        5 * (24 + 2) + 2,
+        "the sheet shows the low_res input"
+    );
+
+    let source = t.data.condition_frames(clip, false);
+    let low_res: Vec<_> = t
+        .data
+        .target_frames(clip, false)
+        .iter()
+        .map(|f| resize_rgb(&resize_rgb(f, 4, 8), 8, 16))
+        .collect();
+    let sampler = TargetSampler {
+        name: "sr".into(),
+        small: ModelUse {
+            model: &model,
+            prompt: String::new(),
+        },
+        priors: vec![],
+        settings: ComposeSettings::default(),
+        scheduler: model.scheduler.clone(),
+        steps: 2,
+        frames: 4,
+        overlap: 0,
+    };
+    let out = sampler
+        .sample_episode_checked(&source, Some(&low_res), 1, 0, &Device::Cpu, &|_| Ok(()))
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    assert!(out.iter().all(|f| f.dimensions() == (16, 8)));
+
+    let without = base.replace(
+        "[model]\n",
+        "[model]\nconditioning = [\"low_res\", \"edges\"]\n",
+    );
+    let err = TrainConfig::from_toml(&without, Path::new("bad.toml"))
+        .expect_err("low_res without model.low_res")
+        .to_string();
+    assert!(
+        err.contains("model.low_res") && err.contains("bad.toml"),
+        "{err}"
+    );
+    let stray = base.replace("[model]\n", "[model]\nlow_res = [4, 8]\n");
+    let err = TrainConfig::from_toml(&stray, Path::new("bad.toml"))
+        .expect_err("model.low_res without low_res conditioning")
+        .to_string();
+    assert!(err.contains("model.low_res"), "{err}");
+}
+
+/// `model.vae` must name a VAE (or pipeline) directory, and a latent model's pixel size must be a multiple of the
+/// VAE's downscale.
+#[test]
+fn bad_vae_recipes_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no_such_vae");
+    let text = recipe(dir.path(), "").replace(
+        "[model]\n",
+        &format!("[model]\nvae = \"{}\"\n", missing.display()),
+    );
+    let err = TrainConfig::from_toml(&text, Path::new("bad.toml"))
+        .expect_err("missing vae")
+        .to_string();
+    assert!(
+        err.contains("model.vae")
+            && err.contains(&missing.display().to_string())
+            && err.contains("bad.toml"),
+        "{err}"
+    );
+    // A directory that is neither a VAE nor a pipeline.
+    let text = recipe(dir.path(), "").replace(
+        "[model]\n",
+        &format!("[model]\nvae = \"{}\"\n", dir.path().display()),
+    );
+    let err = TrainConfig::from_toml(&text, Path::new("bad.toml"))
+        .expect_err("not a vae")
+        .to_string();
+    assert!(
+        err.contains("model.vae") && err.contains("config.json"),
+        "{err}"
+    );
+    // 8x18 pixels: 9 latent columns cannot be halved by the UNet's second level; 8x17 is no multiple of 2.
+    let vae = repo().join("tests/fixtures/parity/t2v/vae");
+    for (width, why) in [("18", "divisible by 2"), ("17", "multiples of 2")] {
+        let text = recipe(dir.path(), "")
+            .replace(
+                "[model]\n",
+                &format!("[model]\nvae = \"{}\"\n", vae.display()),
+            )
+            .replace("width = 16", &format!("width = {width}"));
+        let err = TrainConfig::from_toml(&text, Path::new("bad.toml"))
+            .expect_err(width)
+            .to_string();
+        assert!(err.contains("model.height") && err.contains(why), "{err}");
+    }
 }
