@@ -87,6 +87,15 @@ pub struct Args {
     /// unconditional passes of one guided step).
     #[arg(long)]
     pub unet_config: Option<PathBuf>,
+    /// Also time `vadapt augment` with this pipeline, one target at a time (frames/s per target, episodes/hour).
+    #[arg(long)]
+    pub augment: Option<PathBuf>,
+    /// The dataset `--augment` reads.
+    #[arg(long, default_value = "datasets/sample/lerobot")]
+    pub augment_input: PathBuf,
+    /// Episodes `--augment` samples (the first N of the dataset).
+    #[arg(long, default_value_t = 2)]
+    pub augment_episodes: usize,
     /// HxW of the latents for `--unet-config` (32x32: a 256x256 video through an SD VAE).
     #[arg(long, default_value = "32x32")]
     pub latent: String,
@@ -251,6 +260,59 @@ fn unet_forward(s: &Setup, args: &Args, matmul: f64) -> anyhow::Result<Value> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// End-to-end `vadapt augment` throughput, each target of `pipeline` alone (read, edges, sampling, encode, write)
+/// on the first `--augment-episodes` episodes, one sampler thread (augment's default) over the `--threads` pool:
+/// what a dataset of N episodes costs per target.
+fn augment_numbers(args: &Args, pipeline: &Path) -> anyhow::Result<Value> {
+    let cfg = vadapt::pipeline::PipelineConfig::load(pipeline)?;
+    let mut out = serde_json::Map::new();
+    let tmp = tempfile_dir()?.join("augment");
+    for target in &cfg.targets {
+        let one = vadapt::pipeline::PipelineConfig {
+            targets: vec![target.clone()],
+            ..cfg.clone()
+        };
+        let opts = vadapt::pipeline::RunOptions {
+            input: args.augment_input.clone(),
+            output: tmp.join(&target.name),
+            shard: Default::default(),
+            resume: false,
+            limit: Some(args.augment_episodes),
+            strict: true,
+            threads: 1,
+            progress: false,
+            compute: Default::default(),
+            stop: None,
+            fail: None,
+        };
+        let s = vadapt::pipeline::run(&one, pipeline, &opts)?;
+        let frames_per_s = s.frames_written as f64 / s.wall_seconds;
+        let episodes_per_hour = s.episodes_written as f64 * 3600.0 / s.wall_seconds;
+        eprintln!(
+            "augment {}: {} episodes, {} frames in {:.1} s: {frames_per_s:.1} frames/s, {episodes_per_hour:.0} episodes/hour",
+            target.name, s.episodes_written, s.frames_written, s.wall_seconds
+        );
+        out.insert(
+            target.name.clone(),
+            json!({
+                "episodes": s.episodes_written,
+                "frames": s.frames_written,
+                "seconds": s.wall_seconds,
+                "frames_per_s": frames_per_s,
+                "episodes_per_hour": episodes_per_hour,
+                "stage_seconds": s.stage_seconds,
+            }),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(json!({
+        "pipeline": pipeline.display().to_string(),
+        "input": args.augment_input.display().to_string(),
+        "sampler_threads": 1,
+        "targets": out,
+    }))
 }
 
 fn video_numbers(path: &Path, reps: usize) -> anyhow::Result<Value> {
@@ -518,6 +580,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         report["peer"] = peer;
         report["speedup_vs_peer"] = json!(their_s / compose_s);
+    }
+    if let Some(pipeline) = &args.augment {
+        report["augment"] = augment_numbers(&args, pipeline)?;
     }
     if args.video.exists() {
         report["video"] = video_numbers(&args.video, args.reps)?;

@@ -52,3 +52,43 @@ fn bench_refuses_devices_this_build_cannot_use() {
     let err = vadapt_fails(&["bench", "--dtype", "f16"]);
     assert!(err.contains("--unet-config"), "{err}");
 }
+
+/// `--augment`: each target of a pipeline runs alone through `vadapt augment` on the first episodes, and the report
+/// has its frames, time and rates.
+#[test]
+fn bench_augment_reports_each_target() {
+    let repo = crate::common::repo();
+    let out = vadapt(&[
+        "bench",
+        "--small",
+        repo.join("models/demo/edge_to_sim").to_str().unwrap(),
+        "--prior",
+        repo.join("models/demo/prior").to_str().unwrap(),
+        "--steps",
+        "1",
+        "--frames",
+        "8",
+        "--reps",
+        "1",
+        "--video",
+        "/nonexistent.mp4",
+        "--augment",
+        repo.join("pipelines/example.toml").to_str().unwrap(),
+        "--augment-input",
+        repo.join("datasets/sample/lerobot").to_str().unwrap(),
+        "--augment-episodes",
+        "1",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let targets = report["augment"]["targets"].as_object().unwrap();
+    assert_eq!(
+        targets.keys().collect::<Vec<_>>(),
+        ["edge_sim", "composed"],
+        "every target of pipelines/example.toml, in its order"
+    );
+    for (name, t) in targets {
+        assert_eq!(t["episodes"], 1, "{name}");
+        assert_eq!(t["frames"], 24, "{name}: the sample's first episode");
+        assert!(t["frames_per_s"].as_f64().unwrap() > 0.0, "{name}");
+    }
+}
