@@ -33,7 +33,11 @@ fn main() -> anyhow::Result<()> {
         ""
     };
     let (text, _) = model.embed(prompt, 1, &dev)?;
-    let x0 = &batch.video;
+    // A latent model (vae/) denoises the VAE's scaled latents of the clip, as the trainer encodes them.
+    let x0 = &match &model.vae {
+        Some(vae) => vae.encode(&batch.video)?,
+        None => batch.video.clone(),
+    };
     let mse = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
         Ok((a - b)?.sqr()?.mean_all()?.to_scalar::<f32>()?)
     };
