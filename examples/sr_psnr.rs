@@ -6,10 +6,9 @@
 //!   cargo run --release --example sr_psnr -- pipelines/train_sr_48x80.toml models/demo/sr_48x80 [STEPS]
 use candle_core::Device;
 use std::path::Path;
-use vadapt::compose::ComposeSettings;
 use vadapt::eval::{psnr, ssim};
 use vadapt::models::model_dir::ModelDir;
-use vadapt::pipeline::window::{ModelUse, TargetSampler};
+use vadapt::pipeline::window::TargetSampler;
 use vadapt::train::config::TrainConfig;
 use vadapt::train::data::ClipSet;
 
@@ -30,19 +29,7 @@ fn main() -> anyhow::Result<()> {
     let steps: usize = args.get(3).map_or(Ok(20), |s| s.parse())?;
     let data = ClipSet::load(&cfg)?;
     anyhow::ensure!(!data.holdout.is_empty(), "the recipe holds out no episode");
-    let sampler = TargetSampler {
-        name: "sr".into(),
-        small: ModelUse {
-            model: &model,
-            prompt: String::new(),
-        },
-        priors: vec![],
-        settings: ComposeSettings::default(),
-        scheduler: model.scheduler.clone(),
-        steps,
-        frames: cfg.model.frames,
-        overlap: 0,
-    };
+    let sampler = TargetSampler::alone("sr", &model, steps, 0);
     let (mut sum_in, mut sum_out, mut ssim_in, mut ssim_out) = (0.0, 0.0, 0.0, 0.0);
     for (i, ep) in data.holdout.iter().enumerate() {
         // One window per episode: enough clips to compare, cheap enough to run on 2 CPU cores beside training.

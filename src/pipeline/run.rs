@@ -423,25 +423,16 @@ impl LoadedTarget {
     fn stage_sampler(&self, i: usize, task: &str) -> TargetSampler<'_> {
         let st = &self.stages[i];
         let tpl = Self::template(&st.model, st.cfg.prompt.as_deref());
-        let mut scheduler = st.model.scheduler.clone();
-        scheduler.class_name = Some(st.cfg.sampler.class_name().to_string());
-        TargetSampler {
-            name: format!("{}/stage{}", self.cfg.name, i + 1),
-            small: ModelUse {
-                model: &st.model,
-                prompt: render_prompt(&tpl, task),
-            },
-            priors: Vec::new(),
-            settings: ComposeSettings {
-                rule: Default::default(),
-                guidance: st.cfg.guidance,
-                compose_min_t: 0,
-            },
-            scheduler,
-            steps: st.cfg.steps,
-            frames: st.model.meta.frames,
-            overlap: st.overlap,
-        }
+        let mut s = TargetSampler::alone(
+            format!("{}/stage{}", self.cfg.name, i + 1),
+            &st.model,
+            st.cfg.steps,
+            st.overlap,
+        );
+        s.small.prompt = render_prompt(&tpl, task);
+        s.scheduler.class_name = Some(st.cfg.sampler.class_name().to_string());
+        s.settings.guidance = st.cfg.guidance;
+        s
     }
 
     /// One episode through the base model and every stage. `frames[i]` are the source frames at

@@ -66,7 +66,30 @@ pub struct TargetSampler<'a> {
 /// memory of one frame's activations.
 const DECODE_FRAMES: usize = 1;
 
-impl TargetSampler<'_> {
+impl<'a> TargetSampler<'a> {
+    /// One model alone: no priors, no prompt, guidance 1 (so no unconditional passes), the model's own scheduler
+    /// and window length, `overlap` frames shared by neighbouring windows.
+    pub fn alone(
+        name: impl Into<String>,
+        model: &'a ModelDir,
+        steps: usize,
+        overlap: usize,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            small: ModelUse {
+                model,
+                prompt: String::new(),
+            },
+            priors: Vec::new(),
+            settings: ComposeSettings::default(),
+            scheduler: model.scheduler.clone(),
+            steps,
+            frames: model.meta.frames,
+            overlap,
+        }
+    }
+
     /// Denoise one episode whose source frames are already at the model resolution. Returns as many frames as
     /// given. `seed` is the target's global seed, `episode` the source episode index.
     pub fn sample_episode(

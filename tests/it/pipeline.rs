@@ -599,9 +599,8 @@ fn pipeline_overlapping_windows_leave_no_seams() {
 /// the same frames, another episode index another sample.
 #[test]
 fn pipeline_window_sampler_is_deterministic_per_episode() {
-    use vadapt::compose::ComposeSettings;
     use vadapt::models::model_dir::ModelDir;
-    use vadapt::pipeline::window::{ModelUse, TargetSampler};
+    use vadapt::pipeline::window::TargetSampler;
 
     let device = candle_core::Device::Cpu;
     let model = ModelDir::load(&fixture("compose/adapter"), &device).unwrap();
@@ -616,22 +615,7 @@ fn pipeline_window_sampler_is_deterministic_per_episode() {
             })
         })
         .collect();
-    let sampler = TargetSampler {
-        name: "t".into(),
-        small: ModelUse {
-            model: &model,
-            prompt: String::new(),
-        },
-        priors: vec![],
-        settings: ComposeSettings {
-            guidance: 1.0,
-            ..ComposeSettings::default()
-        },
-        scheduler: model.scheduler.clone(),
-        steps: 1,
-        frames: 8,
-        overlap: 4,
-    };
+    let sampler = TargetSampler::alone("t", &model, 1, 4);
     let a = sampler.sample_episode(&frames, 1, 0, &device).unwrap();
     assert_eq!(a.len(), 11);
     assert_eq!(a, sampler.sample_episode(&frames, 1, 0, &device).unwrap());

@@ -297,3 +297,30 @@ fn cascade_misuse_is_refused_naming_the_stage() {
     let err = PipelineConfig::load(&toml).unwrap_err().to_string();
     assert!(err.contains("target[0].stages[0].steps"), "{err}");
 }
+
+/// The shipped cascade example plans with the shipped demo models on the bundled sample: the base at 24x40, then
+/// the SR stage at 48x80 (what `vadapt augment --dry-run` prints).
+#[test]
+fn cascade_example_pipeline_plans_with_the_demo_models() {
+    let repo = crate::common::repo();
+    let toml = repo.join("pipelines/cascade.toml");
+    let cfg = PipelineConfig::load(&toml).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, source) = pipeline::run::plan(
+        &cfg,
+        &toml,
+        &opts(
+            &repo.join("datasets/sample/lerobot"),
+            &dir.path().join("out"),
+        ),
+    )
+    .unwrap();
+    let text = plan.describe(source.as_ref());
+    let hd = plan.targets.iter().find(|t| t.name == "sim_48x80").unwrap();
+    assert_eq!(
+        (hd.resolution, hd.stages.clone()),
+        ((24, 40), vec![(48, 80)]),
+        "{text}"
+    );
+    assert!(text.contains("-> SR 48x80"), "{text}");
+}

@@ -328,9 +328,8 @@ fn only_sheet(run: &Path) -> image::RgbImage {
 /// through the pipeline's window sampler to frames at pixel resolution.
 #[test]
 fn latent_recipe_trains_a_model_that_samples_in_pixels() {
-    use vadapt::compose::ComposeSettings;
     use vadapt::models::model_dir::{Conditioning, ModelDir, SampleSpace};
-    use vadapt::pipeline::window::{ModelUse, TargetSampler};
+    use vadapt::pipeline::window::TargetSampler;
     use vadapt::train::data::ClipRef;
 
     let dir = tempfile::tempdir().unwrap();
@@ -406,19 +405,7 @@ fn latent_recipe_trains_a_model_that_samples_in_pixels() {
         )[..2]
             .to_vec(),
     );
-    let sampler = TargetSampler {
-        name: "latent".into(),
-        small: ModelUse {
-            model: &model,
-            prompt: String::new(),
-        },
-        priors: vec![],
-        settings: ComposeSettings::default(),
-        scheduler: model.scheduler.clone(),
-        steps: 2,
-        frames: 4,
-        overlap: 2,
-    };
+    let sampler = TargetSampler::alone("latent", &model, 2, 2);
     let out = sampler.sample_episode(&source, 1, 0, &Device::Cpu).unwrap();
     assert_eq!(out.len(), 6);
     assert!(
@@ -432,9 +419,8 @@ fn latent_recipe_trains_a_model_that_samples_in_pixels() {
 /// stage's video, and `model.low_res` is required exactly when the conditioning lists low_res.
 #[test]
 fn sr_recipe_trains_a_low_res_stage() {
-    use vadapt::compose::ComposeSettings;
     use vadapt::models::model_dir::{Conditioning, ModelDir};
-    use vadapt::pipeline::window::{ModelUse, TargetSampler};
+    use vadapt::pipeline::window::TargetSampler;
     use vadapt::train::data::ClipRef;
     use vadapt::vision::resize::resize_rgb;
     use vadapt::vision::tensor::frames_to_tensor;
@@ -498,19 +484,7 @@ fn sr_recipe_trains_a_low_res_stage() {
         .iter()
         .map(|f| resize_rgb(&resize_rgb(f, 4, 8), 8, 16))
         .collect();
-    let sampler = TargetSampler {
-        name: "sr".into(),
-        small: ModelUse {
-            model: &model,
-            prompt: String::new(),
-        },
-        priors: vec![],
-        settings: ComposeSettings::default(),
-        scheduler: model.scheduler.clone(),
-        steps: 2,
-        frames: 4,
-        overlap: 0,
-    };
+    let sampler = TargetSampler::alone("sr", &model, 2, 0);
     let out = sampler
         .sample_episode_checked(&source, Some(&low_res), 1, 0, &Device::Cpu, &|_| Ok(()))
         .unwrap();
