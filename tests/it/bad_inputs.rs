@@ -1298,7 +1298,13 @@ fn corpus() -> Vec<Case> {
         model_case(
             "model: vadapt.json conditioning does not match in_channels",
             |d| {
+                // modelscope_mini is a 4-channel latent UNet: give it a VAE of 4 latent channels, so only the
+                // conditioning (4 + 3 channels for 4 inputs) is wrong.
                 let m = model(d);
+                crate::parity_latent::copy_dir(
+                    &crate::parity_latent::parity_fixture("t2v/vae"),
+                    &m.join("vae"),
+                );
                 std::fs::write(
                     m.join("vadapt.json"),
                     r#"{"conditioning": ["first_frame"]}"#,
@@ -1307,6 +1313,11 @@ fn corpus() -> Vec<Case> {
                 m
             },
             at("vadapt.json").field("conditioning"),
+        ),
+        model_case(
+            "model: a latent UNet (4 output channels) without its vae/",
+            model,
+            at("config.json").field("out_channels").needle("vae/"),
         ),
         // ---- pipeline TOML (run through `augment`, checked before anything is written)
         pipeline_case(
