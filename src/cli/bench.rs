@@ -529,13 +529,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
     if let Some(config) = &args.unet_config {
-        let report = unet_config_only(&args, config)?;
-        let text = serde_json::to_string_pretty(&report)?;
-        if let Some(p) = &args.json {
-            vadapt::io::lerobot::writer::write_atomic(p, text.as_bytes())?;
-        }
-        println!("{text}");
-        return Ok(());
+        return emit(&unet_config_only(&args, config)?, &args);
     }
     if args.device != DeviceSpec::Cpu || args.dtype != Precision::F32 {
         bail!(
@@ -590,7 +584,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("{}: not found, no video numbers", args.video.display());
     }
     report["peak_rss_mib"] = json!(peak_rss_mib());
-    let text = serde_json::to_string_pretty(&report)?;
+    emit(&report, &args)
+}
+
+/// The report to stdout, and to `--json` when given.
+fn emit(report: &Value, args: &Args) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
     if let Some(p) = &args.json {
         vadapt::io::lerobot::writer::write_atomic(p, text.as_bytes())?;
     }

@@ -12,8 +12,9 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+use vadapt::error::Location;
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
-use vadapt::models::model_dir::{ModelDir, Signals};
+use vadapt::models::model_dir::{at_sample_resolution, ModelDir, Signals};
 use vadapt::rng::NoiseRng;
 use vadapt::vision::tensor::{frame_to_tensor, tensor_to_frames};
 use vadapt::vision::{edges::edge_channel, resize::resize_rgb};
@@ -96,16 +97,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .take(frames)
                 .map(|f| resize_rgb(&f.image, h as u32, w as u32))
                 .collect();
-            // A latent model sees its conditioning average-pooled to latent size.
             let s = small.downscale();
-            let pool = |t: Tensor| if s > 1 { t.avg_pool2d(s) } else { Ok(t) };
-            let e = pool(Tensor::from_vec(
-                edge_channel(&clip),
-                (1, frames, h, w),
-                &device,
-            )?)?;
-            let first = pool(frame_to_tensor(&clip[0], &device)?.unsqueeze(0)?)?.squeeze(0)?;
-            (Some(e), Some(first))
+            let e = Tensor::from_vec(edge_channel(&clip), (1, frames, h, w), &device)?;
+            let first = frame_to_tensor(&clip[0], &device)?;
+            (
+                Some(at_sample_resolution(e, s)?),
+                Some(at_sample_resolution(first, s)?),
+            )
         }
         None => (None, None),
     };
@@ -145,22 +143,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut scheduler = small.scheduler.build()?;
     scheduler.set_timesteps(args.steps)?;
     let mut rng = NoiseRng::new(args.seed);
-    let (c, s) = (small.sample_channels(), small.downscale());
-    if h % s != 0 || w % s != 0 {
-        bail!("{h}x{w}: a latent model at 1/{s} size needs multiples of {s}");
-    }
+    let (hs, ws) = small.sample_size(h, w, Location::none().field("model"))?;
     if let Some(p) = &prior {
-        if p.space() != small.space() {
-            bail!(
-                "{} denoises {}, {} denoises {}: compose models of one space",
-                p.path.display(),
-                p.space(),
-                small.path.display(),
-                small.space()
-            );
-        }
+        small.check_composes_with(p, Location::none().field("--prior"))?;
     }
-    let x_t = (rng.randn((1, c, frames, h / s, w / s), &device)? * scheduler.init_noise_sigma())?;
+    let x_t = (rng.randn((1, small.sample_channels(), frames, hs, ws), &device)?
+        * scheduler.init_noise_sigma())?;
     let settings = ComposeSettings {
         rule: args.rule,
         guidance: args.guidance,
@@ -175,10 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut rng,
         false,
     )?;
-    let video = match &small.vae {
-        Some(vae) => vae.decode(&traj.x0)?,
-        None => traj.x0,
-    };
+    let video = small.decode_video(&traj.x0, &|| Ok(()))?;
     let out_frames = tensor_to_frames(&video.squeeze(0)?)?;
     // Small model resolutions (24x40) are below SVT-AV1's minimum; H.264 takes any even size.
     let opts = EncoderOptions {

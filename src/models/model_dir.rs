@@ -283,6 +283,25 @@ impl ModelDir {
         }
     }
 
+    /// Refuse composing `prior` with this (small) model unless both denoise the same thing: composition adds their
+    /// noise predictions. `loc` is where the pairing was asked for.
+    pub fn check_composes_with(&self, prior: &ModelDir, loc: Location) -> Result<()> {
+        if prior.space() == self.space() {
+            return Ok(());
+        }
+        Err(Error::config(
+            loc,
+            format!(
+                "{} denoises {}, the adapter {} denoises {}: compose models of one space (train the adapter on \
+                 the prior's VAE latents, `model.vae` in the training recipe)",
+                prior.path.display(),
+                prior.space(),
+                self.path.display(),
+                self.space()
+            ),
+        ))
+    }
+
     /// Channels of the video the model denoises: 3 (RGB) or the VAE's latent channels.
     pub fn sample_channels(&self) -> usize {
         self.unet.out_channels()
@@ -291,6 +310,38 @@ impl ModelDir {
     /// Pixels per sample along height and width: 1, or the VAE's downscale.
     pub fn downscale(&self) -> usize {
         self.vae.as_ref().map_or(1, AutoencoderKL::downscale)
+    }
+
+    /// The sample's (height, width) for a video of `h` x `w` pixels: latent size for a latent model, which needs
+    /// pixel sizes that divide by its downscale (refused at `loc` otherwise).
+    pub fn sample_size(&self, h: usize, w: usize, loc: Location) -> Result<(usize, usize)> {
+        let s = self.downscale();
+        if h % s != 0 || w % s != 0 {
+            return Err(Error::config(
+                loc,
+                format!(
+                    "{h}x{w}: {} works in latents at 1/{s} size, so height and width must be multiples of {s}",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok((h / s, w / s))
+    }
+
+    /// RGB video (b, 3, f, H, W) from a final sample: the VAE's decode, one frame at a time (diffusers' VAE slicing:
+    /// a long episode needs the memory of one frame's decoder activations), calling `check` before each frame; a
+    /// pixel model's sample as it is.
+    pub fn decode_video(&self, x: &Tensor, check: &dyn Fn() -> Result<()>) -> Result<Tensor> {
+        let Some(vae) = &self.vae else {
+            return Ok(x.clone());
+        };
+        let n = x.dim(2)?;
+        let mut frames = Vec::with_capacity(n);
+        for i in 0..n {
+            check()?;
+            frames.push(vae.decode(&x.narrow(2, i, 1)?)?);
+        }
+        Ok(Tensor::cat(&frames, 2)?)
     }
 
     /// (text, uncond) embeddings of `prompt` for a batch of `batch`: from the model's text encoder, or zeros of
@@ -317,6 +368,19 @@ impl ModelDir {
     pub fn channels(&self, signals: Signals, frames: usize) -> Result<Option<Tensor>> {
         conditioning_channels(&self.conditioning, signals, frames, &self.path)
     }
+}
+
+/// A conditioning signal, (n, c, h, w) or (c, h, w) in pixels, at a model's sample resolution: average-pooled by
+/// `downscale` (a latent model's VAE downscale; 1, unchanged, for a pixel model). Sampling and training both build
+/// their signals through this, so a latent model sees at sampling what it was trained on.
+pub fn at_sample_resolution(signal: Tensor, downscale: usize) -> Result<Tensor> {
+    if downscale == 1 {
+        return Ok(signal);
+    }
+    Ok(match signal.rank() {
+        3 => signal.unsqueeze(0)?.avg_pool2d(downscale)?.squeeze(0)?,
+        _ => signal.avg_pool2d(downscale)?,
+    })
 }
 
 /// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in the

@@ -279,16 +279,7 @@ fn resolution_and_overlap(
             format!("{overlap} must be below the model's {frames} frames"),
         ));
     }
-    let s = model.downscale();
-    if h % s != 0 || w % s != 0 {
-        return Err(Error::config(
-            loc("resolution"),
-            format!(
-                "{h}x{w}: {} works in latents at 1/{s} size, so height and width must be multiples of {s}",
-                model.path.display()
-            ),
-        ));
-    }
+    model.sample_size(h, w, loc("resolution"))?;
     Ok(((h, w), overlap))
 }
 
@@ -335,20 +326,7 @@ impl LoadedTarget {
             ));
         }
         for (p, _, prompt) in &priors {
-            // Composition adds noise predictions, so every model must denoise the same thing.
-            if p.space() != small.space() {
-                return Err(Error::config(
-                    loc("prior"),
-                    format!(
-                        "{} denoises {}, the adapter {} denoises {}: compose models of one space (train the \
-                         adapter on the prior's VAE latents, `model.vae` in the training recipe)",
-                        p.path.display(),
-                        p.space(),
-                        small.path.display(),
-                        small.space()
-                    ),
-                ));
-            }
+            small.check_composes_with(p, loc("prior"))?;
             if !p.any_frames && p.meta.frames != frames {
                 return Err(Error::config(
                     loc("prior"),

@@ -13,7 +13,7 @@ use image::RgbImage;
 
 use crate::compose::{composed_eps, from_epsilon, ComposeSettings, Conditioned, Prior, Strength};
 use crate::error::{Error, Location, Result};
-use crate::models::model_dir::{ModelDir, SampleSpace, Signals};
+use crate::models::model_dir::{at_sample_resolution, ModelDir, Signals};
 use crate::models::Parameterization;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, Scheduler, SchedulerConfig};
@@ -61,10 +61,6 @@ pub struct TargetSampler<'a> {
     pub frames: usize,
     pub overlap: usize,
 }
-
-/// Frames of a latent decode call: one at a time, as diffusers' VAE slicing, so decoding a long episode needs the
-/// memory of one frame's activations.
-const DECODE_FRAMES: usize = 1;
 
 impl<'a> TargetSampler<'a> {
     /// One model alone: no priors, no prompt, guidance 1 (so no unconditional passes), the model's own scheduler
@@ -149,26 +145,15 @@ impl<'a> TargetSampler<'a> {
         let n = clip.len();
         let (h, w) = (clip[0].height() as usize, clip[0].width() as usize);
         let model = self.small.model;
-        let space = model.space();
+        let (hs, ws) = model.sample_size(h, w, Location::file(&model.path).field("vae"))?;
         let s = model.downscale();
-        if h % s != 0 || w % s != 0 {
-            return Err(Error::config(
-                Location::file(&model.path).field("vae"),
-                format!("{h}x{w} pixels: a latent model at 1/{s} size needs multiples of {s}"),
-            ));
-        }
-        let (hs, ws) = (h / s, w / s);
-        // Every signal at the sample resolution: latent models see them average-pooled to latent size.
-        let to_sample_res =
-            |t: Tensor| -> Result<Tensor> { Ok(if s > 1 { t.avg_pool2d(s)? } else { t }) };
-        let edges = to_sample_res(Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?)?;
-        let low_res = match low_res {
-            Some(l) => {
-                let v = frames_to_tensor(&pad(l), device)?; // (3, n, h, w)
-                Some(to_sample_res(v)?)
-            }
-            None => None,
-        };
+        let edges = at_sample_resolution(
+            Tensor::from_vec(edge_channel(&clip), (1, n, h, w), device)?,
+            s,
+        )?;
+        let low_res = low_res
+            .map(|l| at_sample_resolution(frames_to_tensor(&pad(l), device)?, s)) // (3, n, h, w)
+            .transpose()?;
         check("edges")?;
 
         let (text, uncond) = model.embed(&self.small.prompt, 1, device)?;
@@ -177,12 +162,11 @@ impl<'a> TargetSampler<'a> {
             .iter()
             .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
             .collect::<Result<_>>()?;
-        let mut windows = Vec::with_capacity(n);
         let starts = window_starts(n, f, self.overlap.min(f - 1));
+        let mut windows = Vec::with_capacity(starts.len());
         for &st in &starts {
             let e = edges.narrow(1, st, f)?;
-            let first =
-                to_sample_res(frame_to_tensor(&clip[st], device)?.unsqueeze(0)?)?.squeeze(0)?;
+            let first = at_sample_resolution(frame_to_tensor(&clip[st], device)?, s)?;
             let lr = low_res.as_ref().map(|l| l.narrow(1, st, f)).transpose()?;
             let signals = Signals {
                 edges: Some(&e),
@@ -252,18 +236,7 @@ impl<'a> TargetSampler<'a> {
                 )
             },
         )?;
-        let video = match (&space, &model.vae) {
-            (SampleSpace::Latents { .. }, Some(vae)) => {
-                let mut parts = Vec::new();
-                for start in (0..n).step_by(DECODE_FRAMES) {
-                    check("sample")?;
-                    let len = DECODE_FRAMES.min(n - start);
-                    parts.push(vae.decode(&x.narrow(2, start, len)?)?);
-                }
-                Tensor::cat(&parts, 2)?
-            }
-            _ => x,
-        };
+        let video = model.decode_video(&x, &|| check("sample"))?;
         let mut out = tensor_to_frames(&video.get(0)?)?;
         out.truncate(n_real);
         Ok(out)

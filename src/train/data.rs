@@ -20,7 +20,9 @@ use image::RgbImage;
 use super::config::TrainConfig;
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
-use crate::models::model_dir::{conditioning_channels, Conditioning, Signals};
+use crate::models::model_dir::{
+    at_sample_resolution, conditioning_channels, Conditioning, Signals,
+};
 use crate::rng::NoiseRng;
 use crate::vision::edges::edge_channel;
 use crate::vision::resize::resize_rgb;
@@ -232,19 +234,15 @@ impl ClipSet {
             for &i in &idx {
                 e.extend_from_slice(&ep.edges[i]);
             }
-            // Every signal at the sample resolution: a latent recipe's average-pooled by the VAE's downscale,
-            // exactly as `pipeline::window` builds them for sampling.
+            // Every signal at the sample resolution, as `pipeline::window` builds them for sampling.
             let s = self.downscale;
-            let pool =
-                |t: Tensor| -> Result<Tensor> { Ok(if s > 1 { t.avg_pool2d(s)? } else { t }) };
-            let edges = pool(Tensor::from_vec(e, (1, f, h, w), device)?)?;
-            let first =
-                pool(frame_to_tensor(&ep.condition[c.start], device)?.unsqueeze(0)?)?.squeeze(0)?;
+            let edges = at_sample_resolution(Tensor::from_vec(e, (1, f, h, w), device)?, s)?;
+            let first = at_sample_resolution(frame_to_tensor(&ep.condition[c.start], device)?, s)?;
             let low_res = if ep.low_res.is_empty() {
                 None
             } else {
                 let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.low_res[i].clone()).collect();
-                Some(pool(frames_to_tensor(&frames, device)?)?)
+                Some(at_sample_resolution(frames_to_tensor(&frames, device)?, s)?)
             };
             let signals = Signals {
                 edges: Some(&edges),

@@ -598,10 +598,7 @@ impl Trainer {
                 .into_iter()
                 .map(|e| report::edge_image(e, h, w))
                 .collect();
-            let video = match &model.vae {
-                Some(vae) => vae.decode(&traj.x0)?,
-                None => traj.x0,
-            };
+            let video = model.decode_video(&traj.x0, &|| Ok(()))?;
             rows.push(cond);
             rows.push(edges);
             if let Some(low_res) = self.data.low_res_frames(*clip, holdout) {

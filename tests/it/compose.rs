@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
-use vadapt::compose::{composed_eps, sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+use vadapt::compose::{
+    composed_eps, sample, ComposeSettings, Conditioned, Prior, Rule, Strength, Trajectory,
+};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::models::{Denoiser, Parameterization};
 use vadapt::rng::NoiseRng;
@@ -257,21 +259,28 @@ fn flat(t: &Tensor) -> Vec<f32> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
-/// A composed DDIM(10) run of the two standard mocks (small model and one prior at λ 0.3, composition from t = 100):
-/// the final sample and the batch items each model was called with.
-fn run_mocks(rule: Rule, guidance: f32) -> (Tensor, usize, usize) {
-    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
-    let settings = ComposeSettings {
+fn settings(rule: Rule, guidance: f32, compose_min_t: usize) -> ComposeSettings {
+    ComposeSettings {
         rule,
         guidance,
-        compose_min_t: 100,
-    };
+        compose_min_t,
+    }
+}
+
+/// A DDIM(10) run of the two standard mocks: the small model and, with `lam`, one prior at that λ. Returns the
+/// trajectory and the batch items each model was called with.
+fn run_mocks(settings: ComposeSettings, lam: Option<f32>) -> (Trajectory, usize, usize) {
+    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
+    let priors: Vec<Prior> = lam
+        .map(|lam| Prior {
+            input: cond(&p, 2),
+            strength: Strength::Constant(lam),
+        })
+        .into_iter()
+        .collect();
     let traj = sample(
         &cond(&s, 1),
-        &[Prior {
-            input: cond(&p, 2),
-            strength: Strength::Constant(0.3),
-        }],
+        &priors,
         ddim(10).as_mut(),
         x_t(),
         &settings,
@@ -280,7 +289,7 @@ fn run_mocks(rule: Rule, guidance: f32) -> (Tensor, usize, usize) {
     )
     .unwrap();
     (
-        traj.x0,
+        traj,
         s.calls.load(Ordering::SeqCst),
         p.calls.load(Ordering::SeqCst),
     )
@@ -288,51 +297,11 @@ fn run_mocks(rule: Rule, guidance: f32) -> (Tensor, usize, usize) {
 
 #[test]
 fn lam_zero_equals_small_model_alone() {
-    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
-    let settings = ComposeSettings {
-        rule: Rule::Composed,
-        guidance: 2.5,
-        compose_min_t: 100,
-    };
-    let with = sample(
-        &cond(&s, 1),
-        &[Prior {
-            input: cond(&p, 2),
-            strength: Strength::Constant(0.0),
-        }],
-        ddim(10).as_mut(),
-        x_t(),
-        &settings,
-        &mut NoiseRng::new(0),
-        false,
-    )
-    .unwrap();
-    let alone = sample(
-        &cond(&s, 1),
-        &[],
-        ddim(10).as_mut(),
-        x_t(),
-        &settings,
-        &mut NoiseRng::new(0),
-        false,
-    )
-    .unwrap();
-    assert!(max_abs_diff(&flat(&with.x0), &flat(&alone.x0)) < 1e-6);
-    let with_prior = sample(
-        &cond(&s, 1),
-        &[Prior {
-            input: cond(&p, 2),
-            strength: Strength::Constant(0.4),
-        }],
-        ddim(10).as_mut(),
-        x_t(),
-        &settings,
-        &mut NoiseRng::new(0),
-        false,
-    )
-    .unwrap();
+    let run = |lam| run_mocks(settings(Rule::Composed, 2.5, 100), lam).0.x0;
+    let alone = run(None);
+    assert!(max_abs_diff(&flat(&run(Some(0.0))), &flat(&alone)) < 1e-6);
     assert!(
-        max_abs_diff(&flat(&with_prior.x0), &flat(&alone.x0)) > 1e-3,
+        max_abs_diff(&flat(&run(Some(0.4))), &flat(&alone)) > 1e-3,
         "λ = 0.4 must change the sample"
     );
 }
@@ -340,37 +309,19 @@ fn lam_zero_equals_small_model_alone() {
 #[test]
 fn composition_window_switches_at_the_right_step() {
     // Timesteps 900, 800, ..., 0: with compose_min_t = 450 the prior is called at 900..500 (5 steps).
-    let (s, p) = (Mock::new(0.3, 0.5, 0.2, 4), Mock::new(-0.7, 0.9, 0.1, 4));
     for (min_t, expected) in [(450usize, 5usize), (100, 9), (0, 10), (901, 0), (500, 5)] {
-        let settings = ComposeSettings {
-            rule: Rule::Composed,
-            guidance: 2.0,
-            compose_min_t: min_t,
-        };
-        let traj = sample(
-            &cond(&s, 1),
-            &[Prior {
-                input: cond(&p, 2),
-                strength: Strength::Constant(0.3),
-            }],
-            ddim(10).as_mut(),
-            x_t(),
-            &settings,
-            &mut NoiseRng::new(0),
-            false,
-        )
-        .unwrap();
+        let (traj, _, _) = run_mocks(settings(Rule::Composed, 2.0, min_t), Some(0.3));
         assert_eq!(traj.prior_calls, expected, "compose_min_t = {min_t}");
     }
     // One batched forward per step for the small model (cond + uncond = batch 2), one batch-1 call for the prior.
-    let (_, small_calls, prior_calls) = run_mocks(Rule::Composed, 2.0);
+    let (_, small_calls, prior_calls) = run_mocks(settings(Rule::Composed, 2.0, 100), Some(0.3));
     assert_eq!(small_calls, 20);
     assert_eq!(prior_calls, 9);
 
     // At w = 1 guidance is the identity on ε(c): no unconditional pass for either rule. A run at w = 1.000001 still
     // makes that pass; its trajectory differs from the w = 1 one only by that 1e-6 of guidance.
     for rule in [Rule::Composed, Rule::CfgMix] {
-        let (x1, small_calls, prior_calls) = run_mocks(rule, 1.0);
+        let (x1, small_calls, prior_calls) = run_mocks(settings(rule, 1.0, 100), Some(0.3));
         assert_eq!(
             small_calls, 10,
             "{rule:?}: one batch-1 small forward per step at w = 1"
@@ -379,12 +330,12 @@ fn composition_window_switches_at_the_right_step() {
             prior_calls, 9,
             "{rule:?}: one batch-1 prior forward per composed step at w = 1"
         );
-        let (x_ref, small_ref, _) = run_mocks(rule, 1.000_001);
+        let (x_ref, small_ref, _) = run_mocks(settings(rule, 1.000_001, 100), Some(0.3));
         assert_eq!(
             small_ref, 20,
             "{rule:?}: w != 1 keeps the unconditional pass"
         );
-        let d = max_abs_diff(&flat(&x1), &flat(&x_ref));
+        let d = max_abs_diff(&flat(&x1.x0), &flat(&x_ref.x0));
         assert!(d < 1e-4, "{rule:?}: w = 1 without uncond vs with it: {d}");
     }
 }
