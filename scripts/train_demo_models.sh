@@ -28,14 +28,32 @@ fi
 models=("$@")
 [ ${#models[@]} -eq 0 ] && models=(edge_to_sim edge_to_real prior sr_48x80)
 # How the shipped models were trained: 400 steps, then resumed to the recipe's 800 (the cosine schedule restarts at
-# the resume; `steps` may change on resume); the prior was stopped at 550 for lack of time (docs/results.md).
-# A run interrupted in the first phase continues straight into the second.
+# the resume; `steps` may change on resume). A run interrupted in the first phase continues straight into the second.
+# The prior has more phases (docs/results.md, "Teaching the prior its style words"): 400 steps, resumed to 550,
+# resumed under a 4000-step schedule and stopped at 1400 (byte tokens: it denoises but ignores the style words);
+# then pipelines/train_prior_words.toml starts from that model with word tokens and late-timestep sampling
+# (out/train/prior_words, 600 steps), and that is the shipped prior.
 # sr_48x80 trains straight to its recipe's 350 steps (the shipped model's first 50 steps ran under a 450-step
 # schedule, then it was resumed with steps = 350 to finish in time: the learning rates of those 50 steps differ by
 # under 1%).
+latest_step() { # the newest checkpoint's step of run $1, or nothing
+    ls "out/train/$1/checkpoints" 2>/dev/null | sed -n 's/^step-0*//p' | sort -n | tail -1
+}
+train_prior() {
+    local run=(env RAYON_NUM_THREADS=1 "$VADAPT" train --config pipelines/train_prior.toml)
+    [ -n "$(latest_step prior)" ] || "${run[@]}" --steps 400 || return 1
+    [ "$(latest_step prior)" -ge 550 ] || "${run[@]}" --resume --stop-after $((550 - $(latest_step prior))) || return 1
+    if [ "$(latest_step prior)" -lt 1400 ]; then
+        "${run[@]}" --resume --steps 4000 --stop-after $((1400 - $(latest_step prior))) || return 1
+    fi
+    env RAYON_NUM_THREADS=1 "$VADAPT" train --config pipelines/train_prior_words.toml --resume
+}
 train_one() {
-    local n=$1 extra=()
-    [ "$n" = prior ] && extra=(--stop-after 150)
+    local n=$1
+    if [ "$n" = prior ]; then
+        train_prior
+        return
+    fi
     local run=(env RAYON_NUM_THREADS=1 "$VADAPT" train --config "pipelines/train_$n.toml")
     if [ "$n" = sr_48x80 ]; then
         "${run[@]}" --resume
@@ -44,7 +62,7 @@ train_one() {
     if [ ! -d "out/train/$n/checkpoints" ]; then
         "${run[@]}" --steps 400 || return 1
     fi
-    "${run[@]}" --resume "${extra[@]}"
+    "${run[@]}" --resume
 }
 mkdir -p out/train
 pids=()
@@ -56,9 +74,11 @@ for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { echo "training ${models[$i]} failed: see out/train/${models[$i]}.log" >&2; exit 1; }
 done
 for n in "${models[@]}"; do
+    run="out/train/$n"
+    [ "$n" = prior ] && run=out/train/prior_words
     rm -rf "models/demo/$n"
     mkdir -p models/demo
-    cp -r "out/train/$n/model" "models/demo/$n"
-    cp "out/train/$n/loss.png" "models/demo/$n/loss.png"
+    cp -r "$run/model" "models/demo/$n"
+    cp "$run/loss.png" "models/demo/$n/loss.png"
     echo "models/demo/$n: $(du -sh "models/demo/$n" | cut -f1)" >&2
 done

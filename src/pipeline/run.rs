@@ -283,9 +283,14 @@ fn resolution_and_overlap(
     Ok(((h, w), overlap))
 }
 
-/// A prompt for a model without a text encoder cannot be honoured: refuse before any work.
+/// A prompt for a model without a text encoder cannot be honoured: refuse before any work. Words of the
+/// template the model's vocabulary lacks (a style it was never trained on) get a warning: the model reads them
+/// only as bytes.
 fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result<()> {
-    if prompt.is_some_and(|p| !p.is_empty()) && model.text_encoder.is_none() {
+    let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let Some(enc) = &model.text_encoder else {
         return Err(Error::config(
             loc,
             format!(
@@ -293,6 +298,14 @@ fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result
                 model.path.display()
             ),
         ));
+    };
+    let unknown = enc.unknown_words(&prompt.replace("{task}", ""));
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "{loc}: {} has no token for {:?}; it was not trained on those words and reads them only as bytes",
+            model.path.display(),
+            unknown
+        );
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::model_dir::Conditioning;
 use crate::models::vae::AutoencoderKLConfig;
 use crate::models::Parameterization;
+use crate::rng::NoiseRng;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +169,21 @@ pub struct TextEncoderConfig {
     /// random transformer still gives every prompt its own embedding, and those are computed once).
     #[serde(default)]
     pub train: bool,
+    /// "bytes": byte tokens only. "words": also one token per word seen at least `min_word_count` times in the
+    /// training prompts (the vocabulary is stored in the saved config), so a style name is one learnable token.
+    #[serde(default)]
+    pub tokens: TokenKind,
+    #[serde(default = "d_min_word_count")]
+    pub min_word_count: usize,
+}
+
+/// What the embedded text encoder's tokens are (`[text_encoder] tokens`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    #[default]
+    Bytes,
+    Words,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +228,86 @@ pub struct OptimConfig {
     /// EMA decay (0 = no EMA; the saved model is then the raw weights).
     #[serde(default = "d_ema")]
     pub ema_decay: f64,
+    /// Which training timesteps to sample more often, as diffusers' SDXL training script does
+    /// (`--timestep_bias_strategy`): "none" (uniform), "later" (the noisiest `timestep_bias_portion`),
+    /// "earlier" (the least noisy portion) or "range" (`timestep_bias_begin..timestep_bias_end`).
+    #[serde(default)]
+    pub timestep_bias_strategy: TimestepBias,
+    /// Weight of the biased timesteps relative to the others (> 0; 1 = uniform).
+    #[serde(default = "d_one_f64")]
+    pub timestep_bias_multiplier: f64,
+    #[serde(default = "d_bias_portion")]
+    pub timestep_bias_portion: f64,
+    #[serde(default)]
+    pub timestep_bias_begin: usize,
+    #[serde(default = "d_train_steps")]
+    pub timestep_bias_end: usize,
+}
+
+/// How training draws its timesteps: uniformly, or from [`OptimConfig::timestep_weights`] by inverting their CDF
+/// (`torch.multinomial(weights, n, replacement=True)` in diffusers).
+#[derive(Debug, Clone)]
+pub struct TimestepDraw {
+    num_timesteps: usize,
+    cdf: Option<Vec<f64>>,
+}
+
+impl TimestepDraw {
+    pub fn new(optim: &OptimConfig, num_timesteps: usize) -> Self {
+        let cdf = optim.timestep_weights(num_timesteps).map(|w| {
+            w.iter()
+                .scan(0.0, |acc, x| {
+                    *acc += x;
+                    Some(*acc)
+                })
+                .collect()
+        });
+        Self { num_timesteps, cdf }
+    }
+
+    /// One timestep in 0..num_timesteps. The uniform case draws exactly as before the option existed, so older
+    /// recipes train bit-identically.
+    pub fn draw(&self, rng: &mut NoiseRng) -> usize {
+        match &self.cdf {
+            None => rng.below(self.num_timesteps),
+            Some(cdf) => {
+                let u = rng.uniform() as f64;
+                cdf.partition_point(|&c| c <= u).min(self.num_timesteps - 1)
+            }
+        }
+    }
+}
+
+/// `[optim] timestep_bias_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestepBias {
+    #[default]
+    None,
+    Later,
+    Earlier,
+    Range,
+}
+
+impl OptimConfig {
+    /// The sampling weight of each training timestep, normalised to sum 1 — diffusers'
+    /// `generate_timestep_weights` (examples/text_to_image/train_text_to_image_sdxl.py), or `None` for uniform.
+    pub fn timestep_weights(&self, num_timesteps: usize) -> Option<Vec<f64>> {
+        let n = num_timesteps;
+        let k = ((self.timestep_bias_portion * n as f64) as usize).min(n);
+        let biased = match self.timestep_bias_strategy {
+            TimestepBias::None => return None,
+            TimestepBias::Later => n - k..n,
+            TimestepBias::Earlier => 0..k,
+            TimestepBias::Range => self.timestep_bias_begin..self.timestep_bias_end.min(n),
+        };
+        let mut w = vec![1.0; n];
+        for x in &mut w[biased] {
+            *x *= self.timestep_bias_multiplier;
+        }
+        let sum: f64 = w.iter().sum();
+        Some(w.into_iter().map(|x| x / sum).collect())
+    }
 }
 
 impl Default for OptimConfig {
@@ -310,6 +406,12 @@ fn d_param() -> Parameterization {
 fn d_heads() -> usize {
     2
 }
+fn d_min_word_count() -> usize {
+    2
+}
+fn d_bias_portion() -> f64 {
+    0.25
+}
 fn d_tokens() -> usize {
     32
 }
@@ -386,6 +488,33 @@ impl TrainConfig {
         for d in &self.data.dataset {
             if !d.exists() {
                 return bad("data.dataset", format!("{} does not exist", d.display()));
+            }
+        }
+        let o = &self.optim;
+        if o.timestep_bias_strategy != TimestepBias::None {
+            if !(o.timestep_bias_multiplier > 0.0 && o.timestep_bias_multiplier.is_finite()) {
+                return bad(
+                    "optim.timestep_bias_multiplier",
+                    format!("{} must be a positive number", o.timestep_bias_multiplier),
+                );
+            }
+            if !(0.0..=1.0).contains(&o.timestep_bias_portion) {
+                return bad(
+                    "optim.timestep_bias_portion",
+                    format!("{} must be within 0..=1", o.timestep_bias_portion),
+                );
+            }
+            let n = self.scheduler.num_train_timesteps;
+            if o.timestep_bias_strategy == TimestepBias::Range
+                && (o.timestep_bias_begin >= o.timestep_bias_end || o.timestep_bias_end > n)
+            {
+                return bad(
+                    "optim.timestep_bias_end",
+                    format!(
+                        "the range {}..{} must be non-empty and within 0..{n}",
+                        o.timestep_bias_begin, o.timestep_bias_end
+                    ),
+                );
             }
         }
         if self.data.frame_stride == 0 {

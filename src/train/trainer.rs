@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::config::TrainConfig;
+use super::config::{TimestepDraw, TokenKind, TrainConfig};
 use super::data::ClipSet;
 use super::init::seeded_var_builder;
 use super::optim::{clip_factor, learning_rate, AdamW, AdamWSettings, Ema, Params};
@@ -31,6 +31,7 @@ use super::report::{self, LossRow};
 use crate::compose::{sample, ComposeSettings, Conditioned};
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::model_dir::ModelDir;
+use crate::models::text::corpus_words;
 use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
 use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
@@ -82,6 +83,8 @@ pub struct Trainer {
     schedule: NoiseSchedule,
     /// Embeddings of prompts under a frozen text encoder, computed once.
     text_cache: HashMap<String, Tensor>,
+    /// Training timesteps, uniform or under `optim.timestep_bias_strategy`.
+    timesteps: TimestepDraw,
     /// Optimizer steps done.
     pub step: usize,
 }
@@ -143,7 +146,7 @@ impl Trainer {
         let text = match &config.text_encoder {
             Some(t) => Some(ByteTextEncoder::new(
                 vb.pp("text_encoder"),
-                &byte_config(&config, t),
+                &byte_config(&config, t, &data),
             )?),
             None => None,
         };
@@ -178,6 +181,7 @@ impl Trainer {
         } else {
             None
         };
+        let timesteps = TimestepDraw::new(o, config.scheduler.num_train_timesteps);
         let sched_cfg: SchedulerConfig = serde_json::from_value(config.scheduler_config_json())
             .map_err(|e| Error::config(Location::none().field("scheduler"), e.to_string()))?;
         Ok(Self {
@@ -194,6 +198,7 @@ impl Trainer {
             opt,
             ema,
             text_cache: HashMap::new(),
+            timesteps,
             step: 0,
         })
     }
@@ -277,8 +282,7 @@ impl Trainer {
             None => batch.video,
         };
         let noise = rng.randn(x0.shape().clone(), &self.device)?;
-        let t_max = self.schedule.num_train_timesteps();
-        let ts: Vec<usize> = (0..b).map(|_| rng.below(t_max)).collect();
+        let ts: Vec<usize> = (0..b).map(|_| self.timesteps.draw(&mut rng)).collect();
         let keep_text: Vec<bool> = (0..b)
             .map(|_| rng.uniform() as f64 >= c.guidance.drop_text)
             .collect();
@@ -403,9 +407,13 @@ impl Trainer {
         if let Some(t) = &self.config.text_encoder {
             let tdir = dir.join("text_encoder");
             std::fs::create_dir_all(&tdir).at(&tdir)?;
+            let enc_config = match &self.text {
+                Some(enc) => enc.config().clone(),
+                None => byte_config(&self.config, t, &self.data),
+            };
             write_json(
                 &tdir.join("config.json"),
-                &serde_json::to_value(byte_config(&self.config, t)).unwrap_or_default(),
+                &serde_json::to_value(enc_config).unwrap_or_default(),
             )?;
             save_tensors(&strip(TEXT), &tdir.join("model.safetensors"))?;
         }
@@ -668,8 +676,20 @@ impl Trainer {
     }
 }
 
-fn byte_config(config: &TrainConfig, t: &super::config::TextEncoderConfig) -> ByteEncoderConfig {
+/// The text encoder a recipe describes; with `tokens = "words"` its vocabulary comes from the training prompts.
+fn byte_config(
+    config: &TrainConfig,
+    t: &super::config::TextEncoderConfig,
+    data: &ClipSet,
+) -> ByteEncoderConfig {
     let d = config.model.cross_attention_dim;
+    let words = match t.tokens {
+        TokenKind::Bytes => Vec::new(),
+        TokenKind::Words => corpus_words(
+            data.train.iter().map(|e| e.prompt.as_str()),
+            t.min_word_count.max(1),
+        ),
+    };
     ByteEncoderConfig {
         model_type: MODEL_TYPE.into(),
         hidden_size: d,
@@ -678,6 +698,7 @@ fn byte_config(config: &TrainConfig, t: &super::config::TextEncoderConfig) -> By
         intermediate_size: t.intermediate_size.unwrap_or(4 * d),
         max_position_embeddings: t.max_tokens,
         layer_norm_eps: 1e-5,
+        words,
     }
 }
 
@@ -704,6 +725,7 @@ fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
             .map_err(|e| Error::model(Location::file(&file), e.to_string()))?;
         for (name, t) in tensors {
             if let Some(var) = vars.get(&format!("{prefix}{name}")) {
+                let t = extend_vocabulary(&prefix, &name, var, t)?;
                 if var.shape() != t.shape() {
                     return Err(Error::model(
                         Location::file(&file).field(name),
@@ -719,6 +741,23 @@ fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A byte-token embedding loaded into an encoder that adds word tokens (`tokens = "words"` fine-tuning a bytes
+/// model): the stored rows keep their ids, so they fill the first rows and the new words keep their fresh
+/// initialisation — transformers' `resize_token_embeddings`. Any other tensor comes back unchanged.
+fn extend_vocabulary(prefix: &str, name: &str, var: &Var, t: Tensor) -> Result<Tensor> {
+    let (Ok((rows, d)), Ok((have, td))) = (var.dims2(), t.dims2()) else {
+        return Ok(t);
+    };
+    if prefix != TEXT || name != "embeddings.token_embedding.weight" || d != td || have >= rows {
+        return Ok(t);
+    }
+    let fresh = var
+        .as_tensor()
+        .narrow(0, have, rows - have)?
+        .to_device(t.device())?;
+    Ok(Tensor::cat(&[&t.to_dtype(DType::F32)?, &fresh], 0)?)
 }
 
 /// Copy a VAE directory's config and weights (what `AutoencoderKL::load` reads) to `dst`.

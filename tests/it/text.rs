@@ -10,8 +10,9 @@ use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::{clip, t5};
 use serde_json::json;
 use vadapt::models::text::{
-    load_text_encoder, load_text_encoder_with, ByteEncoderConfig, ByteTextEncoder,
-    CachedTextEncoder, ClipText, LoadOptions, T5Text, TextEncoder, BOS, EOS, PAD,
+    corpus_words, load_text_encoder, load_text_encoder_with, word_pieces, ByteEncoderConfig,
+    ByteTextEncoder, CachedTextEncoder, ClipText, LoadOptions, T5Text, TextEncoder, BOS,
+    BYTE_VOCAB_SIZE, EOS, PAD,
 };
 
 use crate::common::max_abs_diff;
@@ -169,6 +170,90 @@ fn byte_encoder_is_trainable() {
         "{with_grad} of {} variables got a gradient",
         all.len()
     );
+}
+
+/// Whole-word tokens: a listed word is one id after the byte ids, anything else stays bytes (so every prompt
+/// still encodes), the vocabulary survives save/load, and a bytes-only config is written without a `words` key.
+#[test]
+fn word_tokens_merge_known_words_and_fall_back_to_bytes() {
+    let dev = Device::Cpu;
+    let corpus = [
+        "push the red star to the blue cube, sunset style",
+        "push the blue cube to the red moon, neon style",
+        "push the red cube to the green star, sunset style",
+    ];
+    let words = corpus_words(corpus, 2);
+    // Most frequent first (6, 3, ..., 2), ties in byte order; "neon", "moon" and "green" are seen once.
+    assert_eq!(
+        words,
+        ["the", "cube", "push", "red", "style", "to", "blue", "star", "sunset"]
+    );
+    assert_eq!(
+        word_pieces("a-b, neon!").collect::<Vec<_>>(),
+        ["a", "-", "b", ",", " ", "neon", "!"]
+    );
+    assert_eq!(word_pieces("Würfel").collect::<String>(), "Würfel");
+    let config = ByteEncoderConfig {
+        words: words.clone(),
+        ..small()
+    };
+    let (enc, _) = ByteTextEncoder::random(&config, 3, &dev).unwrap();
+    let id = |w: &str| (BYTE_VOCAB_SIZE + words.iter().position(|x| x == w).unwrap()) as u32;
+    assert_eq!(
+        enc.token_ids("red neon, sunset"),
+        vec![
+            BOS,
+            id("red"),
+            32,
+            110,
+            101,
+            111,
+            110,
+            44,
+            32,
+            id("sunset"),
+            EOS
+        ]
+    );
+    assert_eq!(enc.unknown_words("red neon, sunset style"), ["neon"]);
+    assert!(ByteTextEncoder::random(&small(), 3, &dev)
+        .unwrap()
+        .0
+        .unknown_words("anything at all")
+        .is_empty());
+    // A known word reads differently from its spelling out.
+    let a = enc.encode(&["sunset"]).unwrap();
+    let b = enc.encode(&["sunsetx"]).unwrap();
+    assert!(max_abs_diff(&vals(&a), &vals(&b)) > 1e-3);
+
+    let tmp = tempfile::tempdir().unwrap();
+    enc.save(tmp.path()).unwrap();
+    let json = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    assert!(json.contains("\"sunset\""), "{json}");
+    let loaded = load_text_encoder(tmp.path(), &dev).unwrap();
+    assert_eq!(
+        vals(&enc.encode(&corpus).unwrap()),
+        vals(&loaded.encode(&corpus).unwrap())
+    );
+    let (plain, _) = ByteTextEncoder::random(&small(), 3, &dev).unwrap();
+    plain.save(&tmp.path().join("plain")).unwrap();
+    let json = std::fs::read_to_string(tmp.path().join("plain/config.json")).unwrap();
+    assert!(!json.contains("words"), "{json}");
+
+    for (bad, why) in [
+        (vec!["sun set".to_string()], "letters and digits"),
+        (vec!["sun".into(), "sun".into()], "twice"),
+    ] {
+        let c = ByteEncoderConfig {
+            words: bad,
+            ..small()
+        };
+        let err = ByteTextEncoder::random(&c, 1, &dev)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("words") && err.contains(why), "{err}");
+    }
 }
 
 #[test]

@@ -555,3 +555,129 @@ fn bad_vae_recipes_name_the_key() {
         assert!(err.contains("model.height") && err.contains(why), "{err}");
     }
 }
+
+/// `[optim] timestep_bias_*` gives diffusers' `generate_timestep_weights` (SDXL training script): the biased
+/// timesteps weigh `multiplier` times the others, normalised; the draw follows them; bad values name the key.
+#[test]
+fn timestep_bias_weights_follow_diffusers_and_the_draw_follows_them() {
+    use vadapt::rng::NoiseRng;
+    use vadapt::train::config::TimestepDraw;
+    let dir = tempfile::tempdir().unwrap();
+    let base = recipe(dir.path(), "");
+    let with =
+        |extra: &str| base.replace("warmup_steps = 2", &format!("warmup_steps = 2\n{extra}"));
+    let c = config(&with(
+        "timestep_bias_strategy = \"later\"\ntimestep_bias_multiplier = 3.0",
+    ));
+    let w = c.optim.timestep_weights(1000).unwrap();
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert!((w[999] - 3.0 / 1500.0).abs() < 1e-15 && (w[750] - 3.0 / 1500.0).abs() < 1e-15);
+    assert!((w[749] - 1.0 / 1500.0).abs() < 1e-15 && (w[0] - 1.0 / 1500.0).abs() < 1e-15);
+    let c2 = config(&with(
+        "timestep_bias_strategy = \"range\"\ntimestep_bias_multiplier = 0.5\ntimestep_bias_begin = 100\ntimestep_bias_end = 200",
+    ));
+    let w2 = c2.optim.timestep_weights(1000).unwrap();
+    assert!((w2[150] * 2.0 - w2[99]).abs() < 1e-15 && w2[200] == w2[99]);
+    assert!(config(&base).optim.timestep_weights(1000).is_none());
+
+    // Half the draws land in the noisiest quarter under "later" x3, a quarter when uniform.
+    let frac_late = |c: &TrainConfig| {
+        let draw = TimestepDraw::new(&c.optim, 1000);
+        let mut rng = NoiseRng::new(1);
+        let n = 20_000;
+        let late = (0..n).filter(|_| draw.draw(&mut rng) >= 750).count();
+        late as f64 / n as f64
+    };
+    let (biased, uniform) = (frac_late(&c), frac_late(&config(&base)));
+    assert!((biased - 0.5).abs() < 0.02, "later x3: {biased}");
+    assert!((uniform - 0.25).abs() < 0.02, "uniform: {uniform}");
+
+    for (extra, key) in [
+        (
+            "timestep_bias_strategy = \"later\"\ntimestep_bias_multiplier = 0.0",
+            "optim.timestep_bias_multiplier",
+        ),
+        (
+            "timestep_bias_strategy = \"earlier\"\ntimestep_bias_portion = 1.5",
+            "optim.timestep_bias_portion",
+        ),
+        (
+            "timestep_bias_strategy = \"range\"\ntimestep_bias_end = 2000",
+            "optim.timestep_bias_end",
+        ),
+        (
+            "timestep_bias_strategy = \"sooner\"",
+            "timestep_bias_strategy",
+        ),
+    ] {
+        let err = TrainConfig::from_toml(&with(extra), Path::new("bad.toml"))
+            .expect_err(key)
+            .to_string();
+        assert!(
+            err.contains(key) && err.contains("bad.toml"),
+            "{key}: {err}"
+        );
+    }
+}
+
+/// `[text_encoder] tokens = "words"` fine-tuning a bytes model (the demo prior's second phase): the vocabulary
+/// comes from the training prompts and is saved; the byte rows of the token embedding are the loaded model's and
+/// the word rows are new.
+#[test]
+fn words_recipe_extends_a_bytes_model_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("bytes");
+    let text = recipe(&first, "").replace("max_tokens = 16", "max_tokens = 16\ntrain = true");
+    let mut c = config(&text);
+    c.steps = 1;
+    run_to_end(c);
+    let second = dir.path().join("words");
+    let text = recipe(&second, "")
+        .replace(
+            "max_tokens = 16",
+            "max_tokens = 16\ntrain = true\ntokens = \"words\"\nmin_word_count = 1",
+        )
+        .replace(
+            "cross_attention_dim = 16",
+            &format!(
+                "cross_attention_dim = 16\ninit_from = \"{}\"",
+                first.join("model").display()
+            ),
+        );
+    let mut c = config(&text);
+    c.steps = 1;
+    c.optim.lr = 1e-12; // one step that barely moves the weights
+    c.optim.ema_decay = 0.0;
+    run_to_end(c);
+    let load = |d: &Path| {
+        candle_core::safetensors::load(d.join("model/text_encoder/model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .remove("embeddings.token_embedding.weight")
+            .unwrap()
+    };
+    let (old, new) = (load(&first), load(&second));
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(second.join("model/text_encoder/config.json")).unwrap(),
+    )
+    .unwrap();
+    let words = cfg["words"]
+        .as_array()
+        .expect("the saved config lists its words");
+    assert!(words.iter().any(|w| w == "push"), "{words:?}");
+    assert_eq!(old.dims()[0], 259);
+    assert_eq!(new.dims()[0], 259 + words.len());
+    let d = max_abs_diff(&old, &new.narrow(0, 0, 259).unwrap());
+    assert!(d < 1e-6, "byte rows changed by {d}");
+    // The word rows are a fresh initialisation, not copies of byte rows.
+    let fresh = new.narrow(0, 259, words.len()).unwrap();
+    assert!(
+        fresh
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 1e-3
+    );
+}

@@ -1,7 +1,11 @@
 //! The embedded default text encoder: a small transformer over the UTF-8 bytes of the prompt.
 //!
-//! No tokenizer file and no vocabulary to ship: token ids are the bytes 0..=255 plus [`BOS`], [`EOS`] and
-//! [`PAD`]. Layout (CLIP's text tower, pre-LayerNorm, but bidirectional instead of causal):
+//! No tokenizer file to ship: token ids are the bytes 0..=255 plus [`BOS`], [`EOS`] and [`PAD`], and optionally
+//! whole-word tokens after them (`words` in the config, ids 259..). A word of the prompt (a maximal run of ASCII
+//! letters and digits) that is in `words` becomes one token; every other byte stays a byte token, so any prompt
+//! still encodes. Whole words are what lets a small encoder trained from scratch learn a style name in a few
+//! hundred steps: from bytes alone it must first learn to spell (docs/results.md, "Teaching the prior its style
+//! words"). It is a one-level merge table in the spirit of BPE, without the merges. Layout (CLIP's text tower, pre-LayerNorm, but bidirectional instead of causal):
 //! ```text
 //! x   = token_embedding[ids] + position_embedding[0..L]
 //! x   = x + self_attn(layer_norm1(x), key_padding_mask)      (per layer)
@@ -63,6 +67,9 @@ pub struct ByteEncoderConfig {
     pub max_position_embeddings: usize,
     #[serde(default = "d_eps")]
     pub layer_norm_eps: f64,
+    /// Whole-word tokens: `words[i]` has id [`BYTE_VOCAB_SIZE`] + i. Empty: bytes only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<String>,
 }
 
 impl ByteEncoderConfig {
@@ -76,7 +83,13 @@ impl ByteEncoderConfig {
             intermediate_size: 4 * hidden_size,
             max_position_embeddings: 77,
             layer_norm_eps: 1e-5,
+            words: Vec::new(),
         }
+    }
+
+    /// Rows of the token embedding: bytes, BOS, EOS, PAD, then the words.
+    pub fn vocab_size(&self) -> usize {
+        BYTE_VOCAB_SIZE + self.words.len()
     }
 
     /// Check the numbers fit together; `loc` names the config file where there is one.
@@ -102,6 +115,18 @@ impl ByteEncoderConfig {
         }
         if self.intermediate_size == 0 {
             return bad("intermediate_size", "must be positive".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for w in &self.words {
+            if w.is_empty() || !w.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return bad(
+                    "words",
+                    format!("{w:?}: a word token is a non-empty run of ASCII letters and digits"),
+                );
+            }
+            if !seen.insert(w) {
+                return bad("words", format!("{w:?} is listed twice"));
+            }
         }
         if self.max_position_embeddings < 2 {
             return bad(
@@ -236,7 +261,7 @@ impl ByteTextEncoder {
         let emb = vb.pp("embeddings");
         let tok = emb
             .pp("token_embedding")
-            .get_with_hints((BYTE_VOCAB_SIZE, d), "weight", init)?;
+            .get_with_hints((c.vocab_size(), d), "weight", init)?;
         let pos = emb.pp("position_embedding").get_with_hints(
             (c.max_position_embeddings, d),
             "weight",
@@ -426,16 +451,30 @@ impl ByteTextEncoder {
         Ok(())
     }
 
-    /// Byte tokens of `prompt`: `[BOS, bytes…, EOS]`, the bytes truncated so the whole fits `max_tokens`.
-    /// (Truncation may cut a multi-byte character; the model sees bytes, so that is harmless.)
+    /// Tokens of `prompt`: `[BOS, tokens…, EOS]`, truncated so the whole fits `max_position_embeddings`. A word in
+    /// the config's `words` is one token, anything else its bytes. (Truncation may cut a multi-byte character; the
+    /// model sees bytes, so that is harmless.)
     pub fn token_ids(&self, prompt: &str) -> Vec<u32> {
         let room = self.config.max_position_embeddings - 2;
-        let bytes = prompt.as_bytes();
-        let mut ids = Vec::with_capacity(bytes.len().min(room) + 2);
+        let mut ids = Vec::with_capacity(prompt.len().min(room) + 2);
         ids.push(BOS);
-        ids.extend(bytes[..bytes.len().min(room)].iter().map(|&b| u32::from(b)));
+        for piece in word_pieces(prompt) {
+            match self.word_id(piece) {
+                Some(id) => ids.push(id),
+                None => ids.extend(piece.bytes().map(u32::from)),
+            }
+        }
+        ids.truncate(room + 1);
         ids.push(EOS);
         ids
+    }
+
+    fn word_id(&self, piece: &str) -> Option<u32> {
+        self.config
+            .words
+            .iter()
+            .position(|w| w == piece)
+            .map(|i| (BYTE_VOCAB_SIZE + i) as u32)
     }
 
     /// Tokens padded to `len` (>= the longest prompt's tokens, <= max_position_embeddings): ids (b, len) u32
@@ -499,7 +538,64 @@ impl ByteTextEncoder {
     }
 }
 
+/// `text` split into maximal runs of ASCII letters and digits and the single bytes' characters between them, in
+/// order; concatenated they give `text` back.
+pub fn word_pieces(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= bytes.len() {
+            return None;
+        }
+        let start = i;
+        if bytes[i].is_ascii_alphanumeric() {
+            while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+        } else {
+            // One character (all its bytes), so the piece is valid UTF-8.
+            i += 1;
+            while i < bytes.len() && !text.is_char_boundary(i) {
+                i += 1;
+            }
+        }
+        Some(&text[start..i])
+    })
+}
+
+/// The whole-word vocabulary of a corpus of prompts: every word (see [`word_pieces`]) seen at least `min_count`
+/// times, most frequent first, ties in byte order.
+pub fn corpus_words<'a>(
+    prompts: impl IntoIterator<Item = &'a str>,
+    min_count: usize,
+) -> Vec<String> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for p in prompts {
+        for w in word_pieces(p).filter(|w| w.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let mut words: Vec<(&str, usize)> = counts
+        .into_iter()
+        .filter(|&(_, n)| n >= min_count)
+        .collect();
+    words.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    words.into_iter().map(|(w, _)| w.to_string()).collect()
+}
+
 impl TextEncoder for ByteTextEncoder {
+    /// The words of `prompt` that are not whole-word tokens, for an encoder that has `words` (else none): a
+    /// prompt naming a style the model was never trained on reaches it only as bytes.
+    fn unknown_words(&self, prompt: &str) -> Vec<String> {
+        if self.config.words.is_empty() {
+            return Vec::new();
+        }
+        word_pieces(prompt)
+            .filter(|p| p.bytes().all(|b| b.is_ascii_alphanumeric()) && self.word_id(p).is_none())
+            .map(str::to_string)
+            .collect()
+    }
+
     fn encode(&self, prompts: &[&str]) -> Result<Tensor> {
         let (ids, mask) = self.tokenize_to(prompts, self.config.max_position_embeddings)?;
         self.forward_tokens(&ids, &mask)

@@ -154,4 +154,7 @@ impl<E: TextEncoder> TextEncoder for CachedTextEncoder<E> {
     fn device(&self) -> &Device {
         self.inner.device()
     }
+    fn unknown_words(&self, prompt: &str) -> Vec<String> {
+        self.inner.unknown_words(prompt)
+    }
 }

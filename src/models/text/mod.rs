@@ -25,8 +25,8 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub use byte_encoder::{
-    ByteEncoderConfig, ByteTextEncoder, BOS, BYTE_VOCAB_SIZE, EOS, MODEL_TYPE as BYTE_MODEL_TYPE,
-    PAD,
+    corpus_words, word_pieces, ByteEncoderConfig, ByteTextEncoder, BOS, BYTE_VOCAB_SIZE, EOS,
+    MODEL_TYPE as BYTE_MODEL_TYPE, PAD,
 };
 pub use cache::CachedTextEncoder;
 pub use pretrained::{ClipText, T5Text};
@@ -51,6 +51,11 @@ pub trait TextEncoder: Send + Sync {
     fn unconditional(&self, batch: usize) -> Result<Tensor>;
     /// Where the output tensors live.
     fn device(&self) -> &Device;
+    /// Words of `prompt` the encoder has no token of its own for, where that matters: an embedded encoder with a
+    /// word vocabulary reads those only as bytes, i.e. it was never trained on them. Empty for the others.
+    fn unknown_words(&self, _prompt: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
@@ -69,6 +74,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for Box<T> {
     fn device(&self) -> &Device {
         (**self).device()
     }
+    fn unknown_words(&self, prompt: &str) -> Vec<String> {
+        (**self).unknown_words(prompt)
+    }
 }
 
 impl<T: TextEncoder + ?Sized> TextEncoder for std::sync::Arc<T> {
@@ -86,6 +94,9 @@ impl<T: TextEncoder + ?Sized> TextEncoder for std::sync::Arc<T> {
     }
     fn device(&self) -> &Device {
         (**self).device()
+    }
+    fn unknown_words(&self, prompt: &str) -> Vec<String> {
+        (**self).unknown_words(prompt)
     }
 }
 

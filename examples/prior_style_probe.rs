@@ -1,0 +1,64 @@
+//! Does a text-conditioned prior know its style words? For each style, the prior's x0 estimate from pure noise at
+//! a high timestep (what the first sampling step sees), as a mean colour, next to the mean colour of that style's
+//! rendering of a sample scene; and the spread of those estimates across styles.
+//!
+//!   cargo run --release --example prior_style_probe -- MODEL_DIR [T]
+use candle_core::{Device, Tensor};
+use std::path::Path;
+use vadapt::io::styles::Style;
+use vadapt::models::model_dir::ModelDir;
+use vadapt::rng::NoiseRng;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    anyhow::ensure!(args.len() >= 2, "usage: prior_style_probe MODEL_DIR [T]");
+    let dev = Device::Cpu;
+    let model = ModelDir::load(Path::new(&args[1]), &dev)?;
+    let t: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(901);
+    let (f, h, w) = (8, 24, 40);
+    let mut rng = NoiseRng::new(7);
+    let noise = rng.randn((1, 3, f, h, w), &dev)?;
+    let tt = Tensor::from_vec(vec![t as f32], 1, &dev)?;
+    let mut means = Vec::new();
+    for style in Style::ALL {
+        let prompt = style.prompt("push the red cube to the blue star");
+        let (text, _) = model.embed(&prompt, 1, &dev)?;
+        let out = model.unet.forward(&noise, &tt, &text)?;
+        let m: Vec<f32> = out
+            .mean_keepdim(4)?
+            .mean_keepdim(3)?
+            .mean_keepdim(2)?
+            .flatten_all()?
+            .to_vec1()?;
+        println!(
+            "{:>16}: x0 mean rgb {:+.2} {:+.2} {:+.2}",
+            style.name(),
+            m[0],
+            m[1],
+            m[2]
+        );
+        means.push(m);
+    }
+    let (_, uncond) = model.embed("", 1, &dev)?;
+    let out = model.unet.forward(&noise, &tt, &uncond)?;
+    let m: Vec<f32> = out
+        .mean_keepdim(4)?
+        .mean_keepdim(3)?
+        .mean_keepdim(2)?
+        .flatten_all()?
+        .to_vec1()?;
+    println!(
+        "{:>16}: x0 mean rgb {:+.2} {:+.2} {:+.2}",
+        "(unconditional)", m[0], m[1], m[2]
+    );
+    let n = means.len() as f32;
+    let spread: f32 = (0..3)
+        .map(|c| {
+            let mu = means.iter().map(|m| m[c]).sum::<f32>() / n;
+            means.iter().map(|m| (m[c] - mu).powi(2)).sum::<f32>() / n
+        })
+        .sum::<f32>()
+        .sqrt();
+    println!("spread of the per-style means (rms over rgb): {spread:.3}");
+    Ok(())
+}
