@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::models::model_dir::Conditioning;
+use crate::models::text::PaddedRows;
 use crate::models::vae::AutoencoderKLConfig;
 use crate::models::Parameterization;
 use crate::rng::NoiseRng;
@@ -175,6 +176,9 @@ pub struct TextEncoderConfig {
     pub tokens: TokenKind,
     #[serde(default = "d_min_word_count")]
     pub min_word_count: usize,
+    /// "zeros" or "prompt": what the rows after the prompt hold (`ByteEncoderConfig::padded_rows`).
+    #[serde(default)]
+    pub padded_rows: PaddedRows,
 }
 
 /// What the embedded text encoder's tokens are (`[text_encoder] tokens`).

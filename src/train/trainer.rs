@@ -699,6 +699,7 @@ fn byte_config(
         max_position_embeddings: t.max_tokens,
         layer_norm_eps: 1e-5,
         words,
+        padded_rows: t.padded_rows,
     }
 }
 

@@ -256,6 +256,53 @@ fn word_tokens_merge_known_words_and_fall_back_to_bytes() {
     }
 }
 
+/// `padded_rows = "prompt"`: the rows after the prompt carry a summary of it (they differ between prompts and
+/// are the same for the same prompt) instead of zeros; the real rows are unchanged; the setting is saved.
+#[test]
+fn padded_rows_can_summarise_the_prompt() {
+    use vadapt::models::text::PaddedRows;
+    let dev = Device::Cpu;
+    let (zeros, _) = ByteTextEncoder::random(&small(), 5, &dev).unwrap();
+    let config = ByteEncoderConfig {
+        padded_rows: PaddedRows::Prompt,
+        ..small()
+    };
+    let (summary, _) = ByteTextEncoder::random(&config, 5, &dev).unwrap();
+    let prompts = ["red", "blue", "red"];
+    let (a, b) = (
+        zeros.encode(&prompts).unwrap(),
+        summary.encode(&prompts).unwrap(),
+    );
+    let real = 5; // BOS r e d EOS
+    let rows = |t: &Tensor, i: usize, from: usize| {
+        vals(
+            &t.narrow(0, i, 1)
+                .unwrap()
+                .narrow(1, from, 77 - from)
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        vals(&a.narrow(1, 0, real).unwrap().narrow(0, 0, 1).unwrap()),
+        vals(&b.narrow(1, 0, real).unwrap().narrow(0, 0, 1).unwrap()),
+        "the prompt's own rows do not depend on the setting"
+    );
+    assert!(rows(&a, 0, 6).iter().all(|&v| v == 0.0));
+    assert!(rows(&b, 0, 6).iter().any(|&v| v.abs() > 0.1));
+    assert_eq!(
+        rows(&b, 0, 6),
+        rows(&b, 2, 6),
+        "same prompt, same padded rows"
+    );
+    assert!(max_abs_diff(&rows(&b, 0, 6), &rows(&b, 1, 6)) > 1e-4);
+    let tmp = tempfile::tempdir().unwrap();
+    summary.save(tmp.path()).unwrap();
+    let json = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
+    assert!(json.contains("\"padded_rows\": \"prompt\""), "{json}");
+    let loaded = load_text_encoder(tmp.path(), &dev).unwrap();
+    assert_eq!(vals(&b), vals(&loaded.encode(&prompts).unwrap()));
+}
+
 #[test]
 fn byte_encoder_save_load_round_trip() {
     let dev = Device::Cpu;

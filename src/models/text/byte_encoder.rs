@@ -10,10 +10,14 @@
 //! x   = token_embedding[ids] + position_embedding[0..L]
 //! x   = x + self_attn(layer_norm1(x), key_padding_mask)      (per layer)
 //! x   = x + fc2(gelu(fc1(layer_norm2(x))))
-//! out = final_layer_norm(x) * mask                           (padded rows are zero)
+//! out = final_layer_norm(x) * mask                           (padded rows zero, unless padded_rows = "prompt")
 //! ```
 //! Padded keys get a -1e9 attention bias, so their softmax weight is exactly 0 and padding never leaks into
-//! real tokens; padded output rows are zeroed so the embedding depends on the prompt alone.
+//! real tokens. Padded output rows are zeroed by default; with `padded_rows = "prompt"` they keep the transformer's
+//! output: a padded position attends only to the prompt's tokens, so, like CLIP's padding positions (which the
+//! causal mask lets see the whole prompt), it carries a summary of the prompt. That matters to a UNet whose
+//! cross-attention has no key mask: zero rows take their share of every softmax (score 0) and give nothing, so a
+//! 10-token prompt in 64 rows reaches it at about 1/6 of its strength, and a style word at about 1/64.
 //!
 //! Weight names follow Hugging Face `CLIPTextModel` without the `text_model.` prefix
 //! (`embeddings.token_embedding.weight`, `layers.0.self_attn.q_proj.weight`, `final_layer_norm.bias`, …).
@@ -70,6 +74,24 @@ pub struct ByteEncoderConfig {
     /// Whole-word tokens: `words[i]` has id [`BYTE_VOCAB_SIZE`] + i. Empty: bytes only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub words: Vec<String>,
+    /// What the output rows after the prompt hold (see the module docs).
+    #[serde(default, skip_serializing_if = "PaddedRows::is_zeros")]
+    pub padded_rows: PaddedRows,
+}
+
+/// The output rows at padded positions: zeros, or the transformer's output there (a summary of the prompt).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaddedRows {
+    #[default]
+    Zeros,
+    Prompt,
+}
+
+impl PaddedRows {
+    fn is_zeros(&self) -> bool {
+        *self == PaddedRows::Zeros
+    }
 }
 
 impl ByteEncoderConfig {
@@ -84,6 +106,7 @@ impl ByteEncoderConfig {
             max_position_embeddings: 77,
             layer_norm_eps: 1e-5,
             words: Vec::new(),
+            padded_rows: PaddedRows::Zeros,
         }
     }
 
@@ -514,7 +537,8 @@ impl ByteTextEncoder {
     }
 
     /// The transformer on given tokens: `ids` (b, L) u32, `mask` (b, L) f32 (1 real, 0 padding), L <=
-    /// max_position_embeddings. Returns (b, L, hidden_size) F32 with padded rows zero. Differentiable with
+    /// max_position_embeddings. Returns (b, L, hidden_size) F32 with padded rows zero (or, with `padded_rows =
+    /// "prompt"`, the prompt's summary there). Differentiable with
     /// respect to the weights (for joint training).
     pub fn forward_tokens(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
@@ -534,7 +558,10 @@ impl ByteTextEncoder {
             x = layer.forward(&x, &bias)?;
         }
         let x = layer_norm(&self.final_layer_norm, &x)?.to_dtype(DType::F32)?;
-        Ok(x.broadcast_mul(&mask.unsqueeze(D::Minus1)?)?)
+        match self.config.padded_rows {
+            PaddedRows::Zeros => Ok(x.broadcast_mul(&mask.unsqueeze(D::Minus1)?)?),
+            PaddedRows::Prompt => Ok(x),
+        }
     }
 }
 

@@ -25,8 +25,8 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 pub use byte_encoder::{
-    corpus_words, word_pieces, ByteEncoderConfig, ByteTextEncoder, BOS, BYTE_VOCAB_SIZE, EOS,
-    MODEL_TYPE as BYTE_MODEL_TYPE, PAD,
+    corpus_words, word_pieces, ByteEncoderConfig, ByteTextEncoder, PaddedRows, BOS,
+    BYTE_VOCAB_SIZE, EOS, MODEL_TYPE as BYTE_MODEL_TYPE, PAD,
 };
 pub use cache::CachedTextEncoder;
 pub use pretrained::{ClipText, T5Text};
