@@ -30,12 +30,28 @@ fn main() -> anyhow::Result<()> {
             .mean_keepdim(2)?
             .flatten_all()?
             .to_vec1()?;
+        // The style's empty board (most of every frame), in the model's [-1, 1] range.
+        let board = style.apply(&image::RgbImage::from_pixel(
+            w as u32,
+            h as u32,
+            image::Rgb([205, 200, 185]),
+        ));
+        let mut b = [0f32; 3];
+        for p in board.pixels() {
+            for c in 0..3 {
+                b[c] += p.0[c] as f32 / 127.5 - 1.0;
+            }
+        }
+        let b = b.map(|v| v / (w * h) as f32);
         println!(
-            "{:>16}: x0 mean rgb {:+.2} {:+.2} {:+.2}",
+            "{:>16}: x0 mean rgb {:+.2} {:+.2} {:+.2}   (its empty board: {:+.2} {:+.2} {:+.2})",
             style.name(),
             m[0],
             m[1],
-            m[2]
+            m[2],
+            b[0],
+            b[1],
+            b[2]
         );
         means.push(m);
     }

@@ -246,6 +246,13 @@ pub struct OptimConfig {
     pub timestep_bias_begin: usize,
     #[serde(default = "d_train_steps")]
     pub timestep_bias_end: usize,
+    /// Offset noise (diffusers' `--noise_offset`, after Guttenberg 2023): each clip's noise gets one extra
+    /// N(0, noise_offset²) value per channel, added at every pixel and frame. A clip's mean colour then cannot be
+    /// read off its noisy input until far down the schedule, so the model must learn it from the prompt — the
+    /// "signal leak" of mean colour is why a prior trained without it ignores its style words (docs/results.md).
+    /// The schedule is unchanged, so the model still composes with others trained without it. 0 = off.
+    #[serde(default)]
+    pub noise_offset: f64,
 }
 
 /// How training draws its timesteps: uniformly, or from [`OptimConfig::timestep_weights`] by inverting their CDF
@@ -495,6 +502,12 @@ impl TrainConfig {
             }
         }
         let o = &self.optim;
+        if !(o.noise_offset >= 0.0 && o.noise_offset.is_finite()) {
+            return bad(
+                "optim.noise_offset",
+                format!("{} must be a number >= 0", o.noise_offset),
+            );
+        }
         if o.timestep_bias_strategy != TimestepBias::None {
             if !(o.timestep_bias_multiplier > 0.0 && o.timestep_bias_multiplier.is_finite()) {
                 return bad(

@@ -281,7 +281,14 @@ impl Trainer {
             Some((_, vae)) => vae.encode(&batch.video)?.detach(),
             None => batch.video,
         };
-        let noise = rng.randn(x0.shape().clone(), &self.device)?;
+        let mut noise = rng.randn(x0.shape().clone(), &self.device)?;
+        if c.optim.noise_offset > 0.0 {
+            // noise += offset * randn(b, c, 1, 1, 1) (diffusers' train_text_to_image.py, one value per clip and
+            // channel); the ε target is this offset noise too.
+            let (nb, nc) = (x0.dim(0)?, x0.dim(1)?);
+            let offset = (rng.randn((nb, nc, 1, 1, 1), &self.device)? * c.optim.noise_offset)?;
+            noise = noise.broadcast_add(&offset)?;
+        }
         let ts: Vec<usize> = (0..b).map(|_| self.timesteps.draw(&mut rng)).collect();
         let keep_text: Vec<bool> = (0..b)
             .map(|_| rng.uniform() as f64 >= c.guidance.drop_text)

@@ -609,6 +609,7 @@ fn timestep_bias_weights_follow_diffusers_and_the_draw_follows_them() {
             "timestep_bias_strategy = \"sooner\"",
             "timestep_bias_strategy",
         ),
+        ("noise_offset = -0.1", "optim.noise_offset"),
     ] {
         let err = TrainConfig::from_toml(&with(extra), Path::new("bad.toml"))
             .expect_err(key)
@@ -680,4 +681,21 @@ fn words_recipe_extends_a_bytes_model_vocabulary() {
             .unwrap()
             > 1e-3
     );
+}
+
+/// `[optim] noise_offset`: zero leaves training bit-identical to a recipe without the key (no extra random draws),
+/// a positive offset changes the noise and so the loss.
+#[test]
+fn noise_offset_changes_the_noise_and_zero_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_loss = |extra: &str| {
+        let text = recipe(dir.path(), "")
+            .replace("warmup_steps = 2", &format!("warmup_steps = 2\n{extra}"));
+        let mut t = Trainer::new(config(&text), &Device::Cpu).unwrap();
+        t.train_step().unwrap().loss
+    };
+    let plain = first_loss("");
+    assert_eq!(plain, first_loss("noise_offset = 0.0"));
+    let offset = first_loss("noise_offset = 0.5");
+    assert!((offset - plain).abs() > 1e-6 * plain, "{offset} vs {plain}");
 }
