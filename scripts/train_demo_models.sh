@@ -31,8 +31,8 @@ models=("$@")
 # the resume; `steps` may change on resume). A run interrupted in the first phase continues straight into the second.
 # The prior has more phases (docs/results.md, "Teaching the prior its style words"): 400 steps, resumed to 550,
 # resumed under a 4000-step schedule and stopped at 1400 (byte tokens: it denoises but ignores the style words);
-# then pipelines/train_prior_words.toml starts from that model with word tokens and late-timestep sampling
-# (out/train/prior_words, 600 steps), and that is the shipped prior.
+# then pipelines/train_prior_words.toml starts from that model with word tokens, offset noise and late-timestep
+# sampling (out/train/prior_words, 750 steps, about an hour alone on 2 cores), and that is the shipped prior.
 # sr_48x80 trains straight to its recipe's 350 steps (the shipped model's first 50 steps ran under a 450-step
 # schedule, then it was resumed with steps = 350 to finish in time: the learning rates of those 50 steps differ by
 # under 1%).
@@ -46,7 +46,13 @@ train_prior() {
     if [ "$(latest_step prior)" -lt 1400 ]; then
         "${run[@]}" --resume --steps 4000 --stop-after $((1400 - $(latest_step prior))) || return 1
     fi
-    env RAYON_NUM_THREADS=1 "$VADAPT" train --config pipelines/train_prior_words.toml --resume
+    # Phase 2 as the shipped prior ran it (with 2 threads): 300 steps of the recipe's 600-step schedule, then
+    # resumed under a 900-step schedule and stopped at 750.
+    local words=(env RAYON_NUM_THREADS=1 "$VADAPT" train --config pipelines/train_prior_words.toml)
+    [ -n "$(latest_step prior_words)" ] || "${words[@]}" --stop-after 300 || return 1
+    local w
+    w=$(latest_step prior_words)
+    [ "$w" -ge 750 ] || "${words[@]}" --resume --steps 900 --stop-after $((750 - w))
 }
 train_one() {
     local n=$1

@@ -749,3 +749,49 @@ fn pipeline_lerobot_and_rlds_inputs_give_datasets_lerobot_loads() {
         }
     }
 }
+
+/// The shipped demo prior has a word vocabulary: `vadapt augment --dry-run` with its styled targets prints no
+/// vocabulary warning, and one with a style it was never trained on ("watercolor") warns, naming the word, the
+/// target's key and the model.
+#[test]
+fn demo_prior_warns_about_style_words_it_never_saw() {
+    let repo = crate::common::repo();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |pipeline: &Path| {
+        let out = std::process::Command::new(vadapt_bin())
+            .args([
+                "augment",
+                "--pipeline",
+                pipeline.to_str().unwrap(),
+                "--input",
+                repo.join("datasets/sample/lerobot").to_str().unwrap(),
+                "--output",
+                dir.path().join("out").to_str().unwrap(),
+                "--dry-run",
+            ])
+            .current_dir(&repo)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let demo = repo.join("pipelines/demo.toml");
+    let quiet = run(&demo);
+    assert!(!quiet.contains("has no token"), "{quiet}");
+    let text = std::fs::read_to_string(&demo)
+        .unwrap()
+        .replace("night style", "watercolor style");
+    let odd = dir.path().join("watercolor.toml");
+    std::fs::write(&odd, text).unwrap();
+    let warned = run(&odd);
+    assert!(
+        warned.contains("\"watercolor\"")
+            && warned.contains("prior_prompt")
+            && warned.contains("models/demo/prior"),
+        "{warned}"
+    );
+}
