@@ -411,16 +411,13 @@ impl Trainer {
             &strip(UNET),
             &unet_dir.join("diffusion_pytorch_model.safetensors"),
         )?;
-        if let Some(t) = &self.config.text_encoder {
+        // The encoder's own config: with `tokens = "words"` it holds the vocabulary built from the data at start.
+        if let Some(enc) = &self.text {
             let tdir = dir.join("text_encoder");
             std::fs::create_dir_all(&tdir).at(&tdir)?;
-            let enc_config = match &self.text {
-                Some(enc) => enc.config().clone(),
-                None => byte_config(&self.config, t, &self.data),
-            };
             write_json(
                 &tdir.join("config.json"),
-                &serde_json::to_value(enc_config).unwrap_or_default(),
+                &serde_json::to_value(enc.config()).unwrap_or_default(),
             )?;
             save_tensors(&strip(TEXT), &tdir.join("model.safetensors"))?;
         }

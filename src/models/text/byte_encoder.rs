@@ -141,7 +141,7 @@ impl ByteEncoderConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for w in &self.words {
-            if w.is_empty() || !w.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if !is_word(w) {
                 return bad(
                     "words",
                     format!("{w:?}: a word token is a non-empty run of ASCII letters and digits"),
@@ -590,6 +590,12 @@ pub fn word_pieces(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Whether a piece of [`word_pieces`] (or a configured word token) is a word: a non-empty run of ASCII letters and
+/// digits.
+fn is_word(piece: &str) -> bool {
+    !piece.is_empty() && piece.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// The whole-word vocabulary of a corpus of prompts: every word (see [`word_pieces`]) seen at least `min_count`
 /// times, most frequent first, ties in byte order.
 pub fn corpus_words<'a>(
@@ -598,7 +604,7 @@ pub fn corpus_words<'a>(
 ) -> Vec<String> {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for p in prompts {
-        for w in word_pieces(p).filter(|w| w.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        for w in word_pieces(p).filter(|w| is_word(w)) {
             *counts.entry(w).or_default() += 1;
         }
     }
@@ -618,7 +624,7 @@ impl TextEncoder for ByteTextEncoder {
             return Vec::new();
         }
         word_pieces(prompt)
-            .filter(|p| p.bytes().all(|b| b.is_ascii_alphanumeric()) && self.word_id(p).is_none())
+            .filter(|p| is_word(p) && self.word_id(p).is_none())
             .map(str::to_string)
             .collect()
     }
