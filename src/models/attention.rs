@@ -6,6 +6,7 @@
 use candle_core::{DType, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
+use super::kernels::{self, TokenLayout};
 use super::resnet::GroupNorm;
 use crate::error::Result;
 
@@ -32,6 +33,12 @@ fn layer_norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
         Some(b) if x.track_op() || ln.weight().track_op() => {
             candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
         }
+        Some(b)
+            if x.device().is_cpu()
+                && [x.dtype(), ln.weight().dtype(), b.dtype()] == [DType::F32; 3] =>
+        {
+            kernels::layer_norm(x, ln.weight(), b, ln.eps() as f32)
+        }
         _ => ln.forward(x),
     }
 }
@@ -46,7 +53,7 @@ fn project(l: &Linear, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Re
         && x.dtype() == DType::F32
         && l.weight().dtype() == DType::F32
     {
-        return super::kernels::linear(x, l.weight(), l.bias(), residual);
+        return kernels::linear(x, l.weight(), l.bias(), residual);
     }
     let y = l.forward(x)?;
     match residual {
@@ -122,7 +129,7 @@ impl Attention {
         {
             // Inference on CPU: one fused pass on the interleaved heads, the scale applied inside, no score
             // matrix and no head split/merge copies (models/kernels.rs).
-            let out = super::kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
+            let out = kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
             return Ok(project(&self.to_out, &out, residual)?);
         }
         // The scale is folded into q (one pass over N*d instead of N*M).
@@ -193,10 +200,25 @@ impl FeedForward {
 
     /// `forward(x) + residual`, the addition fused into the output projection where it can be.
     pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let hg = project(&self.proj, x, None)?;
-        if !hg.track_op() && hg.device().is_cpu() && hg.dtype() == DType::F32 {
-            return Ok(project(&self.out, &super::kernels::geglu(&hg)?, residual)?);
+        let inference = !x.track_op()
+            && !self.proj.weight().track_op()
+            && !residual.is_some_and(|r| r.track_op());
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if inference
+            && f32_cpu(x)
+            && f32_cpu(self.proj.weight())
+            && f32_cpu(self.out.weight())
+            && residual.is_none_or(f32_cpu)
+        {
+            // One pass over blocks of rows: projection, GEGLU and output projection in cache (models/kernels.rs).
+            return Ok(kernels::feed_forward_geglu(
+                x,
+                (self.proj.weight(), self.proj.bias()),
+                (self.out.weight(), self.out.bias()),
+                residual,
+            )?);
         }
+        let hg = project(&self.proj, x, None)?;
         let last = hg.rank() - 1;
         let h = hg.narrow(last, 0, self.inner)?;
         let gate = hg.narrow(last, self.inner, self.inner)?;
@@ -291,6 +313,16 @@ impl Transformer2DModel {
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (bf, c, h, w) = x.dims4()?;
+        if self.norm.fused_inference(x) {
+            // The norm writes the tokens and the residual add reads them back: no permute copies.
+            let layout = TokenLayout::Spatial;
+            let mut hs = project(&self.proj_in, &self.norm.forward_tokens(x, layout)?, None)?;
+            for block in &self.blocks {
+                hs = block.forward(&hs, Some(context))?;
+            }
+            let hs = project(&self.proj_out, &hs, None)?;
+            return Ok(kernels::add_tokens(x, &hs, layout)?);
+        }
         let hs = self
             .norm
             .forward(x)?
@@ -348,6 +380,15 @@ impl TransformerTemporalModel {
     pub fn forward(&self, x: &Tensor, num_frames: usize) -> Result<Tensor> {
         let _enter = self.span.enter();
         let (bf, c, h, w) = x.dims4()?;
+        if self.norm.fused_inference(x) {
+            let layout = TokenLayout::Temporal { frames: num_frames };
+            let mut hs = project(&self.proj_in, &self.norm.forward_tokens(x, layout)?, None)?;
+            for block in &self.blocks {
+                hs = block.forward(&hs, None)?;
+            }
+            let hs = project(&self.proj_out, &hs, None)?;
+            return Ok(kernels::add_tokens(x, &hs, layout)?);
+        }
         let b = bf / num_frames;
         // (b, f, c, h, w) -> (b, c, f, h, w) for the norm, then (b, h, w, f, c) -> (b*h*w, f, c)
         let hs = x

@@ -59,7 +59,11 @@ pub fn exp(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5·2²³ (no SSE4.1 `roundps` on the baseline target).
     const SHIFTER: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + SHIFTER) - SHIFTER;
+    let shifted = x * LOG2E + SHIFTER;
+    let n = shifted - SHIFTER;
+    // n as an integer, read off the shifted value's mantissa (its ulp is 1): an integer subtraction, where
+    // `n as i32` (saturating, NaN-checked) would keep LLVM from vectorising the loops that call this.
+    let ni = (shifted.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4f32;
     let p = p * r + 1.398_199_9e-3;
@@ -70,7 +74,7 @@ pub fn exp(x: f32) -> f32 {
     let e = p * r * r + r + 1.0;
     // 2ⁿ: n + 127 in the exponent field (n ∈ [-126, 128] after the clamp; 128 only for x ≥ 88.4, where the
     // product below is still finite because e < 1 there).
-    let bits = ((n as i32 + 127).clamp(1, 254) as u32) << 23;
+    let bits = ((ni + 127).clamp(1, 254) as u32) << 23;
     e * f32::from_bits(bits) * if n > 127.0 { 2.0 } else { 1.0 }
 }
 
@@ -117,6 +121,8 @@ fn max(a: &[f32]) -> f32 {
 /// `a·b + c`: a fused multiply-add where the build has FMA (`mul_add` is a libm call without it, so the plain
 /// build multiplies and adds). Rust never contracts `a * b + c` on its own.
 trait MulAdd {
+    /// Whether this is the AVX2 + FMA build (which may call the intrinsics in `simd`).
+    const AVX2: bool = false;
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 struct Plain;
@@ -130,6 +136,7 @@ impl MulAdd for Plain {
 struct Fused;
 #[cfg(target_arch = "x86_64")]
 impl MulAdd for Fused {
+    const AVX2: bool = true;
     #[inline(always)]
     fn mul_add(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
@@ -462,6 +469,121 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Head width of the AVX2 intrinsics attention (`simd::attention_rows_head8`); 0 where there is none.
+#[cfg(target_arch = "x86_64")]
+const HEAD8: usize = super::simd::HEAD;
+#[cfg(not(target_arch = "x86_64"))]
+const HEAD8: usize = 0;
+
+/// Which row kernel serves one head: the AVX2 intrinsics one for 8-wide heads (all of the demo UNets' attention),
+/// the auto-vectorised one otherwise.
+#[derive(Clone, Copy)]
+enum HeadKernel {
+    /// `simd::attention_rows_head8` on keys and values transposed to (8, m8), `m8` = m rounded up to 8.
+    Head8 { m8: usize },
+    /// `attention_rows` (AVX2 + FMA build where `avx`), optionally with transposed values.
+    Portable { avx: bool, transposed_v: bool },
+}
+
+impl HeadKernel {
+    /// Floats of (transposed keys and values, score row) scratch per head.
+    fn scratch(self, d: usize, m: usize) -> (usize, usize) {
+        match self {
+            HeadKernel::Head8 { m8 } => (2 * d * m8, m8),
+            HeadKernel::Portable { transposed_v, .. } => {
+                (if transposed_v { 2 * d * m } else { d * m }, m)
+            }
+        }
+    }
+
+    /// Transpose one head's keys (and values where the kernel reads them transposed) into `kvt`.
+    fn prepare<'a>(
+        self,
+        ks: &[f32],
+        vs: &'a [f32],
+        (d, stride): (usize, usize),
+        m: usize,
+        kvt: &'a mut [f32],
+    ) -> PreparedHead<'a> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            HeadKernel::Head8 { m8 } => {
+                let (kt, vt) = kvt.split_at_mut(d * m8);
+                assert!(ks.len() >= (m - 1) * stride + d && vs.len() >= (m - 1) * stride + d);
+                // SAFETY: the CPU has AVX2 (Head8 is only chosen then); m rows of d = HEAD floats, `stride` apart,
+                // are inside ks / vs (asserted).
+                unsafe {
+                    super::simd::transpose_head(ks.as_ptr(), stride, m, kt);
+                    super::simd::transpose_head(vs.as_ptr(), stride, m, vt);
+                }
+                PreparedHead { kt, v: vs, vt: Some(vt) }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            HeadKernel::Head8 { .. } => unreachable!("no 8-wide intrinsics off x86-64"),
+            HeadKernel::Portable { transposed_v, .. } => {
+                let (kt, vt) = kvt.split_at_mut(d * m);
+                transpose(ks, (d, stride), m, kt);
+                if transposed_v {
+                    transpose(vs, (d, stride), m, vt);
+                }
+                PreparedHead { kt, v: vs, vt: transposed_v.then_some(&*vt) }
+            }
+        }
+    }
+
+    /// `rows` query rows from `qs` into `out`, `p` scratch of the length `scratch` gave.
+    ///
+    /// # Safety
+    /// `out` valid for exclusive writes of the rows (`d` floats each, `stride` apart); `qs` holds them.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn rows(
+        self,
+        qs: &[f32],
+        head: &PreparedHead,
+        (out, rows): (*mut f32, usize),
+        dims: (usize, usize),
+        m: usize,
+        scale: f32,
+        p: &mut [f32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            HeadKernel::Head8 { .. } => {
+                assert!(qs.len() >= (rows - 1) * dims.1 + dims.0);
+                let vt = head.vt.unwrap_or_default();
+                // SAFETY: AVX2 + FMA (Head8 is only chosen then); the rows of qs are in bounds (asserted), out as
+                // the caller promised.
+                unsafe {
+                    super::simd::attention_rows_head8(
+                        qs.as_ptr(),
+                        out,
+                        rows,
+                        dims.1,
+                        (head.kt, vt, m),
+                        scale,
+                        p,
+                    )
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            HeadKernel::Head8 { .. } => unreachable!("no 8-wide intrinsics off x86-64"),
+            HeadKernel::Portable { avx, .. } => {
+                // SAFETY: forwarded contract.
+                unsafe {
+                    attention_dispatch(avx, (qs, head.kt, head.v, head.vt), out, rows, dims, scale, p)
+                }
+            }
+        }
+    }
+}
+
+/// One head's transposed keys, its value rows and (optionally) transposed values.
+struct PreparedHead<'a> {
+    kt: &'a [f32],
+    v: &'a [f32],
+    vt: Option<&'a [f32]>,
+}
+
 /// Multi-head `softmax(scale · q kᵀ) v` on the projections' own layout: q (b, n, heads · d), k and v
 /// (b, m, heads · d), output (b, n, heads · d). Working on interleaved heads saves the four copies that splitting
 /// and merging heads would cost.
@@ -514,10 +636,16 @@ impl CustomOp3 for Attention {
         // rows); many short ones (temporal: b·h·w·heads of 16 rows) make whole-sequence tasks.
         let rows = (65536 / m).clamp(1, n.max(1));
         let avx = has_avx2_fma();
-        let scale = self.scale;
-        let transposed_v = use_transposed_values(d, m);
-        let dims = (d, width);
-        (0..b * heads).into_par_iter().for_each(|s| {
+        let kernel = if avx && d == HEAD8 {
+            HeadKernel::Head8 { m8: m.next_multiple_of(8) }
+        } else {
+            HeadKernel::Portable { avx, transposed_v: use_transposed_values(d, m) }
+        };
+        let (scale, dims) = (self.scale, (d, width));
+        // Thousands of tiny problems (temporal attention: 16 x 16) go to the pool in runs of a few dozen, so that
+        // task overhead does not rival their few microseconds of work.
+        let min_len = (8192 / (n * m).max(1)).max(1);
+        (0..b * heads).into_par_iter().with_min_len(min_len).for_each(|s| {
             let (bi, h) = (s / heads, s % heads);
             let qs = &q[bi * n * width + h * d..];
             let (ks, vs) = (&k[bi * m * width + h * d..], &v[bi * m * width + h * d..]);
@@ -525,43 +653,23 @@ impl CustomOp3 for Attention {
                 // SAFETY: in bounds: row < n, so the offset is inside batch item bi's (n, width) block.
                 unsafe { out_ptr.get().add(bi * n * width + row * width + h * d) }
             };
-            let kv_len = if transposed_v { 2 * d * m } else { d * m };
+            let (kv_len, p_len) = kernel.scratch(d, m);
             if rows >= n {
-                with_scratch(kv_len, m, |kvt, p| {
-                    let (kt, vt) = kvt.split_at_mut(d * m);
-                    transpose(ks, dims, m, kt);
-                    if transposed_v {
-                        transpose(vs, dims, m, vt);
-                    }
-                    let vt = transposed_v.then_some(&*vt);
+                with_scratch(kv_len, p_len, |kvt, p| {
+                    let kvt = kernel.prepare(ks, vs, dims, m, kvt);
                     // SAFETY: rows 0..n of head h in batch item bi belong to this task alone.
-                    unsafe {
-                        attention_dispatch(avx, (qs, kt, vs, vt), out_at(0), n, dims, scale, p)
-                    }
+                    unsafe { kernel.rows(qs, &kvt, (out_at(0), n), dims, m, scale, p) }
                 });
                 return;
             }
             let mut kvt = vec![0f32; kv_len];
-            let (kt, vt) = kvt.split_at_mut(d * m);
-            transpose(ks, dims, m, kt);
-            if transposed_v {
-                transpose(vs, dims, m, vt);
-            }
-            let (kt, vt) = (&*kt, transposed_v.then_some(&*vt));
+            let kvt = kernel.prepare(ks, vs, dims, m, &mut kvt);
             (0..n.div_ceil(rows)).into_par_iter().for_each(|blk| {
                 let (r0, len) = (blk * rows, rows.min(n - blk * rows));
-                with_scratch(0, m, |_, p| {
+                with_scratch(0, p_len, |_, p| {
                     // SAFETY: rows r0..r0+len of head h in batch item bi belong to this task alone.
                     unsafe {
-                        attention_dispatch(
-                            avx,
-                            (&qs[r0 * width..], kt, vs, vt),
-                            out_at(r0),
-                            len,
-                            dims,
-                            scale,
-                            p,
-                        )
+                        kernel.rows(&qs[r0 * width..], &kvt, (out_at(r0), len), dims, m, scale, p)
                     }
                 })
             });
@@ -606,12 +714,6 @@ fn geglu_rows(x: &[f32], out: &mut [f32], inner: usize) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn geglu_rows_avx2(x: &[f32], out: &mut [f32], inner: usize) {
-    geglu_rows(x, out, inner)
-}
-
 impl CustomOp1 for Geglu {
     fn name(&self) -> &'static str {
         "vadapt-geglu"
@@ -633,8 +735,8 @@ impl CustomOp1 for Geglu {
             .for_each(|(o, xb)| {
                 #[cfg(target_arch = "x86_64")]
                 if avx {
-                    // SAFETY: the CPU has AVX2 and FMA (checked above).
-                    unsafe { geglu_rows_avx2(xb, o, inner) };
+                    // SAFETY: the CPU has AVX2 and FMA (checked above); o is half of xb.
+                    unsafe { super::simd::geglu_rows(xb, o, inner) };
                     return;
                 }
                 let _ = avx;
@@ -687,6 +789,12 @@ fn group_norm_block_impl<F: MulAdd>(
         let a = rstd * g;
         let c = b - mean * a;
         let (xs, ys) = (&x[k * s..(k + 1) * s], &mut y[k * s..(k + 1) * s]);
+        #[cfg(target_arch = "x86_64")]
+        if F::AVX2 {
+            // SAFETY: F::AVX2 is only set by the build that runs where the CPU has AVX2 and FMA.
+            unsafe { super::simd::scale_shift_silu(xs, ys, a, c, with_silu) };
+            continue;
+        }
         if with_silu {
             for (yv, &xv) in ys.iter_mut().zip(xs) {
                 *yv = silu(F::mul_add(xv, a, c));
@@ -732,6 +840,94 @@ pub(crate) fn group_norm_block(
     group_norm_block_impl::<Plain>(x, y, gamma, beta, s, eps, with_silu)
 }
 
+/// LayerNorm of `d`-wide rows: `y = (x − μ) / sqrt(σ² + eps) · γ + β`, biased variance from a second pass over the
+/// row (as torch).
+#[inline(always)]
+fn layer_norm_rows_impl<F: MulAdd>(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    let d = gamma.len();
+    for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+        let mean = sum(xr) / d as f32;
+        let mut acc = [0f32; LANES];
+        let ch = xr.chunks_exact(LANES);
+        let tail: f32 = ch.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+        for c in ch {
+            for l in 0..LANES {
+                let v = c[l] - mean;
+                acc[l] = F::mul_add(v, v, acc[l]);
+            }
+        }
+        let rstd = 1.0 / ((acc.iter().sum::<f32>() + tail) / d as f32 + eps).sqrt();
+        for (((yv, &xv), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
+            *yv = F::mul_add((xv - mean) * rstd, g, b);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_rows_avx2(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    layer_norm_rows_impl::<Fused>(x, y, gamma, beta, eps)
+}
+
+/// LayerNorm over the last axis (`LayerNormOp`).
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vadapt-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer_norm x")?;
+        let (g, b) = (
+            contiguous_f32(s2, l2, "layer_norm weight")?,
+            contiguous_f32(s3, l3, "layer_norm bias")?,
+        );
+        let d = *l1.shape().dims().last().unwrap_or(&0);
+        if d == 0 || g.len() != d || b.len() != d {
+            candle_core::bail!("layer_norm: x {:?}, weight {}, bias {}", l1.shape(), g.len(), b.len());
+        }
+        let mut y = output_buffer(x.len());
+        let block = (8192 / d).max(1) * d;
+        let avx = has_avx2_fma();
+        y.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(yb, xb)| {
+                #[cfg(target_arch = "x86_64")]
+                if avx {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above).
+                    unsafe { layer_norm_rows_avx2(xb, yb, g, b, self.eps) };
+                    return;
+                }
+                let _ = avx;
+                layer_norm_rows_impl::<Plain>(xb, yb, g, b, self.eps)
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
+
+/// LayerNorm over the last axis of an f32 CPU tensor (inference only): parallel over rows, the output not
+/// zeroed first. candle-nn's kernel zeroed it single-threaded and computed the row statistics with scalar loops:
+/// 4% of a composed step.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f32,
+) -> candle_core::Result<Tensor> {
+    apply3(x, weight, bias, &LayerNormOp { eps })
+}
+
 #[inline(always)]
 fn sum(a: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
@@ -752,16 +948,39 @@ fn sum(a: &[f32]) -> f32 {
 /// Every addressed element of the three matrices must be in bounds, and dst must not alias lhs or rhs.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_accumulate(
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_strides: (usize, usize),
+    rhs: *const f32,
+    rhs_strides: (usize, usize),
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        gemm_into(dims, dst, dst_rs, true, lhs, lhs_strides, rhs, rhs_strides, parallelism)
+    }
+}
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` where `read_dst` (see `gemm_accumulate`). Without `read_dst` gemm
+/// treats dst's old value as zero and never reads it (gemm-common sets alpha to 0, whose kernels only store).
+///
+/// # Safety
+/// As `gemm_accumulate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
+    read_dst: bool,
     lhs: *const f32,
     (lhs_cs, lhs_rs): (usize, usize),
     rhs: *const f32,
     (rhs_cs, rhs_rs): (usize, usize),
     parallelism: gemm::Parallelism,
 ) {
-    // SAFETY: forwarded contract; read_dst = true with alpha = beta = 1 is dst = dst + lhs·rhs.
+    // SAFETY: forwarded contract; alpha = beta = 1: dst = dst + lhs·rhs when read_dst, lhs·rhs otherwise.
     unsafe {
         gemm::gemm(
             m,
@@ -770,7 +989,7 @@ unsafe fn gemm_accumulate(
             dst,
             1,
             dst_rs as isize,
-            true,
+            read_dst,
             lhs,
             lhs_cs as isize,
             lhs_rs as isize,
@@ -1070,92 +1289,373 @@ impl candle_core::CustomOp2 for LinearOp {
             candle_core::bail!("linear: input {:?} for weight {:?}", l1.shape(), l2.shape());
         }
         let rows = x.len() / i.max(1);
-        let read_dst = self.residual.is_some() || self.bias.is_some();
-        // With an initial value every element is written before the GEMM reads it; without, gemm's alpha = 0 path
-        // still multiplies what is there (0 · NaN is NaN), so that buffer starts zeroed.
-        let mut out = if read_dst {
-            output_buffer(rows * o)
-        } else {
-            vec![0f32; rows * o]
-        };
-        let block = (16384 / o.max(1)).max(1) * o;
-        let init = |out: &mut [f32], residual: Option<&[f32]>, bias: Option<&[f32]>| {
-            out.par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(bi, ob)| match (residual, bias) {
-                    (Some(r), b) => {
-                        ob.copy_from_slice(&r[bi * block..bi * block + ob.len()]);
-                        if let Some(b) = b {
-                            for row in ob.chunks_exact_mut(o) {
-                                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-                            }
-                        }
-                    }
-                    (None, Some(b)) => ob
-                        .chunks_exact_mut(o)
-                        .for_each(|row| row.copy_from_slice(b)),
-                    (None, None) => {}
-                })
-        };
         let checked = |t: &Tensor, n: usize, what: &str| -> candle_core::Result<()> {
             if t.elem_count() != n {
                 candle_core::bail!("linear: {what} has {} values, expected {n}", t.elem_count());
             }
             Ok(())
         };
-        match (&self.residual, &self.bias) {
-            (Some(r), Some(b)) => {
-                checked(r, rows * o, "residual")?;
-                checked(b, o, "bias")?;
-                with_f32(r, "linear residual", |r| {
-                    with_f32(b, "linear bias", |b| {
-                        init(&mut out, Some(r), Some(b));
-                        Ok(())
-                    })
-                })?
-            }
-            (Some(r), None) => {
-                checked(r, rows * o, "residual")?;
-                with_f32(r, "linear residual", |r| {
-                    init(&mut out, Some(r), None);
-                    Ok(())
-                })?
-            }
-            (None, Some(b)) => {
-                checked(b, o, "bias")?;
-                with_f32(b, "linear bias", |b| {
-                    init(&mut out, None, Some(b));
-                    Ok(())
-                })?
-            }
-            (None, None) => {}
+        if let Some(r) = &self.residual {
+            checked(r, rows * o, "residual")?;
         }
-        let threads = rayon::current_num_threads();
-        let par = if rows * o * i >= 1 << 16 && threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
+        if let Some(b) = &self.bias {
+            checked(b, o, "bias")?;
+        }
+        let mut out = output_buffer(rows * o);
+        let with_opt = |t: Option<&Tensor>, what: &str, f: &mut dyn FnMut(Option<&[f32]>)| match t {
+            Some(t) => with_f32(t, what, |d| {
+                f(Some(d));
+                Ok(())
+            }),
+            None => {
+                f(None);
+                Ok(())
+            }
         };
-        // SAFETY: dst (rows, o) row-major; lhs x (rows, i) row-major; rhs Wᵀ (i, o) read from the (o, i) weight with
-        // column stride i and row stride 1; every index is in bounds.
-        unsafe {
-            gemm_accumulate(
-                (rows, o, i),
-                out.as_mut_ptr(),
-                o,
-                x.as_ptr(),
-                (1, i),
-                w.as_ptr(),
-                (i, 1),
-                par,
-            )
-        }
+        with_opt(self.residual.as_ref(), "linear residual", &mut |residual| {
+            with_opt(self.bias.as_ref(), "linear bias", &mut |bias| {
+                linear_rows(&mut out, x, w, (rows, o, i), residual, bias)
+            })
+            .expect("the bias was read above");
+        })?;
         let mut shape = dims.to_vec();
         if let Some(l) = shape.last_mut() {
             *l = o;
         }
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
+}
+
+/// `out = x Wᵀ (+ bias) (+ residual)` for one block of rows: x (n, i), W (o, i), out and residual (n, o).
+fn linear_block(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (o, i): (usize, usize),
+    residual: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    par: gemm::Parallelism,
+) {
+    let n = out.len() / o.max(1);
+    assert!(x.len() == n * i && w.len() == o * i && residual.is_none_or(|r| r.len() == out.len()));
+    match (residual, bias) {
+        (Some(r), b) => {
+            out.copy_from_slice(r);
+            if let Some(b) = b {
+                for row in out.chunks_exact_mut(o) {
+                    row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+                }
+            }
+        }
+        (None, Some(b)) => out.chunks_exact_mut(o).for_each(|row| row.copy_from_slice(b)),
+        (None, None) => {}
+    }
+    // SAFETY: dst (n, o) row-major; lhs x (n, i) row-major; rhs Wᵀ (i, o) read from the (o, i) weight with column
+    // stride i and row stride 1; all in bounds (asserted). Without an initial value (read_dst false) gemm writes
+    // dst without reading it, so an uninitialised buffer is never read.
+    unsafe {
+        gemm_into(
+            (n, o, i),
+            out.as_mut_ptr(),
+            o,
+            residual.is_some() || bias.is_some(),
+            x.as_ptr(),
+            (1, i),
+            w.as_ptr(),
+            (i, 1),
+            par,
+        )
+    }
+}
+
+/// `out = x Wᵀ (+ bias) (+ residual)` for x (rows, i), W (o, i), out (rows, o), in blocks of rows: each block's
+/// output is initialised (residual and bias, or nothing) and multiplied into while it is in cache, the blocks in
+/// parallel. Initialising the whole output first and then running one large GEMM over it wrote and re-read every
+/// element from memory (the GEGLU projection at 24x40 is 30 MB); that pass was 5% of a composed step.
+fn linear_rows(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (rows, o, i): (usize, usize, usize),
+    residual: Option<&[f32]>,
+    bias: Option<&[f32]>,
+) {
+    let threads = rayon::current_num_threads();
+    // About 128 KiB of output per block, and at least 4 blocks per thread for the pool to balance.
+    let block_rows = (32768 / o.max(1)).clamp(8, rows.div_ceil(4 * threads).max(8));
+    let one = |(bi, ob): (usize, &mut [f32]), par: gemm::Parallelism| {
+        let (r0, n) = (bi * block_rows, ob.len() / o);
+        let residual = residual.map(|r| &r[r0 * o..(r0 + n) * o]);
+        linear_block(ob, &x[r0 * i..(r0 + n) * i], w, (o, i), residual, bias, par)
+    };
+    if rows >= 2 * block_rows && threads > 1 {
+        out.par_chunks_mut(block_rows * o)
+            .enumerate()
+            .for_each(|item| one(item, gemm::Parallelism::None));
+    } else {
+        let par = if rows * o * i >= 1 << 16 && threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        out.chunks_mut(block_rows * o)
+            .enumerate()
+            .for_each(|item| one(item, par));
+    }
+}
+
+/// Where the transformers' tokens come from in a (b·f, c, h, w) video: `Spatial` tokens are the h·w positions of
+/// each frame, (b·f, h·w, c); `Temporal` tokens are the f frames of each position, (b·h·w, f, c), and their
+/// GroupNorm statistics span the frames (diffusers norms (b, c, f, h, w) there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenLayout {
+    Spatial,
+    Temporal { frames: usize },
+}
+
+impl TokenLayout {
+    fn frames(self) -> usize {
+        match self {
+            TokenLayout::Spatial => 1,
+            TokenLayout::Temporal { frames } => frames,
+        }
+    }
+
+    /// (first token row of frame `bf`, row step from one position to the next).
+    fn rows(self, bf: usize, hw: usize) -> (usize, usize) {
+        match self {
+            TokenLayout::Spatial => (bf * hw, 1),
+            TokenLayout::Temporal { frames } => ((bf / frames) * hw * frames + bf % frames, frames),
+        }
+    }
+}
+
+/// GroupNorm of a (b·f, c, h, w) video written straight into the transformers' token layout (`TokenLayout`):
+/// the statistics, then one transposing pass, instead of the norm plus candle's permute copies around it.
+struct GroupNormTokens {
+    groups: usize,
+    eps: f32,
+    layout: TokenLayout,
+}
+
+impl CustomOp3 for GroupNormTokens {
+    fn name(&self) -> &'static str {
+        "vadapt-group-norm-tokens"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "group_norm_tokens x")?;
+        let (gamma, beta) = (
+            contiguous_f32(s2, l2, "group_norm_tokens weight")?,
+            contiguous_f32(s3, l3, "group_norm_tokens bias")?,
+        );
+        let (bf, c, h, w) = l1.shape().dims4()?;
+        let (f, g, hw) = (self.layout.frames(), self.groups, h * w);
+        if g == 0 || c % g != 0 || bf % f != 0 || gamma.len() != c || beta.len() != c {
+            candle_core::bail!("group_norm_tokens: x {:?}, {g} groups, {f} frames", l1.shape());
+        }
+        let cg = c / g;
+        // Per (clip, group): the mean and 1/std over its channels, positions and (temporal) frames, two passes
+        // as torch; then a_c = rstd·γ_c and s_c = β_c − μ·a_c for every channel of every clip.
+        let clips = bf / f;
+        let block = |ci: usize, gi: usize| {
+            (0..f).map(move |fi| &x[((ci * f + fi) * c + gi * cg) * hw..][..cg * hw])
+        };
+        let mut coef = vec![(0f32, 0f32); clips * c];
+        coef.par_chunks_mut(cg).enumerate().for_each(|(i, co)| {
+            let (ci, gi) = (i / g, i % g);
+            let n = (f * cg * hw) as f32;
+            let mean = block(ci, gi).map(sum).sum::<f32>() / n;
+            let var = block(ci, gi)
+                .map(|b| b.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>())
+                .sum::<f32>()
+                / n;
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            for (k, cv) in co.iter_mut().enumerate() {
+                let a = rstd * gamma[gi * cg + k];
+                *cv = (a, beta[gi * cg + k] - mean * a);
+            }
+        });
+        let mut y = output_buffer(x.len());
+        let out = OutPtr(y.as_mut_ptr());
+        let layout = self.layout;
+        (0..bf).into_par_iter().for_each(|fr| {
+            let (row0, step) = layout.rows(fr, hw);
+            let co = &coef[(fr / f) * c..][..c];
+            let xf = &x[fr * c * hw..][..c * hw];
+            for p in 0..hw {
+                // SAFETY: token row row0 + p·step < b·f·h·w rows of c floats, written only by this frame's task
+                // (each (frame, position) pair has its own row).
+                let yr = unsafe { std::slice::from_raw_parts_mut(out.get().add((row0 + p * step) * c), c) };
+                for (ch, (yv, &(a, sh))) in yr.iter_mut().zip(co).enumerate() {
+                    *yv = xf[ch * hw + p] * a + sh;
+                }
+            }
+        });
+        let shape = match layout {
+            TokenLayout::Spatial => Shape::from((bf, hw, c)),
+            TokenLayout::Temporal { frames } => Shape::from((clips * hw, frames, c)),
+        };
+        Ok((CpuStorage::F32(y), shape))
+    }
+}
+
+/// GroupNorm (`groups`, `eps`, per-channel `weight` / `bias`) of a (b·f, c, h, w) f32 CPU video, returned in the
+/// transformers' token layout (see `TokenLayout`). Inference only.
+pub fn group_norm_tokens(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f32,
+    layout: TokenLayout,
+) -> candle_core::Result<Tensor> {
+    apply3(x, weight, bias, &GroupNormTokens { groups, eps, layout })
+}
+
+/// `x + tokens` back in the video layout: x (b·f, c, h, w), tokens in `layout` with c channels.
+struct AddTokens {
+    layout: TokenLayout,
+}
+
+impl candle_core::CustomOp2 for AddTokens {
+    fn name(&self) -> &'static str {
+        "vadapt-add-tokens"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "add_tokens x")?;
+        let t = contiguous_f32(s2, l2, "add_tokens tokens")?;
+        let (bf, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        if t.len() != x.len() || bf % self.layout.frames() != 0 {
+            candle_core::bail!("add_tokens: x {:?}, tokens {:?}", l1.shape(), l2.shape());
+        }
+        let mut y = output_buffer(x.len());
+        let layout = self.layout;
+        y.par_chunks_mut(c * hw).enumerate().for_each(|(fr, yf)| {
+            let (row0, step) = layout.rows(fr, hw);
+            let xf = &x[fr * c * hw..][..c * hw];
+            for (ch, (yc, xc)) in yf.chunks_exact_mut(hw).zip(xf.chunks_exact(hw)).enumerate() {
+                for (p, (yv, &xv)) in yc.iter_mut().zip(xc).enumerate() {
+                    *yv = xv + t[(row0 + p * step) * c + ch];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
+
+/// `x + tokens` with the tokens (`layout`, c channels) moved back to x's (b·f, c, h, w) layout, in one pass.
+/// Inference only.
+pub fn add_tokens(x: &Tensor, tokens: &Tensor, layout: TokenLayout) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&tokens.contiguous()?, &AddTokens { layout })
+}
+
+thread_local! {
+    /// Per-thread scratch of `feed_forward_geglu`: one block's projection and its GEGLU.
+    static FF_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// diffusers' `FeedForward(activation_fn = "geglu")` plus a residual, for f32 CPU inference:
+/// `out = residual + b₂ + (h · gelu(gate)) W₂ᵀ` with `[h, gate] = x W₁ᵀ + b₁`, one block of rows at a time so that
+/// the 8·dim-wide projection and the 4·dim-wide GEGLU stay in cache (at 24x40 they are 30 and 15 MB per clip when
+/// written out whole). x (..., dim), W₁ (8·dim, dim), W₂ (dim_out, 4·dim), residual of the output's shape.
+pub fn feed_forward_geglu(
+    x: &Tensor,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    (w2, b2): (&Tensor, Option<&Tensor>),
+    residual: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (two_inner, dim) = w1.dims2()?;
+    let (dim_out, inner) = w2.dims2()?;
+    let x_dims = x.dims().to_vec();
+    if two_inner != 2 * inner || x_dims.last() != Some(&dim) {
+        candle_core::bail!("feed_forward: x {x_dims:?}, proj {:?}, out {:?}", w1.shape(), w2.shape());
+    }
+    let rows = x.elem_count() / dim.max(1);
+    let mut out_dims = x_dims;
+    if let Some(l) = out_dims.last_mut() {
+        *l = dim_out;
+    }
+    let checks = [
+        (b1, two_inner, "proj bias"),
+        (b2, dim_out, "out bias"),
+        (residual, rows * dim_out, "residual"),
+    ];
+    for (t, n, what) in checks {
+        if let Some(t) = t.filter(|t| t.elem_count() != n) {
+            candle_core::bail!("feed_forward: {what} has {} values, expected {n}", t.elem_count());
+        }
+    }
+    let held = [Some(x), Some(w1), Some(w2), b1, b2, residual]
+        .map(|t| t.map(|t| t.contiguous()).transpose());
+    let mut tensors = Vec::with_capacity(6);
+    for t in held {
+        tensors.push(t?);
+    }
+    let guards: Vec<_> = tensors.iter().map(|t| t.as_ref().map(|t| t.storage_and_layout())).collect();
+    let mut data: Vec<Option<&[f32]>> = Vec::with_capacity(6);
+    for g in &guards {
+        data.push(match g {
+            Some((s, l)) => match &**s {
+                candle_core::Storage::Cpu(c) => Some(contiguous_f32(c, l, "feed_forward")?),
+                _ => candle_core::bail!("feed_forward: CPU tensors only"),
+            },
+            None => None,
+        });
+    }
+    let [Some(x), Some(w1), Some(w2), b1, b2, residual] = data[..] else {
+        candle_core::bail!("feed_forward: missing operand");
+    };
+    let mut y = output_buffer(rows * dim_out);
+    let threads = rayon::current_num_threads();
+    let block_rows = (32768 / two_inner.max(1)).clamp(8, rows.div_ceil(4 * threads).max(8));
+    let avx = has_avx2_fma();
+    y.par_chunks_mut(block_rows * dim_out)
+        .enumerate()
+        .for_each(|(bi, yb)| {
+            let (r0, n) = (bi * block_rows, yb.len() / dim_out);
+            FF_SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let (hg, g) = &mut *s;
+                hg.resize(n * two_inner, 0.0);
+                g.resize(n * inner, 0.0);
+                let none = gemm::Parallelism::None;
+                linear_block(hg, &x[r0 * dim..(r0 + n) * dim], w1, (two_inner, dim), None, b1, none);
+                #[cfg(target_arch = "x86_64")]
+                if avx {
+                    // SAFETY: the CPU has AVX2 and FMA (checked above); g is half of hg.
+                    unsafe { super::simd::geglu_rows(hg, g, inner) };
+                } else {
+                    geglu_rows(hg, g, inner);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                {
+                    let _ = avx;
+                    geglu_rows(hg, g, inner);
+                }
+                let res = residual.map(|r| &r[r0 * dim_out..(r0 + n) * dim_out]);
+                linear_block(yb, g, w2, (dim_out, inner), res, b2, none);
+            })
+        });
+    Tensor::from_vec(y, out_dims, &candle_core::Device::Cpu)
 }
 
 /// `x Wᵀ + b + residual` for f32 CPU tensors: x (..., i), W (o, i), b (o,), residual of the output's shape.
@@ -1337,5 +1837,112 @@ mod tests {
         let reference = (h * g.gelu_erf().unwrap()).unwrap();
         let diff = max_abs_diff(&reference, &geglu(&x).unwrap());
         assert!(diff < 5e-6, "{diff}");
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_nn() {
+        let dev = Device::Cpu;
+        for d in [64, 13] {
+            let x = Tensor::randn(0.5f32, 2.0, (3, 37, d), &dev).unwrap();
+            let w = Tensor::randn(1f32, 0.3, d, &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.3, d, &dev).unwrap();
+            let reference = candle_nn::LayerNorm::new(w.clone(), b.clone(), 1e-5)
+                .forward(&x)
+                .unwrap();
+            let diff = max_abs_diff(&reference, &layer_norm(&x, &w, &b, 1e-5).unwrap());
+            assert!(diff < 2e-6, "d {d}: {diff}");
+        }
+    }
+
+    /// The fused feed-forward equals projection, GEGLU and output projection run one after the other, over row
+    /// counts that leave a partial last block, with and without biases and residual.
+    #[test]
+    fn feed_forward_geglu_matches_the_three_ops() {
+        let dev = Device::Cpu;
+        for (rows, dim) in [(1000, 16), (37, 24)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, dim), &dev).unwrap();
+            let w1 = Tensor::randn(0f32, 0.3, (8 * dim, dim), &dev).unwrap();
+            let b1 = Tensor::randn(0f32, 0.3, 8 * dim, &dev).unwrap();
+            let w2 = Tensor::randn(0f32, 0.2, (dim, 4 * dim), &dev).unwrap();
+            let b2 = Tensor::randn(0f32, 0.3, dim, &dev).unwrap();
+            let r = Tensor::randn(0f32, 1.0, (rows, dim), &dev).unwrap();
+            for (with_bias, with_residual) in [(true, true), (false, false), (true, false)] {
+                let (b1, b2) = (with_bias.then_some(&b1), with_bias.then_some(&b2));
+                let res = with_residual.then_some(&r);
+                let reference =
+                    linear(&geglu(&linear(&x, &w1, b1, None).unwrap()).unwrap(), &w2, b2, res).unwrap();
+                let ours = feed_forward_geglu(&x, (&w1, b1), (&w2, b2), res).unwrap();
+                assert_eq!(ours.dims(), &[rows, dim]);
+                let diff = max_abs_diff(&reference, &ours);
+                assert!(diff < 1e-5, "{rows} x {dim}, bias {with_bias}, residual {with_residual}: {diff}");
+            }
+        }
+        let x = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let w1 = Tensor::randn(0f32, 0.3, (64, 8), &dev).unwrap();
+        let w2 = Tensor::randn(0f32, 0.3, (8, 16), &dev).unwrap();
+        assert!(
+            feed_forward_geglu(&x, (&w1, None), (&w2, None), None).is_err(),
+            "an output projection that does not take half the projection's width is refused"
+        );
+    }
+
+    /// GroupNorm into tokens and the residual add back equal the norm, permutes and add that diffusers'
+    /// Transformer2DModel and TransformerTemporalModel run, in both layouts.
+    #[test]
+    fn group_norm_tokens_and_add_tokens_match_the_permutes() {
+        let dev = Device::Cpu;
+        let (b, f, c, h, w, groups) = (2, 3, 8, 5, 7, 4);
+        let x = Tensor::randn(0.3f32, 1.5, (b * f, c, h, w), &dev).unwrap();
+        let gamma = Tensor::randn(1f32, 0.3, c, &dev).unwrap();
+        let beta = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
+        let norm = |x: &Tensor| {
+            crate::models::fused::group_norm(x, &gamma, &beta, groups, 1e-6).unwrap()
+        };
+        // Spatial: norm per frame, (bf, c, h, w) -> (bf, h·w, c)
+        let spatial = norm(&x)
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .reshape((b * f, h * w, c))
+            .unwrap();
+        // Temporal: norm over (b, c, f, h, w), then (b, h, w, f, c) -> (b·h·w, f, c)
+        let temporal = norm(
+            &x.reshape((b, f, c, h, w))
+                .unwrap()
+                .permute((0, 2, 1, 3, 4))
+                .unwrap()
+                .contiguous()
+                .unwrap(),
+        )
+        .permute((0, 3, 4, 2, 1))
+        .unwrap()
+        .reshape((b * h * w, f, c))
+        .unwrap();
+        for (layout, reference) in [
+            (TokenLayout::Spatial, spatial),
+            (TokenLayout::Temporal { frames: f }, temporal),
+        ] {
+            let tokens = group_norm_tokens(&x, &gamma, &beta, groups, 1e-6, layout).unwrap();
+            assert_eq!(tokens.dims(), reference.dims(), "{layout:?}");
+            let diff = max_abs_diff(&reference, &tokens);
+            assert!(diff < 2e-6, "{layout:?}: {diff}");
+            // Adding tokens back inverts the token layout: x + tokens(x) equals x + the permuted-back norm.
+            let back = match layout {
+                TokenLayout::Spatial => reference
+                    .reshape((b * f, h, w, c))
+                    .unwrap()
+                    .permute((0, 3, 1, 2))
+                    .unwrap(),
+                TokenLayout::Temporal { .. } => reference
+                    .reshape((b, h, w, f, c))
+                    .unwrap()
+                    .permute((0, 3, 4, 1, 2))
+                    .unwrap()
+                    .reshape((b * f, c, h, w))
+                    .unwrap(),
+            };
+            let want = (&x + back).unwrap();
+            let diff = max_abs_diff(&want, &add_tokens(&x, &tokens, layout).unwrap());
+            assert!(diff < 1e-6, "{layout:?} add: {diff}");
+        }
     }
 }

@@ -47,6 +47,33 @@ impl GroupNorm {
         self.forward_composed(x)
     }
 
+    /// Whether `x` takes the fused CPU inference kernels (f32 on the CPU, no graph being recorded).
+    pub(crate) fn fused_inference(&self, x: &Tensor) -> bool {
+        !x.track_op()
+            && !self.weight.track_op()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && self.bias.dtype() == DType::F32
+    }
+
+    /// GroupNorm of a (b·f, c, h, w) video straight into the transformers' token layout (only where
+    /// `fused_inference(x)`).
+    pub(crate) fn forward_tokens(
+        &self,
+        x: &Tensor,
+        layout: super::kernels::TokenLayout,
+    ) -> Result<Tensor> {
+        Ok(super::kernels::group_norm_tokens(
+            x,
+            &self.weight,
+            &self.bias,
+            self.num_groups,
+            self.eps as f32,
+            layout,
+        )?)
+    }
+
     /// `silu(GroupNorm(x))`: one fused pass for CPU f32 inference, the two ops otherwise.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
         let inference = !x.track_op() && !self.weight.track_op();
