@@ -474,11 +474,17 @@ pub fn has_avx2_fma() -> bool {
 const HEAD8: usize = super::simd::HEAD;
 #[cfg(not(target_arch = "x86_64"))]
 const HEAD8: usize = 0;
+#[cfg(target_arch = "x86_64")]
+use super::simd::FEW_KEYS;
+#[cfg(not(target_arch = "x86_64"))]
+const FEW_KEYS: usize = 0;
 
 /// Which row kernel serves one head: the AVX2 intrinsics one for 8-wide heads (all of the demo UNets' attention),
 /// the auto-vectorised one otherwise.
 #[derive(Clone, Copy)]
 enum HeadKernel {
+    /// `simd::attention_few_keys_head8` straight on the interleaved rows (no scratch).
+    Head8FewKeys,
     /// `simd::attention_rows_head8` on keys and values transposed to (8, m8), `m8` = m rounded up to 8.
     Head8 { m8: usize },
     /// `attention_rows` (AVX2 + FMA build where `avx`), optionally with transposed values.
@@ -489,6 +495,7 @@ impl HeadKernel {
     /// Floats of (transposed keys and values, score row) scratch per head.
     fn scratch(self, d: usize, m: usize) -> (usize, usize) {
         match self {
+            HeadKernel::Head8FewKeys => (0, 0),
             HeadKernel::Head8 { m8 } => (2 * d * m8, m8),
             HeadKernel::Portable { transposed_v, .. } => {
                 (if transposed_v { 2 * d * m } else { d * m }, m)
@@ -499,13 +506,14 @@ impl HeadKernel {
     /// Transpose one head's keys (and values where the kernel reads them transposed) into `kvt`.
     fn prepare<'a>(
         self,
-        ks: &[f32],
+        ks: &'a [f32],
         vs: &'a [f32],
         (d, stride): (usize, usize),
         m: usize,
         kvt: &'a mut [f32],
     ) -> PreparedHead<'a> {
         match self {
+            HeadKernel::Head8FewKeys => PreparedHead { kt: &[], v: vs, vt: None, k: ks },
             #[cfg(target_arch = "x86_64")]
             HeadKernel::Head8 { m8 } => {
                 let (kt, vt) = kvt.split_at_mut(d * m8);
@@ -516,7 +524,7 @@ impl HeadKernel {
                     super::simd::transpose_head(ks.as_ptr(), stride, m, kt);
                     super::simd::transpose_head(vs.as_ptr(), stride, m, vt);
                 }
-                PreparedHead { kt, v: vs, vt: Some(vt) }
+                PreparedHead { kt, v: vs, vt: Some(vt), k: ks }
             }
             #[cfg(not(target_arch = "x86_64"))]
             HeadKernel::Head8 { .. } => unreachable!("no 8-wide intrinsics off x86-64"),
@@ -526,7 +534,7 @@ impl HeadKernel {
                 if transposed_v {
                     transpose(vs, (d, stride), m, vt);
                 }
-                PreparedHead { kt, v: vs, vt: transposed_v.then_some(&*vt) }
+                PreparedHead { kt, v: vs, vt: transposed_v.then_some(&*vt), k: ks }
             }
         }
     }
@@ -547,6 +555,26 @@ impl HeadKernel {
         p: &mut [f32],
     ) {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            HeadKernel::Head8FewKeys => {
+                let stride = dims.1;
+                assert!(qs.len() >= (rows - 1) * stride + dims.0);
+                assert!(head.k.len() >= (m - 1) * stride + dims.0 && head.v.len() >= (m - 1) * stride + dims.0);
+                // SAFETY: AVX2 + FMA (chosen only then); the rows of qs, k and v are in bounds (asserted), out as
+                // the caller promised.
+                unsafe {
+                    super::simd::attention_few_keys_head8(
+                        (qs.as_ptr(), head.k.as_ptr(), head.v.as_ptr()),
+                        out,
+                        rows,
+                        stride,
+                        m,
+                        scale,
+                    )
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            HeadKernel::Head8FewKeys => unreachable!("no 8-wide intrinsics off x86-64"),
             #[cfg(target_arch = "x86_64")]
             HeadKernel::Head8 { .. } => {
                 assert!(qs.len() >= (rows - 1) * dims.1 + dims.0);
@@ -577,8 +605,9 @@ impl HeadKernel {
     }
 }
 
-/// One head's transposed keys, its value rows and (optionally) transposed values.
+/// One head's key rows and transposed keys, its value rows and (optionally) transposed values.
 struct PreparedHead<'a> {
+    k: &'a [f32],
     kt: &'a [f32],
     v: &'a [f32],
     vt: Option<&'a [f32]>,
@@ -636,7 +665,9 @@ impl CustomOp3 for Attention {
         // rows); many short ones (temporal: b·h·w·heads of 16 rows) make whole-sequence tasks.
         let rows = (65536 / m).clamp(1, n.max(1));
         let avx = has_avx2_fma();
-        let kernel = if avx && d == HEAD8 {
+        let kernel = if avx && d == HEAD8 && m <= FEW_KEYS {
+            HeadKernel::Head8FewKeys
+        } else if avx && d == HEAD8 {
             HeadKernel::Head8 { m8: m.next_multiple_of(8) }
         } else {
             HeadKernel::Portable { avx, transposed_v: use_transposed_values(d, m) }

@@ -204,33 +204,7 @@ pub(crate) unsafe fn transpose_head(x: *const f32, stride: usize, m: usize, xt: 
         // SAFETY: rows j0..j0+8 < m exist; columns j0..j0+8 of each xt row are inside m8.
         unsafe {
             let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(x.add((j0 + i) * stride)));
-            // 8x8 transpose: unpack pairs, shuffle quads, then swap 128-bit halves.
-            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            let cols = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
+            let cols = transpose8(r);
             for (c, col) in cols.iter().enumerate() {
                 _mm256_storeu_ps(xt.as_mut_ptr().add(c * m8 + j0), *col);
             }
@@ -318,6 +292,105 @@ pub(crate) unsafe fn attention_rows_head8(
                 }
             }
             _mm256_storeu_ps(out.add(i * stride), _mm256_mul_ps(sum_lanes8(&acc), inv));
+        }
+    }
+}
+
+/// The most keys `attention_few_keys_head8` takes (its scores live on the stack).
+pub(crate) const FEW_KEYS: usize = 32;
+
+/// 8x8 transpose of eight registers.
+#[inline(always)]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    unsafe {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
+    }
+}
+
+/// One 8-wide head with few keys (m ≤ FEW_KEYS: the temporal attention over 8-32 frames), eight queries per
+/// register: the eight query rows are transposed so that each register holds one channel of all eight, every score
+/// is then 8 FMAs against broadcast key channels, and the softmax runs across registers (no horizontal
+/// reductions, eight independent rows in flight, no key or value transposes). q, k, v and the output have rows
+/// `stride` apart; `m` keys.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `q` holds `rows` rows and `k`, `v` hold `m` rows (HEAD floats each); `out` is valid
+/// for exclusive writes of `rows` rows.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn attention_few_keys_head8(
+    (q, k, v): (*const f32, *const f32, *const f32),
+    out: *mut f32,
+    rows: usize,
+    stride: usize,
+    m: usize,
+    scale: f32,
+) {
+    debug_assert!(m > 0 && m <= FEW_KEYS);
+    // SAFETY (whole body): rows i0..i0+8 (or the live ones of the last group) and keys 0..m exist, as promised.
+    unsafe {
+        let scale8 = _mm256_set1_ps(scale);
+        let mut s = [_mm256_setzero_ps(); FEW_KEYS];
+        let mut i0 = 0;
+        while i0 < rows {
+            let live = (rows - i0).min(8);
+            // Rows past the end repeat the last live row (computed, never stored).
+            let qr: [__m256; 8] =
+                std::array::from_fn(|r| _mm256_loadu_ps(q.add((i0 + r.min(live - 1)) * stride)));
+            let qc = transpose8(qr);
+            let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+            for (j, sj) in s.iter_mut().enumerate().take(m) {
+                let kj = k.add(j * stride);
+                let mut a = _mm256_mul_ps(qc[0], _mm256_broadcast_ss(&*kj));
+                for (c, qcc) in qc.iter().enumerate().skip(1) {
+                    a = _mm256_fmadd_ps(*qcc, _mm256_broadcast_ss(&*kj.add(c)), a);
+                }
+                *sj = a;
+                mx = _mm256_max_ps(mx, a);
+            }
+            let shift = _mm256_mul_ps(mx, scale8);
+            let mut sum = _mm256_setzero_ps();
+            for sj in s.iter_mut().take(m) {
+                *sj = exp8_nonpositive(_mm256_fmsub_ps(*sj, scale8, shift));
+                sum = _mm256_add_ps(sum, *sj);
+            }
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, sj) in s.iter().enumerate().take(m) {
+                let vj = v.add(j * stride);
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(*sj, _mm256_broadcast_ss(&*vj.add(c)), *a);
+                }
+            }
+            let inv = _mm256_div_ps(_mm256_set1_ps(1.0), sum);
+            let rows_out = transpose8(acc.map(|a| _mm256_mul_ps(a, inv)));
+            for (r, row) in rows_out.iter().enumerate().take(live) {
+                _mm256_storeu_ps(out.add((i0 + r) * stride), *row);
+            }
+            i0 += 8;
         }
     }
 }
