@@ -1,6 +1,7 @@
 //! Our CPU inference kernels (`models::kernels`) against the candle ops they replace, side by side in one run, at
 //! the demo models' shapes (16 frames at 24x40, batch 2): spatial attention at full and half resolution, the
-//! temporal attention's thousands of 16-frame problems, a 3x3 convolution and a linear layer over many rows.
+//! temporal attention's thousands of 16-frame problems, a 3x3 convolution, a linear layer over many rows, the fused
+//! feed-forward, LayerNorm, and GroupNorm into the transformers' token layout.
 //! `cargo bench --bench kernels`; compare each pair's times (a ratio), not absolute numbers across machines.
 
 use std::hint::black_box;
@@ -84,5 +85,73 @@ fn bench_conv_and_linear(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_attention, bench_conv_and_linear);
+fn bench_norms_and_feed_forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("norms_feed_forward");
+    group.sample_size(10);
+    // transformer_in of the demo small model: 2 x 960 pixels x 16 frames, 64 wide.
+    let x = randn(&[1920, 16, 64], 1.0);
+    let (w1, b1) = (randn(&[512, 64], 0.1), randn(&[512], 0.1));
+    let (w2, b2) = (randn(&[64, 256], 0.1), randn(&[64], 0.1));
+    group.bench_function("feed_forward_geglu/fused", |bench| {
+        bench.iter(|| {
+            black_box(
+                kernels::feed_forward_geglu(&x, (&w1, Some(&b1)), (&w2, Some(&b2)), Some(&x))
+                    .expect("ff"),
+            )
+        })
+    });
+    let (l1, l2) = (
+        candle_nn::Linear::new(w1.clone(), Some(b1.clone())),
+        candle_nn::Linear::new(w2.clone(), Some(b2.clone())),
+    );
+    group.bench_function("feed_forward_geglu/candle", |bench| {
+        bench.iter(|| {
+            let hg = l1.forward(&x).expect("proj");
+            let (h, g) = (hg.narrow(2, 0, 256).expect("h"), hg.narrow(2, 256, 256).expect("g"));
+            let y = (h * g.gelu_erf().expect("gelu")).expect("geglu");
+            black_box((l2.forward(&y).expect("out") + &x).expect("residual"))
+        })
+    });
+    let (gamma, beta) = (randn(&[64], 0.1), randn(&[64], 0.1));
+    let ln = candle_nn::LayerNorm::new(gamma.clone(), beta.clone(), 1e-5);
+    group.bench_function("layer_norm/fused", |bench| {
+        bench.iter(|| black_box(kernels::layer_norm(&x, &gamma, &beta, 1e-5).expect("ln")))
+    });
+    group.bench_function("layer_norm/candle", |bench| {
+        bench.iter(|| black_box(ln.forward(&x).expect("ln")))
+    });
+    // The temporal transformer's entry: GroupNorm over (b, c, f, h, w), then (b·h·w, f, c) tokens.
+    let video = randn(&[32, 16, 24, 40], 1.0);
+    let (g16, b16) = (randn(&[16], 0.1), randn(&[16], 0.1));
+    let layout = kernels::TokenLayout::Temporal { frames: 16 };
+    group.bench_function("group_norm_to_temporal_tokens/fused", |bench| {
+        bench.iter(|| {
+            black_box(kernels::group_norm_tokens(&video, &g16, &b16, 8, 1e-6, layout).expect("gn"))
+        })
+    });
+    let gn = candle_nn::GroupNorm::new(g16.clone(), b16.clone(), 16, 8, 1e-6).expect("gn");
+    group.bench_function("group_norm_to_temporal_tokens/candle", |bench| {
+        bench.iter(|| {
+            let v = video
+                .reshape((2, 16, 16, 24, 40))
+                .and_then(|t| t.permute((0, 2, 1, 3, 4)))
+                .and_then(|t| t.contiguous())
+                .expect("to b c f h w");
+            let y = gn.forward(&v).expect("gn");
+            black_box(
+                y.permute((0, 3, 4, 2, 1))
+                    .and_then(|t| t.reshape((2 * 960, 16, 16)))
+                    .expect("tokens"),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_attention,
+    bench_conv_and_linear,
+    bench_norms_and_feed_forward
+);
 criterion_main!(benches);

@@ -296,7 +296,7 @@ pub(crate) unsafe fn attention_rows_head8(
     }
 }
 
-/// The most keys `attention_few_keys_head8` takes (its scores live on the stack).
+/// The most keys whose scores `attention_lanes_head8` keeps on the stack.
 pub(crate) const FEW_KEYS: usize = 32;
 
 /// 8x8 transpose of eight registers.
@@ -332,29 +332,39 @@ unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     }
 }
 
-/// One 8-wide head with few keys (m ≤ FEW_KEYS: the temporal attention over 8-32 frames), eight queries per
-/// register: the eight query rows are transposed so that each register holds one channel of all eight, every score
-/// is then 8 FMAs against broadcast key channels, and the softmax runs across registers (no horizontal
-/// reductions, eight independent rows in flight, no key or value transposes). q, k, v and the output have rows
-/// `stride` apart; `m` keys.
+/// One 8-wide head, eight queries per register: the eight query rows are transposed so that each register holds
+/// one channel of all eight, every score is then 8 FMAs against broadcast key channels, and the softmax runs across
+/// registers (no horizontal reductions, eight independent rows in flight, no key or value transposes). q, k, v and
+/// the output have rows `stride` apart; `m` keys. The scores live in registers' worth of stack for up to
+/// FEW_KEYS keys (the temporal attention over 8-32 frames) and in `scratch` (8·m + 8 floats) beyond.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; `q` holds `rows` rows and `k`, `v` hold `m` rows (HEAD floats each); `out` is valid
 /// for exclusive writes of `rows` rows.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn attention_few_keys_head8(
+pub(crate) unsafe fn attention_lanes_head8(
     (q, k, v): (*const f32, *const f32, *const f32),
     out: *mut f32,
     rows: usize,
     stride: usize,
     m: usize,
     scale: f32,
+    scratch: &mut [f32],
 ) {
-    debug_assert!(m > 0 && m <= FEW_KEYS);
+    debug_assert!(m > 0);
+    let mut stack = [_mm256_setzero_ps(); FEW_KEYS];
+    let s: &mut [__m256] = if m <= FEW_KEYS {
+        &mut stack[..m]
+    } else {
+        assert!(scratch.len() >= 8 * m + 8, "attention scratch of {} floats for {m} keys", scratch.len());
+        // The scratch as m aligned registers' worth of floats.
+        let off = scratch.as_ptr().align_offset(32);
+        // SAFETY: f32s reinterpreted as __m256 at 32-byte alignment, 8·m floats inside the scratch (asserted).
+        unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr().add(off).cast::<__m256>(), m) }
+    };
     // SAFETY (whole body): rows i0..i0+8 (or the live ones of the last group) and keys 0..m exist, as promised.
     unsafe {
         let scale8 = _mm256_set1_ps(scale);
-        let mut s = [_mm256_setzero_ps(); FEW_KEYS];
         let mut i0 = 0;
         while i0 < rows {
             let live = (rows - i0).min(8);
