@@ -1,4 +1,6 @@
-//! Times the fused attention kernel at the demo models' shapes (temporary profiling aid).
+//! Times the fused attention kernel at each attention shape of the demo models and sums one composed sampling step
+//! (small model batch 2 + prior): `cargo run --release --example attn_shapes [NAME-FILTER]`. Used to profile
+//! issue 8 (docs/performance.md, session 7).
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use vadapt::models::kernels;

@@ -51,9 +51,7 @@ impl CustomOp3 for GroupNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "group_norm x")?;
-        let w = contiguous_f32(s2, l2, "group_norm weight")?;
-        let b = contiguous_f32(s3, l3, "group_norm bias")?;
+        let (x, w, b) = super::kernels::norm_operands((s1, l1), (s2, l2), (s3, l3), "group_norm")?;
         let (_, c, s) = geometry(l1.shape(), self.groups)?;
         let cg = c / self.groups;
         let block = cg * s;

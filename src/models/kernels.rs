@@ -49,6 +49,20 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// The (input, weight, bias) f32 data of a normalisation op's three contiguous CPU operands, `what` naming the op.
+pub(crate) fn norm_operands<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+    what: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((
+        contiguous_f32(s1, l1, &format!("{what} x"))?,
+        contiguous_f32(s2, l2, &format!("{what} weight"))?,
+        contiguous_f32(s3, l3, &format!("{what} bias"))?,
+    ))
+}
+
 /// eˣ for x in [-87.3, 88.7] (clamped outside): x = n·ln2 + r, |r| ≤ ln2/2, eʳ by a degree-6 polynomial (Cephes
 /// `expf` coefficients), 2ⁿ through the exponent bits. Relative error < 2e-7. Branch-free, so loops over it vectorise.
 #[inline(always)]
@@ -922,11 +936,7 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "layer_norm x")?;
-        let (g, b) = (
-            contiguous_f32(s2, l2, "layer_norm weight")?,
-            contiguous_f32(s3, l3, "layer_norm bias")?,
-        );
+        let (x, g, b) = norm_operands((s1, l1), (s2, l2), (s3, l3), "layer_norm")?;
         let d = *l1.shape().dims().last().unwrap_or(&0);
         if d == 0 || g.len() != d || b.len() != d {
             candle_core::bail!("layer_norm: x {:?}, weight {}, bias {}", l1.shape(), g.len(), b.len());
@@ -1486,11 +1496,7 @@ impl CustomOp3 for GroupNormTokens {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "group_norm_tokens x")?;
-        let (gamma, beta) = (
-            contiguous_f32(s2, l2, "group_norm_tokens weight")?,
-            contiguous_f32(s3, l3, "group_norm_tokens bias")?,
-        );
+        let (x, gamma, beta) = norm_operands((s1, l1), (s2, l2), (s3, l3), "group_norm_tokens")?;
         let (bf, c, h, w) = l1.shape().dims4()?;
         let (f, g, hw) = (self.layout.frames(), self.groups, h * w);
         if g == 0 || c % g != 0 || bf % f != 0 || gamma.len() != c || beta.len() != c {
