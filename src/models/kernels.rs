@@ -1094,6 +1094,22 @@ thread_local! {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `dst.copy_from_slice(src)` for the short row segments of im2col (a few dozen floats): fixed-size 8-float moves
+/// inline, where `copy_from_slice` calls memcpy once per segment (thousands of calls per frame).
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (dc, sc) in (&mut d).zip(&mut s) {
+        let sc: &[f32; 8] = sc.try_into().expect("8 floats");
+        let dc: &mut [f32; 8] = dc.try_into().expect("8 floats");
+        *dc = *sc;
+    }
+    for (dv, &sv) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *dv = sv;
+    }
+}
+
 fn im2col(
     x: &[f32],
     cols: &mut [f32],
@@ -1123,7 +1139,7 @@ fn im2col(
                         let hi = (w + p).saturating_sub(kx).min(wo).max(lo);
                         out[..lo].fill(0.0);
                         out[hi..].fill(0.0);
-                        out[lo..hi].copy_from_slice(&src[lo + kx - p..hi + kx - p]);
+                        copy_short(&mut out[lo..hi], &src[lo + kx - p..hi + kx - p]);
                     } else {
                         for (ox, o) in out.iter_mut().enumerate() {
                             let ix = (ox * s + kx) as isize - p as isize;
