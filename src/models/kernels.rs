@@ -493,6 +493,11 @@ use super::simd::FEW_KEYS;
 #[cfg(not(target_arch = "x86_64"))]
 const FEW_KEYS: usize = 0;
 
+/// The most keys for which 8-wide heads take the queries-in-lanes kernel (the temporal and the text attention);
+/// beyond, one query row at a time needs fewer loads per score (the 240-token spatial attention: 2.7 against 3.0 ms
+/// per call).
+const LANES_MAX_KEYS: usize = 64;
+
 /// Which row kernel serves one head: the AVX2 intrinsics one for 8-wide heads (all of the demo UNets' attention),
 /// the auto-vectorised one otherwise.
 #[derive(Clone, Copy)]
@@ -680,9 +685,7 @@ impl CustomOp3 for Attention {
         // rows); many short ones (temporal: b·h·w·heads of 16 rows) make whole-sequence tasks.
         let rows = (65536 / m).clamp(1, n.max(1));
         let avx = has_avx2_fma();
-        // Queries in lanes up to 64 keys (temporal and text attention); beyond, one query row at a time keeps the
-        // scores in fewer loads (the 240-token spatial attention: 2.7 against 3.0 ms per call).
-        let kernel = if avx && d == HEAD8 && m <= 64 {
+        let kernel = if avx && d == HEAD8 && m <= LANES_MAX_KEYS {
             HeadKernel::Head8Lanes
         } else if avx && d == HEAD8 {
             HeadKernel::Head8 { m8: m.next_multiple_of(8) }
