@@ -146,6 +146,48 @@ impl Conv2d {
     pub fn weight(&self) -> &Tensor {
         self.0.weight()
     }
+
+    /// `forward(x)` plus a per-item bias (batch, out channels) and a residual of the output's shape, added in the
+    /// convolution's output pass on the CPU f32 inference path (`kernels::conv2d_epilogue`), by broadcast adds
+    /// otherwise.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        item_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let cfg = self.0.config();
+        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
+        if let (true, true, Some(bias), 1, 1) = (
+            f32_cpu(x) && f32_cpu(self.0.weight()),
+            // The kernel takes one bias row per batch item; anything else broadcasts below.
+            item_bias.is_none_or(|t| f32_cpu(t) && t.dims().first() == x.dims().first())
+                && residual.is_none_or(f32_cpu),
+            self.0.bias(),
+            cfg.groups,
+            cfg.dilation,
+        ) {
+            let epilogue = super::kernels::Epilogue {
+                item_bias: item_bias.cloned(),
+                residual: residual.cloned(),
+            };
+            return super::kernels::conv2d_epilogue(
+                x,
+                self.0.weight(),
+                bias,
+                (cfg.stride, cfg.padding),
+                epilogue,
+            );
+        }
+        let mut y = self.forward(x)?;
+        if let Some(t) = item_bias {
+            y = y.broadcast_add(&t.unsqueeze(2)?.unsqueeze(3)?)?;
+        }
+        match residual {
+            Some(r) => y + r,
+            None => Ok(y),
+        }
+    }
 }
 
 impl Module for Conv2d {
@@ -256,19 +298,18 @@ impl ResnetBlock2D {
     /// `x` (b*f, c, h, w), `temb` (b*f, temb_channels).
     pub fn forward(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
-        let t = self
-            .time_emb_proj
-            .forward(&temb.silu()?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&t)?;
-        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
+        // conv1 + time embedding, conv2 + shortcut: each addition made in its conv's output pass.
+        let t = self.time_emb_proj.forward(&temb.silu()?)?;
+        let h = self
+            .conv1
+            .forward_with(&self.norm1.forward_silu(x)?, Some(&t), None)?;
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
         };
-        Ok((shortcut + h)?)
+        Ok(self
+            .conv2
+            .forward_with(&self.norm2.forward_silu(&h)?, None, Some(&shortcut))?)
     }
 }
 
