@@ -107,7 +107,10 @@ fn bench_norms_and_feed_forward(c: &mut Criterion) {
     group.bench_function("feed_forward_geglu/candle", |bench| {
         bench.iter(|| {
             let hg = l1.forward(&x).expect("proj");
-            let (h, g) = (hg.narrow(2, 0, 256).expect("h"), hg.narrow(2, 256, 256).expect("g"));
+            let (h, g) = (
+                hg.narrow(2, 0, 256).expect("h"),
+                hg.narrow(2, 256, 256).expect("g"),
+            );
             let y = (h * g.gelu_erf().expect("gelu")).expect("geglu");
             black_box((l2.forward(&y).expect("out") + &x).expect("residual"))
         })

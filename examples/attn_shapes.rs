@@ -30,7 +30,10 @@ fn main() {
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
         total += ms * calls as f64;
-        println!("{name:24} {ms:7.3} ms x {calls:2} = {:7.1} ms/step", ms * calls as f64);
+        println!(
+            "{name:24} {ms:7.3} ms x {calls:2} = {:7.1} ms/step",
+            ms * calls as f64
+        );
     }
     println!("total attention per composed step: {total:.1} ms");
 }

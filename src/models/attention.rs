@@ -46,13 +46,7 @@ fn layer_norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
 /// `x Wᵀ + b (+ residual)`: one fused GEMM for CPU f32 inference (`kernels::linear`), candle-nn's Linear and an
 /// add otherwise (training records the graph through those).
 fn project(l: &Linear, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let inference =
-        !x.track_op() && !l.weight().track_op() && !residual.is_some_and(|r| r.track_op());
-    if inference
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && l.weight().dtype() == DType::F32
-    {
+    if kernels::cpu_f32_inference([x, l.weight()].into_iter().chain(residual)) {
         return kernels::linear(x, l.weight(), l.bias(), residual);
     }
     let y = l.forward(x)?;
@@ -200,16 +194,8 @@ impl FeedForward {
 
     /// `forward(x) + residual`, the addition fused into the output projection where it can be.
     pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let inference = !x.track_op()
-            && !self.proj.weight().track_op()
-            && !residual.is_some_and(|r| r.track_op());
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-        if inference
-            && f32_cpu(x)
-            && f32_cpu(self.proj.weight())
-            && f32_cpu(self.out.weight())
-            && residual.is_none_or(f32_cpu)
-        {
+        let operands = [x, self.proj.weight(), self.out.weight()];
+        if kernels::cpu_f32_inference(operands.into_iter().chain(residual)) {
             // One pass over blocks of rows: projection, GEGLU and output projection in cache (models/kernels.rs).
             return Ok(kernels::feed_forward_geglu(
                 x,
@@ -272,6 +258,22 @@ impl BasicTransformerBlock {
     }
 }
 
+/// Both transformers' CPU inference path on a (b·f, c, h, w) video: the GroupNorm writes the `layout` tokens, then
+/// proj_in, the blocks and proj_out, and the residual add reads the tokens back: no permute copies.
+fn through_tokens(
+    (norm, proj_in, blocks, proj_out): (&GroupNorm, &Linear, &[BasicTransformerBlock], &Linear),
+    x: &Tensor,
+    layout: TokenLayout,
+    context: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut hs = project(proj_in, &norm.forward_tokens(x, layout)?, None)?;
+    for block in blocks {
+        hs = block.forward(&hs, context)?;
+    }
+    let hs = project(proj_out, &hs, None)?;
+    Ok(kernels::add_tokens(x, &hs, layout)?)
+}
+
 /// `Transformer2DModel` for continuous inputs with `use_linear_projection = True` (what `get_down_block` /
 /// `get_up_block` and the mid block build in UNet3D): spatial attention over the h*w tokens of each frame, and
 /// cross-attention to the text.
@@ -314,14 +316,8 @@ impl Transformer2DModel {
         let _enter = self.span.enter();
         let (bf, c, h, w) = x.dims4()?;
         if self.norm.fused_inference(x) {
-            // The norm writes the tokens and the residual add reads them back: no permute copies.
-            let layout = TokenLayout::Spatial;
-            let mut hs = project(&self.proj_in, &self.norm.forward_tokens(x, layout)?, None)?;
-            for block in &self.blocks {
-                hs = block.forward(&hs, Some(context))?;
-            }
-            let hs = project(&self.proj_out, &hs, None)?;
-            return Ok(kernels::add_tokens(x, &hs, layout)?);
+            let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
+            return through_tokens(layers, x, TokenLayout::Spatial, Some(context));
         }
         let hs = self
             .norm
@@ -381,13 +377,13 @@ impl TransformerTemporalModel {
         let _enter = self.span.enter();
         let (bf, c, h, w) = x.dims4()?;
         if self.norm.fused_inference(x) {
-            let layout = TokenLayout::Temporal { frames: num_frames };
-            let mut hs = project(&self.proj_in, &self.norm.forward_tokens(x, layout)?, None)?;
-            for block in &self.blocks {
-                hs = block.forward(&hs, None)?;
-            }
-            let hs = project(&self.proj_out, &hs, None)?;
-            return Ok(kernels::add_tokens(x, &hs, layout)?);
+            let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
+            return through_tokens(
+                layers,
+                x,
+                TokenLayout::Temporal { frames: num_frames },
+                None,
+            );
         }
         let b = bf / num_frames;
         // (b, f, c, h, w) -> (b, c, f, h, w) for the norm, then (b, h, w, f, c) -> (b*h*w, f, c)

@@ -33,6 +33,13 @@ pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
     v
 }
 
+/// Whether these tensors take the fused CPU inference kernels: all f32 on the CPU, none recording a graph (training
+/// takes candle's differentiable ops instead).
+pub(crate) fn cpu_f32_inference<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    ts.into_iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op())
+}
+
 /// The f32 data of a contiguous CPU storage under its layout.
 pub(crate) fn contiguous_f32<'a>(
     s: &'a CpuStorage,
@@ -532,7 +539,12 @@ impl HeadKernel {
         kvt: &'a mut [f32],
     ) -> PreparedHead<'a> {
         match self {
-            HeadKernel::Head8Lanes => PreparedHead { kt: &[], v: vs, vt: None, k: ks },
+            HeadKernel::Head8Lanes => PreparedHead {
+                kt: &[],
+                v: vs,
+                vt: None,
+                k: ks,
+            },
             #[cfg(target_arch = "x86_64")]
             HeadKernel::Head8 { m8 } => {
                 let (kt, vt) = kvt.split_at_mut(d * m8);
@@ -543,7 +555,12 @@ impl HeadKernel {
                     super::simd::transpose_head(ks.as_ptr(), stride, m, kt);
                     super::simd::transpose_head(vs.as_ptr(), stride, m, vt);
                 }
-                PreparedHead { kt, v: vs, vt: Some(vt), k: ks }
+                PreparedHead {
+                    kt,
+                    v: vs,
+                    vt: Some(vt),
+                    k: ks,
+                }
             }
             #[cfg(not(target_arch = "x86_64"))]
             HeadKernel::Head8 { .. } => unreachable!("no 8-wide intrinsics off x86-64"),
@@ -553,7 +570,12 @@ impl HeadKernel {
                 if transposed_v {
                     transpose(vs, (d, stride), m, vt);
                 }
-                PreparedHead { kt, v: vs, vt: transposed_v.then_some(&*vt), k: ks }
+                PreparedHead {
+                    kt,
+                    v: vs,
+                    vt: transposed_v.then_some(&*vt),
+                    k: ks,
+                }
             }
         }
     }
@@ -578,7 +600,10 @@ impl HeadKernel {
             HeadKernel::Head8Lanes => {
                 let stride = dims.1;
                 assert!(qs.len() >= (rows - 1) * stride + dims.0);
-                assert!(head.k.len() >= (m - 1) * stride + dims.0 && head.v.len() >= (m - 1) * stride + dims.0);
+                assert!(
+                    head.k.len() >= (m - 1) * stride + dims.0
+                        && head.v.len() >= (m - 1) * stride + dims.0
+                );
                 // SAFETY: AVX2 + FMA (chosen only then); the rows of qs, k and v are in bounds (asserted), out as
                 // the caller promised.
                 unsafe {
@@ -618,7 +643,15 @@ impl HeadKernel {
             HeadKernel::Portable { avx, .. } => {
                 // SAFETY: forwarded contract.
                 unsafe {
-                    attention_dispatch(avx, (qs, head.kt, head.v, head.vt), out, rows, dims, scale, p)
+                    attention_dispatch(
+                        avx,
+                        (qs, head.kt, head.v, head.vt),
+                        out,
+                        rows,
+                        dims,
+                        scale,
+                        p,
+                    )
                 }
             }
         }
@@ -688,43 +721,59 @@ impl CustomOp3 for Attention {
         let kernel = if avx && d == HEAD8 && m <= LANES_MAX_KEYS {
             HeadKernel::Head8Lanes
         } else if avx && d == HEAD8 {
-            HeadKernel::Head8 { m8: m.next_multiple_of(8) }
+            HeadKernel::Head8 {
+                m8: m.next_multiple_of(8),
+            }
         } else {
-            HeadKernel::Portable { avx, transposed_v: use_transposed_values(d, m) }
+            HeadKernel::Portable {
+                avx,
+                transposed_v: use_transposed_values(d, m),
+            }
         };
         let (scale, dims) = (self.scale, (d, width));
         // Thousands of tiny problems (temporal attention: 16 x 16) go to the pool in runs of a few dozen, so that
         // task overhead does not rival their few microseconds of work.
         let min_len = (8192 / (n * m).max(1)).max(1);
-        (0..b * heads).into_par_iter().with_min_len(min_len).for_each(|s| {
-            let (bi, h) = (s / heads, s % heads);
-            let qs = &q[bi * n * width + h * d..];
-            let (ks, vs) = (&k[bi * m * width + h * d..], &v[bi * m * width + h * d..]);
-            let out_at = |row: usize| {
-                // SAFETY: in bounds: row < n, so the offset is inside batch item bi's (n, width) block.
-                unsafe { out_ptr.get().add(bi * n * width + row * width + h * d) }
-            };
-            let (kv_len, p_len) = kernel.scratch(d, m);
-            if rows >= n {
-                with_scratch(kv_len, p_len, |kvt, p| {
-                    let kvt = kernel.prepare(ks, vs, dims, m, kvt);
-                    // SAFETY: rows 0..n of head h in batch item bi belong to this task alone.
-                    unsafe { kernel.rows(qs, &kvt, (out_at(0), n), dims, m, scale, p) }
+        (0..b * heads)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(|s| {
+                let (bi, h) = (s / heads, s % heads);
+                let qs = &q[bi * n * width + h * d..];
+                let (ks, vs) = (&k[bi * m * width + h * d..], &v[bi * m * width + h * d..]);
+                let out_at = |row: usize| {
+                    // SAFETY: in bounds: row < n, so the offset is inside batch item bi's (n, width) block.
+                    unsafe { out_ptr.get().add(bi * n * width + row * width + h * d) }
+                };
+                let (kv_len, p_len) = kernel.scratch(d, m);
+                if rows >= n {
+                    with_scratch(kv_len, p_len, |kvt, p| {
+                        let kvt = kernel.prepare(ks, vs, dims, m, kvt);
+                        // SAFETY: rows 0..n of head h in batch item bi belong to this task alone.
+                        unsafe { kernel.rows(qs, &kvt, (out_at(0), n), dims, m, scale, p) }
+                    });
+                    return;
+                }
+                let mut kvt = vec![0f32; kv_len];
+                let kvt = kernel.prepare(ks, vs, dims, m, &mut kvt);
+                (0..n.div_ceil(rows)).into_par_iter().for_each(|blk| {
+                    let (r0, len) = (blk * rows, rows.min(n - blk * rows));
+                    with_scratch(0, p_len, |_, p| {
+                        // SAFETY: rows r0..r0+len of head h in batch item bi belong to this task alone.
+                        unsafe {
+                            kernel.rows(
+                                &qs[r0 * width..],
+                                &kvt,
+                                (out_at(r0), len),
+                                dims,
+                                m,
+                                scale,
+                                p,
+                            )
+                        }
+                    })
                 });
-                return;
-            }
-            let mut kvt = vec![0f32; kv_len];
-            let kvt = kernel.prepare(ks, vs, dims, m, &mut kvt);
-            (0..n.div_ceil(rows)).into_par_iter().for_each(|blk| {
-                let (r0, len) = (blk * rows, rows.min(n - blk * rows));
-                with_scratch(0, p_len, |_, p| {
-                    // SAFETY: rows r0..r0+len of head h in batch item bi belong to this task alone.
-                    unsafe {
-                        kernel.rows(&qs[r0 * width..], &kvt, (out_at(r0), len), dims, m, scale, p)
-                    }
-                })
             });
-        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -765,6 +814,19 @@ fn geglu_rows(x: &[f32], out: &mut [f32], inner: usize) {
     }
 }
 
+/// `geglu_rows`, with the AVX2 intrinsics (`simd::geglu_rows`) where `avx` (the CPU has AVX2 and FMA).
+fn geglu_dispatch(avx: bool, x: &[f32], out: &mut [f32], inner: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx {
+        // SAFETY: the caller checked that the CPU has AVX2 and FMA; geglu_rows asserts nothing more than the
+        // slices' lengths, which it reads through chunks.
+        unsafe { super::simd::geglu_rows(x, out, inner) };
+        return;
+    }
+    let _ = avx;
+    geglu_rows(x, out, inner)
+}
+
 impl CustomOp1 for Geglu {
     fn name(&self) -> &'static str {
         "vadapt-geglu"
@@ -783,16 +845,7 @@ impl CustomOp1 for Geglu {
         let avx = has_avx2_fma();
         out.par_chunks_mut(rows * inner)
             .zip(x.par_chunks(rows * last))
-            .for_each(|(o, xb)| {
-                #[cfg(target_arch = "x86_64")]
-                if avx {
-                    // SAFETY: the CPU has AVX2 and FMA (checked above); o is half of xb.
-                    unsafe { super::simd::geglu_rows(xb, o, inner) };
-                    return;
-                }
-                let _ = avx;
-                geglu_rows(xb, o, inner)
-            });
+            .for_each(|(o, xb)| geglu_dispatch(avx, xb, o, inner));
         let mut shape = dims.to_vec();
         if let Some(l) = shape.last_mut() {
             *l = inner;
@@ -821,20 +874,7 @@ fn group_norm_block_impl<F: MulAdd>(
 ) {
     let n = x.len() as f32;
     let mean = sum(x) / n;
-    let mut acc = [0f32; LANES];
-    let ch = x.chunks_exact(LANES);
-    let mut tail = 0f32;
-    for v in ch.remainder() {
-        tail += (v - mean) * (v - mean);
-    }
-    for c in ch {
-        for l in 0..LANES {
-            let d = c[l] - mean;
-            acc[l] = F::mul_add(d, d, acc[l]);
-        }
-    }
-    let var = (acc.iter().sum::<f32>() + tail) / n;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let rstd = 1.0 / (squared_deviations::<F>(x, mean) / n + eps).sqrt();
     for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
         // y = x · a + c with a = rstd·γ, c = β − μ·a
         let a = rstd * g;
@@ -894,20 +934,17 @@ pub(crate) fn group_norm_block(
 /// LayerNorm of `d`-wide rows: `y = (x − μ) / sqrt(σ² + eps) · γ + β`, biased variance from a second pass over the
 /// row (as torch).
 #[inline(always)]
-fn layer_norm_rows_impl<F: MulAdd>(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+fn layer_norm_rows_impl<F: MulAdd>(
+    x: &[f32],
+    y: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+) {
     let d = gamma.len();
     for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         let mean = sum(xr) / d as f32;
-        let mut acc = [0f32; LANES];
-        let ch = xr.chunks_exact(LANES);
-        let tail: f32 = ch.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
-        for c in ch {
-            for l in 0..LANES {
-                let v = c[l] - mean;
-                acc[l] = F::mul_add(v, v, acc[l]);
-            }
-        }
-        let rstd = 1.0 / ((acc.iter().sum::<f32>() + tail) / d as f32 + eps).sqrt();
+        let rstd = 1.0 / (squared_deviations::<F>(xr, mean) / d as f32 + eps).sqrt();
         for (((yv, &xv), &g), &b) in yr.iter_mut().zip(xr).zip(gamma).zip(beta) {
             *yv = F::mul_add((xv - mean) * rstd, g, b);
         }
@@ -942,7 +979,12 @@ impl CustomOp3 for LayerNormOp {
         let (x, g, b) = norm_operands((s1, l1), (s2, l2), (s3, l3), "layer_norm")?;
         let d = *l1.shape().dims().last().unwrap_or(&0);
         if d == 0 || g.len() != d || b.len() != d {
-            candle_core::bail!("layer_norm: x {:?}, weight {}, bias {}", l1.shape(), g.len(), b.len());
+            candle_core::bail!(
+                "layer_norm: x {:?}, weight {}, bias {}",
+                l1.shape(),
+                g.len(),
+                b.len()
+            );
         }
         let mut y = output_buffer(x.len());
         let block = (8192 / d).max(1) * d;
@@ -973,6 +1015,21 @@ pub fn layer_norm(
     eps: f32,
 ) -> candle_core::Result<Tensor> {
     apply3(x, weight, bias, &LayerNormOp { eps })
+}
+
+/// `Σ (x − mean)²`, the second pass of a norm's biased variance (as torch), in LANES accumulators.
+#[inline(always)]
+fn squared_deviations<F: MulAdd>(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let ch = x.chunks_exact(LANES);
+    let tail: f32 = ch.remainder().iter().map(|v| (v - mean) * (v - mean)).sum();
+    for c in ch {
+        for l in 0..LANES {
+            let d = c[l] - mean;
+            acc[l] = F::mul_add(d, d, acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 #[inline(always)]
@@ -1006,7 +1063,17 @@ unsafe fn gemm_accumulate(
 ) {
     // SAFETY: forwarded contract.
     unsafe {
-        gemm_into(dims, dst, dst_rs, true, lhs, lhs_strides, rhs, rhs_strides, parallelism)
+        gemm_into(
+            dims,
+            dst,
+            dst_rs,
+            true,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallelism,
+        )
     }
 }
 
@@ -1064,7 +1131,14 @@ fn per_item_with_bias(
     cols: usize,
     accumulate: impl Fn(&mut [f32], &[f32], gemm::Parallelism) + Sync,
 ) {
-    per_item(out, x, in_item, (bias.len(), cols), |_, ob| fill_bias(ob, bias, cols), accumulate)
+    per_item(
+        out,
+        x,
+        in_item,
+        (bias.len(), cols),
+        |_, ob| fill_bias(ob, bias, cols),
+        accumulate,
+    )
 }
 
 /// Each output channel's `cols` values set to its bias.
@@ -1223,67 +1297,63 @@ impl CustomOp3 for Conv2d {
         let pointwise = kh == 1 && kw == 1 && s == 1 && p == 0;
         let mut out = output_buffer(b * o * hw);
         let ep = &self.epilogue;
-        if ep.item_bias.as_ref().is_some_and(|t| t.elem_count() != b * o)
-            || ep.residual.as_ref().is_some_and(|t| t.elem_count() != b * o * hw)
+        if ep
+            .item_bias
+            .as_ref()
+            .is_some_and(|t| t.elem_count() != b * o)
+            || ep
+                .residual
+                .as_ref()
+                .is_some_and(|t| t.elem_count() != b * o * hw)
         {
-            candle_core::bail!("conv2d: epilogue does not match the output (b {b}, o {o}, {ho}x{wo})");
+            candle_core::bail!(
+                "conv2d: epilogue does not match the output (b {b}, o {o}, {ho}x{wo})"
+            );
         }
-        let held = [&ep.item_bias, &ep.residual].map(|t| t.as_ref().map(|t| t.storage_and_layout()));
-        let mut extra = [None, None];
-        for (e, g) in extra.iter_mut().zip(&held) {
-            if let Some((st, l)) = g {
-                *e = Some(match &**st {
-                    candle_core::Storage::Cpu(cs) => contiguous_f32(cs, l, "conv2d epilogue")?,
-                    _ => candle_core::bail!("conv2d: epilogue on another device"),
-                });
-            }
-        }
-        let [item_bias, residual] = extra;
-        let init = |i: usize, ob: &mut [f32]| {
-            match residual {
-                Some(r) => ob.copy_from_slice(&r[i * o * hw..(i + 1) * o * hw]),
-                None => ob.fill(0.0),
-            }
-            for (ch, oc) in ob.chunks_exact_mut(hw).enumerate() {
-                let add = bias[ch] + item_bias.map_or(0.0, |t| t[i * o + ch]);
-                oc.iter_mut().for_each(|v| *v += add);
-            }
-        };
-        let plain = item_bias.is_none() && residual.is_none();
-        let init = |i: usize, ob: &mut [f32]| {
-            if plain {
-                fill_bias(ob, bias, hw)
-            } else {
-                init(i, ob)
-            }
-        };
-        per_item(&mut out, x, c * h * w, (o, hw), init, |ob, xb, par| {
-            // SAFETY: dst (o, hw), lhs the (o, k) weight, rhs cols (k, hw), all row-major and in bounds.
-            let mut run = |cols: &[f32]| unsafe {
-                gemm_accumulate(
-                    (o, hw, k),
-                    ob.as_mut_ptr(),
-                    hw,
-                    wt.as_ptr(),
-                    (1, k),
-                    cols.as_ptr(),
-                    (1, hw),
-                    par,
-                )
+        let operands = [ep.item_bias.as_ref(), ep.residual.as_ref()];
+        with_f32(operands, "conv2d epilogue", |[item_bias, residual]| {
+            let init = |i: usize, ob: &mut [f32]| {
+                if residual.is_none() && item_bias.is_none() {
+                    return fill_bias(ob, bias, hw);
+                }
+                match residual {
+                    Some(r) => ob.copy_from_slice(&r[i * o * hw..(i + 1) * o * hw]),
+                    None => ob.fill(0.0),
+                }
+                for (ch, oc) in ob.chunks_exact_mut(hw).enumerate() {
+                    let add = bias[ch] + item_bias.map_or(0.0, |t| t[i * o + ch]);
+                    oc.iter_mut().for_each(|v| *v += add);
+                }
             };
-            if pointwise {
-                run(xb);
-            } else {
-                COLS.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    if buf.len() < k * hw {
-                        buf.resize(k * hw, 0.0);
-                    }
-                    im2col(xb, &mut buf[..k * hw], (c, h, w), (kh, kw), (ho, wo), s, p);
-                    run(&buf[..k * hw]);
-                });
-            }
-        });
+            per_item(&mut out, x, c * h * w, (o, hw), init, |ob, xb, par| {
+                // SAFETY: dst (o, hw), lhs the (o, k) weight, rhs cols (k, hw), all row-major and in bounds.
+                let mut run = |cols: &[f32]| unsafe {
+                    gemm_accumulate(
+                        (o, hw, k),
+                        ob.as_mut_ptr(),
+                        hw,
+                        wt.as_ptr(),
+                        (1, k),
+                        cols.as_ptr(),
+                        (1, hw),
+                        par,
+                    )
+                };
+                if pointwise {
+                    run(xb);
+                } else {
+                    COLS.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        if buf.len() < k * hw {
+                            buf.resize(k * hw, 0.0);
+                        }
+                        im2col(xb, &mut buf[..k * hw], (c, h, w), (kh, kw), (ho, wo), s, p);
+                        run(&buf[..k * hw]);
+                    });
+                }
+            });
+            Ok(())
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((b, o, ho, wo))))
     }
 }
@@ -1297,7 +1367,16 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    apply3(x, weight, bias, &Conv2d { stride, padding, epilogue: Epilogue::default() })
+    apply3(
+        x,
+        weight,
+        bias,
+        &Conv2d {
+            stride,
+            padding,
+            epilogue: Epilogue::default(),
+        },
+    )
 }
 
 /// `conv2d` plus a per-item bias and a residual (`Epilogue`), added while the output is initialised: one pass
@@ -1313,7 +1392,16 @@ pub fn conv2d_epilogue(
         item_bias: epilogue.item_bias.map(|t| t.contiguous()).transpose()?,
         residual: epilogue.residual.map(|t| t.contiguous()).transpose()?,
     };
-    apply3(x, weight, bias, &Conv2d { stride, padding, epilogue })
+    apply3(
+        x,
+        weight,
+        bias,
+        &Conv2d {
+            stride,
+            padding,
+            epilogue,
+        },
+    )
 }
 
 /// The ModelScope temporal convolution, a Conv3d with kernel (3, 1, 1) and padding (1, 0, 0) on (b, c, f, h·w):
@@ -1401,17 +1489,24 @@ struct LinearOp {
     residual: Option<Tensor>,
 }
 
-/// The contiguous f32 CPU data of `t`, for `f`.
-fn with_f32<R>(
-    t: &Tensor,
+/// The contiguous f32 CPU data of each present tensor in `ts`, for `f` (the storages stay read-locked while it
+/// runs): how the fused ops read operands that a candle custom op cannot pass (optional ones, more than three).
+fn with_f32<const N: usize, R>(
+    ts: [Option<&Tensor>; N],
     what: &str,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+    f: impl FnOnce([Option<&[f32]>; N]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => f(contiguous_f32(cpu, layout, what)?),
-        _ => candle_core::bail!("{what}: CPU tensors only"),
+    let held = ts.map(|t| t.map(|t| t.storage_and_layout()));
+    let mut data = [None; N];
+    for (d, g) in data.iter_mut().zip(&held) {
+        if let Some((storage, layout)) = g {
+            *d = Some(match &**storage {
+                candle_core::Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what)?,
+                _ => candle_core::bail!("{what}: CPU tensors only"),
+            });
+        }
     }
+    f(data)
 }
 
 impl candle_core::CustomOp2 for LinearOp {
@@ -1447,21 +1542,10 @@ impl candle_core::CustomOp2 for LinearOp {
             checked(b, o, "bias")?;
         }
         let mut out = output_buffer(rows * o);
-        let with_opt = |t: Option<&Tensor>, what: &str, f: &mut dyn FnMut(Option<&[f32]>)| match t {
-            Some(t) => with_f32(t, what, |d| {
-                f(Some(d));
-                Ok(())
-            }),
-            None => {
-                f(None);
-                Ok(())
-            }
-        };
-        with_opt(self.residual.as_ref(), "linear residual", &mut |residual| {
-            with_opt(self.bias.as_ref(), "linear bias", &mut |bias| {
-                linear_rows(&mut out, x, w, (rows, o, i), residual, bias)
-            })
-            .expect("the bias was read above");
+        let operands = [self.residual.as_ref(), self.bias.as_ref()];
+        with_f32(operands, "linear residual / bias", |[residual, bias]| {
+            linear_rows(&mut out, x, w, (rows, o, i), residual, bias);
+            Ok(())
         })?;
         let mut shape = dims.to_vec();
         if let Some(l) = shape.last_mut() {
@@ -1469,6 +1553,13 @@ impl candle_core::CustomOp2 for LinearOp {
         }
         Ok((CpuStorage::F32(out), Shape::from(shape)))
     }
+}
+
+/// Rows per block of the row-blocked kernels (`linear_rows`, `feed_forward_geglu`) whose widest intermediate is
+/// `width` floats a row: about 128 KiB of it per block, and at least 4 blocks per thread for the pool to balance.
+fn row_block(rows: usize, width: usize) -> usize {
+    let threads = rayon::current_num_threads();
+    (32768 / width.max(1)).clamp(8, rows.div_ceil(4 * threads).max(8))
 }
 
 /// `out = x Wᵀ (+ bias) (+ residual)` for one block of rows: x (n, i), W (o, i), out and residual (n, o).
@@ -1492,7 +1583,9 @@ fn linear_block(
                 }
             }
         }
-        (None, Some(b)) => out.chunks_exact_mut(o).for_each(|row| row.copy_from_slice(b)),
+        (None, Some(b)) => out
+            .chunks_exact_mut(o)
+            .for_each(|row| row.copy_from_slice(b)),
         (None, None) => {}
     }
     // SAFETY: dst (n, o) row-major; lhs x (n, i) row-major; rhs Wᵀ (i, o) read from the (o, i) weight with column
@@ -1526,8 +1619,7 @@ fn linear_rows(
     bias: Option<&[f32]>,
 ) {
     let threads = rayon::current_num_threads();
-    // About 128 KiB of output per block, and at least 4 blocks per thread for the pool to balance.
-    let block_rows = (32768 / o.max(1)).clamp(8, rows.div_ceil(4 * threads).max(8));
+    let block_rows = row_block(rows, o);
     let one = |(bi, ob): (usize, &mut [f32]), par: gemm::Parallelism| {
         let (r0, n) = (bi * block_rows, ob.len() / o);
         let residual = residual.map(|r| &r[r0 * o..(r0 + n) * o]);
@@ -1601,7 +1693,10 @@ impl CustomOp3 for GroupNormTokens {
         let (bf, c, h, w) = l1.shape().dims4()?;
         let (f, g, hw) = (self.layout.frames(), self.groups, h * w);
         if g == 0 || c % g != 0 || bf % f != 0 || gamma.len() != c || beta.len() != c {
-            candle_core::bail!("group_norm_tokens: x {:?}, {g} groups, {f} frames", l1.shape());
+            candle_core::bail!(
+                "group_norm_tokens: x {:?}, {g} groups, {f} frames",
+                l1.shape()
+            );
         }
         let cg = c / g;
         // Per (clip, group): the mean and 1/std over its channels, positions and (temporal) frames, two passes
@@ -1635,7 +1730,9 @@ impl CustomOp3 for GroupNormTokens {
             for p in 0..hw {
                 // SAFETY: token row row0 + p·step < b·f·h·w rows of c floats, written only by this frame's task
                 // (each (frame, position) pair has its own row).
-                let yr = unsafe { std::slice::from_raw_parts_mut(out.get().add((row0 + p * step) * c), c) };
+                let yr = unsafe {
+                    std::slice::from_raw_parts_mut(out.get().add((row0 + p * step) * c), c)
+                };
                 for (ch, (yv, &(a, sh))) in yr.iter_mut().zip(co).enumerate() {
                     *yv = xf[ch * hw + p] * a + sh;
                 }
@@ -1659,7 +1756,16 @@ pub fn group_norm_tokens(
     eps: f32,
     layout: TokenLayout,
 ) -> candle_core::Result<Tensor> {
-    apply3(x, weight, bias, &GroupNormTokens { groups, eps, layout })
+    apply3(
+        x,
+        weight,
+        bias,
+        &GroupNormTokens {
+            groups,
+            eps,
+            layout,
+        },
+    )
 }
 
 /// `x + tokens` back in the video layout: x (b·f, c, h, w), tokens in `layout` with c channels.
@@ -1728,7 +1834,11 @@ pub fn feed_forward_geglu(
     let (dim_out, inner) = w2.dims2()?;
     let x_dims = x.dims().to_vec();
     if two_inner != 2 * inner || x_dims.last() != Some(&dim) {
-        candle_core::bail!("feed_forward: x {x_dims:?}, proj {:?}, out {:?}", w1.shape(), w2.shape());
+        candle_core::bail!(
+            "feed_forward: x {x_dims:?}, proj {:?}, out {:?}",
+            w1.shape(),
+            w2.shape()
+        );
     }
     let rows = x.elem_count() / dim.max(1);
     let mut out_dims = x_dims;
@@ -1742,32 +1852,49 @@ pub fn feed_forward_geglu(
     ];
     for (t, n, what) in checks {
         if let Some(t) = t.filter(|t| t.elem_count() != n) {
-            candle_core::bail!("feed_forward: {what} has {} values, expected {n}", t.elem_count());
+            candle_core::bail!(
+                "feed_forward: {what} has {} values, expected {n}",
+                t.elem_count()
+            );
         }
     }
-    let held = [Some(x), Some(w1), Some(w2), b1, b2, residual]
-        .map(|t| t.map(|t| t.contiguous()).transpose());
-    let mut tensors = Vec::with_capacity(6);
-    for t in held {
-        tensors.push(t?);
-    }
-    let guards: Vec<_> = tensors.iter().map(|t| t.as_ref().map(|t| t.storage_and_layout())).collect();
-    let mut data: Vec<Option<&[f32]>> = Vec::with_capacity(6);
-    for g in &guards {
-        data.push(match g {
-            Some((s, l)) => match &**s {
-                candle_core::Storage::Cpu(c) => Some(contiguous_f32(c, l, "feed_forward")?),
-                _ => candle_core::bail!("feed_forward: CPU tensors only"),
-            },
-            None => None,
-        });
-    }
-    let [Some(x), Some(w1), Some(w2), b1, b2, residual] = data[..] else {
-        candle_core::bail!("feed_forward: missing operand");
-    };
+    let contiguous = |t: Option<&Tensor>| t.map(|t| t.contiguous()).transpose();
+    let (x, w1, w2) = (x.contiguous()?, w1.contiguous()?, w2.contiguous()?);
+    let (b1, b2, residual) = (contiguous(b1)?, contiguous(b2)?, contiguous(residual)?);
+    let operands = [
+        Some(&x),
+        Some(&w1),
+        Some(&w2),
+        b1.as_ref(),
+        b2.as_ref(),
+        residual.as_ref(),
+    ];
+    let y = with_f32(operands, "feed_forward", |[x, w1, w2, b1, b2, residual]| {
+        let (Some(x), Some(w1), Some(w2)) = (x, w1, w2) else {
+            candle_core::bail!("feed_forward: missing operand");
+        };
+        Ok(feed_forward_rows(
+            x,
+            (w1, b1),
+            (w2, b2),
+            residual,
+            (rows, dim, inner, dim_out),
+        ))
+    })?;
+    Tensor::from_vec(y, out_dims, &candle_core::Device::Cpu)
+}
+
+/// `feed_forward_geglu` on the operands' data: rows of `dim` in, `dim_out` out, GEGLU `inner` wide.
+fn feed_forward_rows(
+    x: &[f32],
+    (w1, b1): (&[f32], Option<&[f32]>),
+    (w2, b2): (&[f32], Option<&[f32]>),
+    residual: Option<&[f32]>,
+    (rows, dim, inner, dim_out): (usize, usize, usize, usize),
+) -> Vec<f32> {
+    let two_inner = 2 * inner;
     let mut y = output_buffer(rows * dim_out);
-    let threads = rayon::current_num_threads();
-    let block_rows = (32768 / two_inner.max(1)).clamp(8, rows.div_ceil(4 * threads).max(8));
+    let block_rows = row_block(rows, two_inner);
     let avx = has_avx2_fma();
     y.par_chunks_mut(block_rows * dim_out)
         .enumerate()
@@ -1779,24 +1906,21 @@ pub fn feed_forward_geglu(
                 hg.resize(n * two_inner, 0.0);
                 g.resize(n * inner, 0.0);
                 let none = gemm::Parallelism::None;
-                linear_block(hg, &x[r0 * dim..(r0 + n) * dim], w1, (two_inner, dim), None, b1, none);
-                #[cfg(target_arch = "x86_64")]
-                if avx {
-                    // SAFETY: the CPU has AVX2 and FMA (checked above); g is half of hg.
-                    unsafe { super::simd::geglu_rows(hg, g, inner) };
-                } else {
-                    geglu_rows(hg, g, inner);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = avx;
-                    geglu_rows(hg, g, inner);
-                }
+                linear_block(
+                    hg,
+                    &x[r0 * dim..(r0 + n) * dim],
+                    w1,
+                    (two_inner, dim),
+                    None,
+                    b1,
+                    none,
+                );
+                geglu_dispatch(avx, hg, g, inner);
                 let res = residual.map(|r| &r[r0 * dim_out..(r0 + n) * dim_out]);
                 linear_block(yb, g, w2, (dim_out, inner), res, b2, none);
             })
         });
-    Tensor::from_vec(y, out_dims, &candle_core::Device::Cpu)
+    y
 }
 
 /// `x Wᵀ + b + residual` for f32 CPU tensors: x (..., i), W (o, i), b (o,), residual of the output's shape.
@@ -1938,18 +2062,29 @@ mod tests {
             // The epilogue: a bias per batch item and a residual, as the broadcast adds they replace.
             let item_bias = Tensor::randn(0f32, 1.0, (b, o), &dev).unwrap();
             let residual = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let want = ((reference.broadcast_add(&item_bias.reshape((b, o, 1, 1)).unwrap()).unwrap())
+            let want = ((reference
+                .broadcast_add(&item_bias.reshape((b, o, 1, 1)).unwrap())
+                .unwrap())
                 + &residual)
                 .unwrap();
-            let epilogue = Epilogue { item_bias: Some(item_bias), residual: Some(residual) };
+            let epilogue = Epilogue {
+                item_bias: Some(item_bias),
+                residual: Some(residual),
+            };
             let ours = conv2d_epilogue(&x, &wt, &bias, (stride, pad), epilogue).unwrap();
             let diff = max_abs_diff(&want, &ours);
-            assert!(diff < 1e-5, "epilogue {b}x{c}x{h}x{w} k{k} s{stride} p{pad}: {diff}");
+            assert!(
+                diff < 1e-5,
+                "epilogue {b}x{c}x{h}x{w} k{k} s{stride} p{pad}: {diff}"
+            );
         }
         let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 5), &dev).unwrap();
         let wt = Tensor::randn(0f32, 0.3, (4, 3, 3, 3), &dev).unwrap();
         let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
-        let wrong = Epilogue { item_bias: Some(Tensor::zeros((1, 4), DType::F32, &dev).unwrap()), residual: None };
+        let wrong = Epilogue {
+            item_bias: Some(Tensor::zeros((1, 4), DType::F32, &dev).unwrap()),
+            residual: None,
+        };
         assert!(
             conv2d_epilogue(&x, &wt, &bias, (1, 1), wrong).is_err(),
             "an item bias with the wrong number of rows is refused"
@@ -2030,12 +2165,20 @@ mod tests {
             for (with_bias, with_residual) in [(true, true), (false, false), (true, false)] {
                 let (b1, b2) = (with_bias.then_some(&b1), with_bias.then_some(&b2));
                 let res = with_residual.then_some(&r);
-                let reference =
-                    linear(&geglu(&linear(&x, &w1, b1, None).unwrap()).unwrap(), &w2, b2, res).unwrap();
+                let reference = linear(
+                    &geglu(&linear(&x, &w1, b1, None).unwrap()).unwrap(),
+                    &w2,
+                    b2,
+                    res,
+                )
+                .unwrap();
                 let ours = feed_forward_geglu(&x, (&w1, b1), (&w2, b2), res).unwrap();
                 assert_eq!(ours.dims(), &[rows, dim]);
                 let diff = max_abs_diff(&reference, &ours);
-                assert!(diff < 1e-5, "{rows} x {dim}, bias {with_bias}, residual {with_residual}: {diff}");
+                assert!(
+                    diff < 1e-5,
+                    "{rows} x {dim}, bias {with_bias}, residual {with_residual}: {diff}"
+                );
             }
         }
         let x = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
@@ -2056,9 +2199,8 @@ mod tests {
         let x = Tensor::randn(0.3f32, 1.5, (b * f, c, h, w), &dev).unwrap();
         let gamma = Tensor::randn(1f32, 0.3, c, &dev).unwrap();
         let beta = Tensor::randn(0f32, 0.3, c, &dev).unwrap();
-        let norm = |x: &Tensor| {
-            crate::models::fused::group_norm(x, &gamma, &beta, groups, 1e-6).unwrap()
-        };
+        let norm =
+            |x: &Tensor| crate::models::fused::group_norm(x, &gamma, &beta, groups, 1e-6).unwrap();
         // Spatial: norm per frame, (bf, c, h, w) -> (bf, h·w, c)
         let spatial = norm(&x)
             .permute((0, 2, 3, 1))

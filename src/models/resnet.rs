@@ -49,12 +49,7 @@ impl GroupNorm {
 
     /// Whether `x` takes the fused CPU inference kernels (f32 on the CPU, no graph being recorded).
     pub(crate) fn fused_inference(&self, x: &Tensor) -> bool {
-        !x.track_op()
-            && !self.weight.track_op()
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.bias.dtype() == DType::F32
+        super::kernels::cpu_f32_inference([x, &self.weight, &self.bias])
     }
 
     /// GroupNorm of a (b·f, c, h, w) video straight into the transformers' token layout (only where
@@ -157,12 +152,14 @@ impl Conv2d {
         residual: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let cfg = self.0.config();
-        let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
+        let operands = [x, self.0.weight()]
+            .into_iter()
+            .chain(item_bias)
+            .chain(residual);
         if let (true, true, Some(bias), 1, 1) = (
-            f32_cpu(x) && f32_cpu(self.0.weight()),
+            super::kernels::cpu_f32_inference(operands),
             // The kernel takes one bias row per batch item; anything else broadcasts below.
-            item_bias.is_none_or(|t| f32_cpu(t) && t.dims().first() == x.dims().first())
-                && residual.is_none_or(f32_cpu),
+            item_bias.is_none_or(|t| t.dims().first() == x.dims().first()),
             self.0.bias(),
             cfg.groups,
             cfg.dilation,

@@ -24,10 +24,19 @@ unsafe fn exp_reduced(x: __m256, n: __m256) -> __m256 {
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5e-1] {
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5e-1,
+        ] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0))
+        _mm256_add_ps(
+            _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r),
+            _mm256_set1_ps(1.0),
+        )
     }
 }
 
@@ -35,7 +44,10 @@ unsafe fn exp_reduced(x: __m256, n: __m256) -> __m256 {
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
     unsafe {
-        let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3)), _mm256_set1_ps(88.7));
+        let x = _mm256_min_ps(
+            _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+            _mm256_set1_ps(88.7),
+        );
         let shifter = _mm256_set1_ps(12_582_912.0);
         let n = _mm256_sub_ps(
             _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), shifter),
@@ -45,7 +57,10 @@ unsafe fn exp8(x: __m256) -> __m256 {
         // 2ⁿ through the exponent bits, n ∈ [-126, 128]: n = 128 (x ≥ 88.4) takes 2¹²⁷ · 2.
         let ni = _mm256_cvtps_epi32(n);
         let biased = _mm256_min_epi32(
-            _mm256_max_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), _mm256_set1_epi32(1)),
+            _mm256_max_epi32(
+                _mm256_add_epi32(ni, _mm256_set1_epi32(127)),
+                _mm256_set1_epi32(1),
+            ),
             _mm256_set1_epi32(254),
         );
         let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased));
@@ -213,7 +228,11 @@ pub(crate) unsafe fn transpose_head(x: *const f32, stride: usize, m: usize, xt: 
     for c in 0..HEAD {
         for j in full..m8 {
             // SAFETY: row j < m exists.
-            xt[c * m8 + j] = if j < m { unsafe { *x.add(j * stride + c) } } else { 0.0 };
+            xt[c * m8 + j] = if j < m {
+                unsafe { *x.add(j * stride + c) }
+            } else {
+                0.0
+            };
         }
     }
 }
@@ -274,7 +293,8 @@ pub(crate) unsafe fn attention_rows_head8(
             let mut sum = _mm256_setzero_ps();
             for b in 0..blocks {
                 let o = b * 8;
-                let mut e = exp8_nonpositive(_mm256_fmsub_ps(_mm256_loadu_ps(pp.add(o)), scale8, shift));
+                let mut e =
+                    exp8_nonpositive(_mm256_fmsub_ps(_mm256_loadu_ps(pp.add(o)), scale8, shift));
                 if b + 1 == blocks {
                     e = _mm256_and_ps(e, tail_mask);
                 }
@@ -356,7 +376,11 @@ pub(crate) unsafe fn attention_lanes_head8(
     let s: &mut [__m256] = if m <= FEW_KEYS {
         &mut stack[..m]
     } else {
-        assert!(scratch.len() >= 8 * m + 8, "attention scratch of {} floats for {m} keys", scratch.len());
+        assert!(
+            scratch.len() >= 8 * m + 8,
+            "attention scratch of {} floats for {m} keys",
+            scratch.len()
+        );
         // The scratch as m aligned registers' worth of floats.
         let off = scratch.as_ptr().align_offset(32);
         // SAFETY: f32s reinterpreted as __m256 at 32-byte alignment, 8·m floats inside the scratch (asserted).
@@ -431,17 +455,32 @@ mod tests {
             // SAFETY: AVX2 + FMA checked above; 8-float buffers.
             unsafe {
                 _mm256_storeu_ps(e.as_mut_ptr(), exp8(_mm256_loadu_ps(ch.as_ptr())));
-                _mm256_storeu_ps(en.as_mut_ptr(), exp8_nonpositive(_mm256_loadu_ps(ch.as_ptr())));
+                _mm256_storeu_ps(
+                    en.as_mut_ptr(),
+                    exp8_nonpositive(_mm256_loadu_ps(ch.as_ptr())),
+                );
                 _mm256_storeu_ps(g.as_mut_ptr(), gelu_erf8(_mm256_loadu_ps(ch.as_ptr())));
             }
             for l in 0..8 {
                 let (x, want) = (ch[l], kernels::exp(ch[l]));
-                assert!((e[l] - want).abs() <= 4e-7 * want, "exp({x}) = {} vs {want}", e[l]);
+                assert!(
+                    (e[l] - want).abs() <= 4e-7 * want,
+                    "exp({x}) = {} vs {want}",
+                    e[l]
+                );
                 if x <= 0.0 {
-                    assert!((en[l] - want).abs() <= 4e-7 * want, "exp({x}) = {} vs {want}", en[l]);
+                    assert!(
+                        (en[l] - want).abs() <= 4e-7 * want,
+                        "exp({x}) = {} vs {want}",
+                        en[l]
+                    );
                 }
                 let want = kernels::gelu_erf(x);
-                assert!((g[l] - want).abs() <= 2e-6 * (1.0 + x.abs()), "gelu({x}) = {} vs {want}", g[l]);
+                assert!(
+                    (g[l] - want).abs() <= 2e-6 * (1.0 + x.abs()),
+                    "gelu({x}) = {} vs {want}",
+                    g[l]
+                );
             }
         }
         // GroupNorm's scale, shift and SiLU, over a length with a scalar tail
@@ -450,7 +489,10 @@ mod tests {
         unsafe { scale_shift_silu(&xs[3..], &mut y, 0.7, -0.2, true) };
         for (&x, &yv) in xs[3..].iter().zip(&y) {
             let want = kernels::silu(x.mul_add(0.7, -0.2));
-            assert!((yv - want).abs() <= 1e-6 * (1.0 + want.abs()), "silu at {x}: {yv} vs {want}");
+            assert!(
+                (yv - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "silu at {x}: {yv} vs {want}"
+            );
         }
     }
 }
