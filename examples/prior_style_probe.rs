@@ -5,9 +5,9 @@
 //!   cargo run --release --example prior_style_probe -- MODEL_DIR [T]
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use vadapt::io::styles::Style;
 use vadapt::models::model_dir::ModelDir;
 use vadapt::rng::NoiseRng;
+use vadapt::synth::Style;
 
 /// The mean of each channel of a (1, 3, f, h, w) video.
 fn mean_rgb(video: &Tensor) -> anyhow::Result<Vec<f32>> {

@@ -16,6 +16,7 @@ pub mod models;
 pub mod pipeline;
 pub mod rng;
 pub mod schedulers;
+pub mod synth;
 pub mod train;
 pub mod vision;
 

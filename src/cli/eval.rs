@@ -76,7 +76,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let size = args
         .size
         .as_deref()
-        .map(vadapt::io::sample::parse_size)
+        .map(vadapt::synth::parse_size)
         .transpose()?;
     let mut episodes = Vec::new();
     let (mut out_feats, mut ref_feats) = (Vec::new(), Vec::new());

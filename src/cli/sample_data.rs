@@ -1,4 +1,4 @@
-//! `vadapt sample-data`: procedural LanguageTable-like episodes (see `io::sample`) written as
+//! `vadapt sample-data`: procedural LanguageTable-like episodes (see `synth`) written as
 //! LeRobot v3.0 (`DIR/lerobot`, cameras `observation.images.sim` and `observation.images.real`) and as
 //! RLDS (`DIR/rlds`, LanguageTable layout: `steps/observation/rgb` = the real rendering, plus
 //! `steps/observation/sim`).
@@ -10,7 +10,7 @@ use image::{imageops, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
 use vadapt::io::rlds::{RldsMapping, RldsWriteOptions, RldsWriter};
-use vadapt::io::sample::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY, STYLED_KEY};
+use vadapt::synth::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY, STYLED_KEY};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let size = sample::parse_size(&args.size)?;
+    let size = synth::parse_size(&args.size)?;
     let options = SampleOptions {
         episodes: args.episodes,
         frames: args.frames,
@@ -55,8 +55,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut lerobot = LeRobotWriter::create(
         &lerobot_root,
-        sample::FPS,
-        &sample::features_with(size, args.styles),
+        synth::FPS,
+        &synth::features_with(size, args.styles),
         WriterOptions::default(),
     )?;
     let mut mapping = RldsMapping::language_table();

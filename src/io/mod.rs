@@ -1,13 +1,32 @@
-//! Episode sources and sinks: LeRobot (v2.1 and v3.0 read, v3.0 write), RLDS TFRecord, video, sample data.
+//! Episode sources and sinks: LeRobot (v2.1 and v3.0 read, v3.0 write), RLDS TFRecord, video.
 
 pub mod lerobot;
 pub mod rlds;
-pub mod sample;
-pub mod styles;
 pub mod video;
 
 use crate::episode::{Episode, EpisodeIndex, Features};
 use crate::error::Result;
+
+/// Whether a relative path taken from a dataset's own metadata (a path template, a shard name) stays inside the
+/// dataset root: no absolute path and no `..` that climbs above the root. Judged on the text alone, so that a
+/// dataset cannot make vadapt read files outside it; symlinks inside the dataset are followed as usual (the
+/// Hugging Face cache links every file of a snapshot to a blob outside it).
+pub(crate) fn stays_inside_root(relative: &std::path::Path) -> bool {
+    use std::path::Component;
+    let mut depth = 0usize;
+    for part in relative.components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return false,
+            },
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
+}
 
 /// A dataset read one episode at a time (memory bounded by one episode, whatever the dataset size).
 pub trait EpisodeSource {

@@ -5,8 +5,8 @@ use arrow::array::AsArray;
 use arrow::datatypes::{Float32Type, Int64Type};
 use vadapt::episode::EpisodeIndex;
 use vadapt::io::rlds::RldsDataset;
-use vadapt::io::sample::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY};
 use vadapt::io::EpisodeSource;
+use vadapt::synth::{self, SampleGenerator, SampleOptions, REAL_KEY, SIM_KEY};
 
 use crate::common;
 
@@ -26,9 +26,9 @@ fn pairs(ep: &vadapt::episode::Episode, key: &str) -> Vec<[f32; 2]> {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_scene() {
-    let a = sample::generate(7, 3, 6, (45, 80)).unwrap();
-    let b = sample::generate(7, 3, 6, (45, 80)).unwrap();
-    let c = sample::generate(8, 3, 6, (45, 80)).unwrap();
+    let a = synth::generate(7, 3, 6, (45, 80)).unwrap();
+    let b = synth::generate(7, 3, 6, (45, 80)).unwrap();
+    let c = synth::generate(8, 3, 6, (45, 80)).unwrap();
     let raw = |v: &[image::RgbImage]| {
         v.iter()
             .flat_map(|f| f.as_raw().clone())
@@ -45,7 +45,7 @@ fn same_seed_same_bytes_other_seed_other_scene() {
 #[test]
 fn actions_and_states_follow_the_motion() {
     for seed in 0..6u64 {
-        let s = sample::generate(seed, seed % 3, 20, (36, 64)).unwrap();
+        let s = synth::generate(seed, seed % 3, 20, (36, 64)).unwrap();
         assert!((4..=8).contains(&s.blocks.len()));
         let words = format!(
             "push the {} to the {}",
@@ -53,7 +53,7 @@ fn actions_and_states_follow_the_motion() {
             s.blocks[s.target].name()
         );
         assert_eq!(s.task, words);
-        let ep = sample::to_episode(&s, 0, 0, 0).unwrap();
+        let ep = synth::to_episode(&s, 0, 0, 0).unwrap();
         let (state, action, target) = (
             pairs(&ep, "observation.state"),
             pairs(&ep, "action"),
@@ -219,12 +219,12 @@ fn sample_data_cli_writes_rlds_and_lerobot_with_the_generated_values() {
 
 #[test]
 fn bad_sizes_are_rejected() {
-    assert_eq!(sample::parse_size("90x160").unwrap(), (90, 160));
+    assert_eq!(synth::parse_size("90x160").unwrap(), (90, 160));
     for bad in ["90", "x160", "0x10", "90x-1", "abc"] {
-        assert!(sample::parse_size(bad).is_err(), "{bad}");
+        assert!(synth::parse_size(bad).is_err(), "{bad}");
     }
     assert!(
-        sample::generate(0, 0, 1, (36, 64)).is_err(),
+        synth::generate(0, 0, 1, (36, 64)).is_err(),
         "one frame is not an episode"
     );
 }

@@ -5,7 +5,7 @@
 
 use image::{Rgb, RgbImage};
 
-/// The sim board colour (`io::sample`); everything else is an object or the effector.
+/// The sim board colour (`synth::render`); everything else is an object or the effector.
 const SIM_BOARD: [u8; 3] = [205, 200, 185];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
