@@ -193,6 +193,14 @@ fn bad_video_input_is_an_error_naming_file_episode_and_stream() {
         .decode()
         .unwrap_err();
     assert_names(&e, "missing.mp4", Some(4), Some("cam"));
+    // It says so once, also printed with its chain as the CLI prints it (issue 19: the cause was said twice).
+    assert_eq!(
+        format!("{:#}", anyhow::Error::new(e)),
+        format!(
+            "episode 4, field \"cam\" ({}): video file not found",
+            dir.path().join("missing.mp4").display()
+        )
+    );
 
     // More frames than the file holds (metadata pointing past the end).
     let e = Mp4Frames::new(&good, 0.0, fps, 11, (h, w))
