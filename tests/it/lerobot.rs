@@ -605,6 +605,55 @@ fn reads_a_hand_made_v21_dataset() {
     }
 }
 
+/// Path templates of a v2.1 dataset that lead outside its root (`..` above the root, an absolute path) are refused
+/// when the dataset is opened, naming the template, its field and meta/info.json, even where the files they point
+/// at exist; `..` that stays inside the root is fine (issue 19). The v3.0 cases are in the bad-input corpus.
+#[test]
+fn v21_path_templates_stay_inside_the_dataset_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("v21");
+    make_v21(&root, &[4, 5]);
+    copy_dir(&root.join("videos"), &dir.path().join("outside"));
+    copy_dir(&root.join("data"), &dir.path().join("outside-data"));
+    let info = std::fs::read_to_string(root.join("meta/info.json")).unwrap();
+    let set = |field: &str, template: &str| {
+        std::fs::write(root.join("meta/info.json"), &info).unwrap();
+        edit_info(&root, |v| v[field] = json!(template));
+    };
+    let absolute = format!(
+        "{}/chunk-{{episode_chunk:03d}}/episode_{{episode_index:06d}}.parquet",
+        dir.path().join("outside-data").display()
+    );
+    let refused = [
+        (
+            "video_path",
+            "../outside/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        ),
+        ("data_path", absolute.as_str()),
+        (
+            "data_path",
+            "data/../../v21/data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+        ),
+    ];
+    for (field, template) in refused {
+        set(field, template);
+        let e = LeRobotDataset::open(&root).unwrap_err();
+        assert_error_names(&e, "meta/info.json", None, Some(field));
+        let msg = e.to_string();
+        assert!(
+            msg.ends_with(&format!("{template:?} leads outside the dataset root")),
+            "{msg}"
+        );
+    }
+    set(
+        "video_path",
+        "videos/chunk-{episode_chunk:03d}/../chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+    );
+    let ds = LeRobotDataset::open(&root).unwrap();
+    let ep = ds.read_episode(EpisodeIndex(1)).unwrap();
+    assert_eq!(ep.cameras[CAM].decode().unwrap().len(), 5);
+}
+
 fn assert_error_names(e: &Error, file: &str, episode: Option<u64>, field: Option<&str>) {
     let msg = e.to_string();
     let loc = e

@@ -1,7 +1,10 @@
 //! Path templates of a LeRobot dataset, under the names lerobot gives them (`datasets/utils.py`),
 //! and a small formatter for their Python-style `{name}` / `{name:03d}` placeholders.
 
+use std::path::Path;
+
 use crate::error::{Error, Location, Result};
+use crate::io::stays_inside_root;
 
 /// v3.0 version string written to `info.json` (`dataset_metadata.py: CODEBASE_VERSION`).
 pub const CODEBASE_VERSION: &str = "v3.0";
@@ -45,9 +48,15 @@ pub enum Arg<'a> {
 }
 
 /// Fill a lerobot path template: `{name}` and `{name:0Nd}` placeholders (the only forms lerobot uses).
-/// `field` names the info.json key the template came from, for errors.
+/// `field` names the info.json key the template came from, for errors. The template and the path it gives must
+/// stay inside the dataset root (`io::stays_inside_root`).
 pub fn format_path(template: &str, args: &[(&str, Arg<'_>)], field: &str) -> Result<String> {
     let bad = |m: String| Error::invalid(Location::file(INFO_PATH).field(field), m);
+    if !stays_inside_root(Path::new(template)) {
+        return Err(bad(format!(
+            "template {template:?} leads outside the dataset root"
+        )));
+    }
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -82,6 +91,12 @@ pub fn format_path(template: &str, args: &[(&str, Arg<'_>)], field: &str) -> Res
         rest = &rest[close + 1..];
     }
     out.push_str(rest);
+    // A placeholder value (a camera key from info.json) can lead outside as well.
+    if !stays_inside_root(Path::new(&out)) {
+        return Err(bad(format!(
+            "template {template:?} resolves to {out:?}, outside the dataset root"
+        )));
+    }
     Ok(out)
 }
 

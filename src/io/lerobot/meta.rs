@@ -122,23 +122,31 @@ impl Info {
         for (k, f) in &features {
             check_declared_size(k, f, &path)?;
         }
-        // A template with an unknown placeholder is an error of this file, found now rather than at the first read.
+        // A template with an unknown placeholder, or one that leads outside the dataset root (also through a camera
+        // key), is an error of this file, found now rather than at the first read.
+        let video_keys: Vec<&str> = features
+            .iter()
+            .filter(|(_, f)| f.dtype == "video")
+            .map(|(k, _)| k.as_str())
+            .collect();
         for (field, template) in [
             ("data_path", Some(&data_path)),
             ("video_path", video_path.as_ref()),
         ] {
             let Some(template) = template else { continue };
-            let args = [
-                ("video_key", layout::Arg::Str("key")),
-                ("chunk_index", layout::Arg::Int(0)),
-                ("file_index", layout::Arg::Int(0)),
-                ("episode_chunk", layout::Arg::Int(0)),
-                ("episode_index", layout::Arg::Int(0)),
-            ];
-            if let Err(Error::InvalidData { message, .. }) =
-                layout::format_path(template, &args, field)
-            {
-                return Err(Error::invalid(Location::file(&path).field(field), message));
+            for video_key in video_keys.iter().copied().chain(["key"]) {
+                let args = [
+                    ("video_key", layout::Arg::Str(video_key)),
+                    ("chunk_index", layout::Arg::Int(0)),
+                    ("file_index", layout::Arg::Int(0)),
+                    ("episode_chunk", layout::Arg::Int(0)),
+                    ("episode_index", layout::Arg::Int(0)),
+                ];
+                if let Err(Error::InvalidData { message, .. }) =
+                    layout::format_path(template, &args, field)
+                {
+                    return Err(Error::invalid(Location::file(&path).field(field), message));
+                }
             }
         }
         if features.iter().any(|(_, f)| f.dtype == "video") && video_path.is_none() {

@@ -17,7 +17,7 @@ use super::meta::{self, EpisodeMeta, Info, Version};
 use crate::episode::{Episode, EpisodeIndex, Features, FrameSource, Frames, Provenance};
 use crate::error::{Error, Location, Result};
 use crate::io::video::{self, Mp4Frames};
-use crate::io::EpisodeSource;
+use crate::io::{stays_inside_root, EpisodeSource};
 
 /// An opened LeRobot dataset. Holds only metadata; episodes are read on demand.
 #[derive(Debug)]
@@ -346,7 +346,14 @@ fn image_bytes(a: &ArrayRef, root: &Path, path: &Path, ep: u64, key: &str) -> Re
                 .map(|p| p.as_string::<i64>())
                 .filter(|p| p.is_valid(row))
             {
-                let f = root.join(p.value(row));
+                let relative = p.value(row);
+                if !stays_inside_root(Path::new(relative)) {
+                    return Err(Error::invalid(
+                        loc(row),
+                        format!("image path {relative:?} leads outside the dataset root"),
+                    ));
+                }
+                let f = root.join(relative);
                 return std::fs::read(&f).map_err(|e| Error::io(e, &f).in_episode(ep));
             }
             Err(Error::invalid(loc(row), "image has neither bytes nor path"))

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, FrameSource, Frames, Provenance};
 use crate::error::{Error, Location, Result};
-use crate::io::EpisodeSource;
+use crate::io::{stays_inside_root, EpisodeSource};
 
 /// An RLDS dataset (one split) on disk.
 pub struct RldsDataset {
@@ -186,9 +186,18 @@ impl RldsDataset {
                     .replace("{SHARD_X_OF_Y}", &format!("{i:05}-of-{n:05}"))
                     .replace("{SHARD_INDEX}", &format!("{i:05}"))
                     .replace("{NUM_SHARDS}", &format!("{n:05}"));
-                (dir.join(file), len)
+                // The shard name comes from this file (template, name, split): it must not lead out of `dir`.
+                if !stays_inside_root(Path::new(&file)) {
+                    return Err(Error::invalid(
+                        Location::file(&info_path).field("filepathTemplate"),
+                        format!(
+                            "template {template:?} resolves to {file:?}, outside the dataset directory"
+                        ),
+                    ));
+                }
+                Ok((dir.join(file), len))
             })
-            .collect();
+            .collect::<Result<_>>()?;
 
         let features = build_features(&leaves, &mapping);
         Ok(Self {
@@ -559,80 +568,10 @@ impl EpisodeSource for RldsDataset {
             let Some(key) = key else { continue };
             match &leaf.kind {
                 LeafKind::Image { shape, .. } => {
-                    let images = match feature.kind {
-                        Some(Kind::BytesList(l)) => l.value,
-                        None => Vec::new(),
-                        _ => {
-                            return Err(Error::invalid(
-                                floc,
-                                format!("image feature stored as {}", feature.kind_name()),
-                            ))
-                        }
-                    };
-                    if images.len() != n {
-                        return Err(Error::invalid(
-                            floc,
-                            format!("{} images for {n} steps", images.len()),
-                        ));
-                    }
-                    let expected = (
-                        shape.first().copied().flatten(),
-                        shape.get(1).copied().flatten(),
-                    );
-                    cameras.insert(
-                        key,
-                        Frames::new(EncodedFrames::new(images, expected, floc)?),
-                    );
+                    cameras.insert(key, image_frames(feature, shape, n, floc)?);
                 }
-                LeafKind::Tensor { dtype, shape } => {
-                    let per = leaf.kind.values_per_item().ok_or_else(|| {
-                        Error::unsupported(
-                            floc.clone(),
-                            "tensors with unknown dimensions are not supported",
-                        )
-                    })?;
-                    let got = list_len(&feature);
-                    if n.checked_mul(per) != Some(got) {
-                        return Err(Error::invalid(
-                            floc,
-                            format!("{got} values, expected {n} steps x {per}"),
-                        ));
-                    }
-                    let values = match (feature.kind, column_dtype(dtype)) {
-                        (Some(Kind::FloatList(l)), "float32") => f32_array(l.value),
-                        (Some(Kind::Int64List(l)), "bool") => {
-                            bool_array(l.value.iter().map(|&v| v != 0).collect())
-                        }
-                        (Some(Kind::Int64List(l)), "int32") => i32_array(
-                            l.value
-                                .iter()
-                                .map(|&v| {
-                                    i32::try_from(v).map_err(|_| {
-                                        Error::invalid(
-                                            floc.clone(),
-                                            format!("{v} does not fit {dtype}"),
-                                        )
-                                    })
-                                })
-                                .collect::<Result<_>>()?,
-                        ),
-                        (Some(Kind::Int64List(l)), "int64") => i64_array(l.value),
-                        (None, d) => match d {
-                            "float32" => f32_array(Vec::new()),
-                            "bool" => bool_array(Vec::new()),
-                            "int32" => i32_array(Vec::new()),
-                            _ => i64_array(Vec::new()),
-                        },
-                        (Some(k), _) => {
-                            let kind = TfFeature { kind: Some(k) }.kind_name();
-                            return Err(Error::invalid(
-                                floc,
-                                format!("dtype {dtype} stored as {kind}"),
-                            ));
-                        }
-                    };
-                    let _ = shape;
-                    let col = column(values, per)?;
+                LeafKind::Tensor { dtype, .. } => {
+                    let col = tensor_column(feature, leaf, dtype, n, floc)?;
                     fields.push(Field::new(key, col.data_type().clone(), false));
                     arrays.push(col);
                 }
@@ -672,6 +611,89 @@ impl EpisodeSource for RldsDataset {
             },
         })
     }
+}
+
+/// The frames of an image leaf: one encoded image (JPEG/PNG) per step, decoded on demand.
+fn image_frames(
+    feature: TfFeature,
+    shape: &[Option<usize>],
+    n: usize,
+    floc: Location,
+) -> Result<Frames> {
+    let images = match feature.kind {
+        Some(Kind::BytesList(l)) => l.value,
+        None => Vec::new(),
+        _ => {
+            return Err(Error::invalid(
+                floc,
+                format!("image feature stored as {}", feature.kind_name()),
+            ))
+        }
+    };
+    if images.len() != n {
+        return Err(Error::invalid(
+            floc,
+            format!("{} images for {n} steps", images.len()),
+        ));
+    }
+    let expected = (
+        shape.first().copied().flatten(),
+        shape.get(1).copied().flatten(),
+    );
+    Ok(Frames::new(EncodedFrames::new(images, expected, floc)?))
+}
+
+/// The column of a tensor leaf: `n` steps of its values, in the dtype vadapt stores for `dtype`
+/// ([`column_dtype`]), one list of values per row when a step holds more than one.
+fn tensor_column(
+    feature: TfFeature,
+    leaf: &LeafSpec,
+    dtype: &str,
+    n: usize,
+    floc: Location,
+) -> Result<ArrayRef> {
+    let per = leaf.kind.values_per_item().ok_or_else(|| {
+        Error::unsupported(
+            floc.clone(),
+            "tensors with unknown dimensions are not supported",
+        )
+    })?;
+    let got = list_len(&feature);
+    if n.checked_mul(per) != Some(got) {
+        return Err(Error::invalid(
+            floc,
+            format!("{got} values, expected {n} steps x {per}"),
+        ));
+    }
+    let values = match (feature.kind, column_dtype(dtype)) {
+        (Some(Kind::FloatList(l)), "float32") => f32_array(l.value),
+        (Some(Kind::Int64List(l)), "bool") => bool_array(l.value.iter().map(|&v| v != 0).collect()),
+        (Some(Kind::Int64List(l)), "int32") => i32_array(
+            l.value
+                .iter()
+                .map(|&v| {
+                    i32::try_from(v).map_err(|_| {
+                        Error::invalid(floc.clone(), format!("{v} does not fit {dtype}"))
+                    })
+                })
+                .collect::<Result<_>>()?,
+        ),
+        (Some(Kind::Int64List(l)), "int64") => i64_array(l.value),
+        (None, d) => match d {
+            "float32" => f32_array(Vec::new()),
+            "bool" => bool_array(Vec::new()),
+            "int32" => i32_array(Vec::new()),
+            _ => i64_array(Vec::new()),
+        },
+        (Some(k), _) => {
+            let kind = TfFeature { kind: Some(k) }.kind_name();
+            return Err(Error::invalid(
+                floc,
+                format!("dtype {dtype} stored as {kind}"),
+            ));
+        }
+    };
+    column(values, per)
 }
 
 /// The instruction of an episode: int codes (first step's, when per step) or a string.
