@@ -59,46 +59,64 @@ impl fmt::Display for Location {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The message of each variant carries the text of its cause (an [`std::io::Error`], a candle error), so the
+/// error reports no separate `source()`: a reporter that prints the whole chain (`anyhow`'s `{:#}`, as the CLI
+/// does) would otherwise print the cause twice ("x.mp4: video file not found: video file not found").
+#[derive(Debug)]
 pub enum Error {
     /// A file could not be read, written, renamed or created.
-    #[error("{loc}: {source}")]
     Io {
         loc: Location,
         source: std::io::Error,
     },
 
     /// Input data is malformed: bad CRC, wrong shape, missing key, truncated record, NaN where not allowed, ...
-    #[error("{loc}: {message}")]
     InvalidData { loc: Location, message: String },
 
     /// Valid input that vadapt does not (yet) handle: an unknown codec, a model config value, a feature dtype.
-    #[error("{loc}: unsupported: {message}")]
     Unsupported { loc: Location, message: String },
 
     /// A configuration file or command-line value is wrong. `loc.field` names the key.
-    #[error("{loc}: bad config: {message}")]
     Config { loc: Location, message: String },
 
     /// Decoding or encoding video through FFmpeg failed.
-    #[error("{loc}: video: {message}")]
     Video { loc: Location, message: String },
 
     /// A model directory is incomplete or inconsistent (missing tensor, wrong shape, config mismatch).
-    #[error("{loc}: model: {message}")]
     Model { loc: Location, message: String },
 
     /// Reading or writing parquet/arrow failed.
-    #[error("{loc}: parquet: {message}")]
     Table { loc: Location, message: String },
 
     /// A tensor operation failed (shape mismatch inside a model, out of memory, device error).
-    #[error("tensor: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
 
     /// The run was cancelled (Ctrl-C) or a sibling stage failed first.
-    #[error("cancelled: {0}")]
     Cancelled(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { loc, source } => write!(f, "{loc}: {source}"),
+            Error::InvalidData { loc, message } => write!(f, "{loc}: {message}"),
+            Error::Unsupported { loc, message } => write!(f, "{loc}: unsupported: {message}"),
+            Error::Config { loc, message } => write!(f, "{loc}: bad config: {message}"),
+            Error::Video { loc, message } => write!(f, "{loc}: video: {message}"),
+            Error::Model { loc, message } => write!(f, "{loc}: model: {message}"),
+            Error::Table { loc, message } => write!(f, "{loc}: parquet: {message}"),
+            Error::Tensor(e) => write!(f, "tensor: {e}"),
+            Error::Cancelled(why) => write!(f, "cancelled: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Tensor(e)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -212,5 +230,34 @@ mod tests {
         assert_eq!(Location::file("x.mp4").to_string(), "x.mp4");
         let e = Error::invalid(Location::file("a.tfrecord"), "bad crc").in_episode(3);
         assert_eq!(e.to_string(), "episode 3 (a.tfrecord): bad crc");
+    }
+
+    /// Printed with its whole chain (the CLI prints `{:#}`), each error says its cause once (issue 19:
+    /// "video file not found: video file not found").
+    #[test]
+    fn the_chain_says_the_cause_once() {
+        let chain = |e: Error| format!("{:#}", anyhow::Error::new(e));
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "video file not found");
+        assert_eq!(
+            chain(Error::io(missing, "x.mp4").in_episode(2)),
+            "episode 2 (x.mp4): video file not found"
+        );
+        let tensor: Error = candle_core::Error::Msg("shape mismatch".into()).into();
+        assert_eq!(chain(tensor), "tensor: shape mismatch");
+        let kinds = [
+            (Error::invalid(Location::file("a"), "m"), "a: m"),
+            (
+                Error::unsupported(Location::file("a"), "m"),
+                "a: unsupported: m",
+            ),
+            (Error::config(Location::file("a"), "m"), "a: bad config: m"),
+            (Error::video(Location::file("a"), "m"), "a: video: m"),
+            (Error::model(Location::file("a"), "m"), "a: model: m"),
+            (Error::table(Location::file("a"), "m"), "a: parquet: m"),
+            (Error::Cancelled("m".into()), "cancelled: m"),
+        ];
+        for (e, want) in kinds {
+            assert_eq!(chain(e), want);
+        }
     }
 }

@@ -644,6 +644,21 @@ fn corpus() -> Vec<Case> {
             },
             E(at(shard).ep(0)),
         ),
+        case(
+            "rlds: filepathTemplate leads outside the dataset directory",
+            move |d| {
+                let r = rlds(d);
+                std::fs::copy(r.join(SHARD), d.join(shard)).unwrap();
+                edit_json(&r.join("0.0.1/dataset_info.json"), |v| {
+                    v["splits"][0]["filepathTemplate"] =
+                        json!("../../{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}")
+                });
+                r
+            },
+            E(at("dataset_info.json")
+                .field("filepathTemplate")
+                .needle("outside the dataset directory")),
+        ),
         // ---- RLDS: Example protobuf
         case(
             "rlds: malformed Example protobuf in record 0",
@@ -935,6 +950,54 @@ fn corpus() -> Vec<Case> {
             },
             E(at("meta/info.json").field("video_path")),
         ),
+        // ---- LeRobot: path templates must stay inside the dataset root (issue 19). Each case puts the files the
+        // template names where it points, so that only the refusal stops the read.
+        case(
+            "lerobot: video_path leads outside the dataset root",
+            |d| {
+                let r = lerobot(d);
+                copy_dir(&r.join("videos"), &d.join("outside"));
+                edit_info(&r, |v| {
+                    v["video_path"] =
+                        json!("../outside/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4")
+                });
+                r
+            },
+            E(at("meta/info.json")
+                .field("video_path")
+                .needle("\"../outside/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4\" leads outside the dataset root")),
+        ),
+        case(
+            "lerobot: data_path is an absolute path",
+            |d| {
+                let r = lerobot(d);
+                copy_dir(&r.join("data"), &d.join("elsewhere"));
+                let template = format!(
+                    "{}/chunk-{{chunk_index:03d}}/file-{{file_index:03d}}.parquet",
+                    d.join("elsewhere").display()
+                );
+                edit_info(&r, |v| v["data_path"] = json!(template));
+                r
+            },
+            E(at("meta/info.json")
+                .field("data_path")
+                .needle("leads outside the dataset root")),
+        ),
+        case(
+            "lerobot: a camera key leads video_path outside the dataset root",
+            |d| {
+                let r = lerobot(d);
+                edit_info(&r, |v| {
+                    let features = v["features"].as_object_mut().unwrap();
+                    let real = features.remove(REAL).unwrap();
+                    features.insert(format!("../../{REAL}"), real);
+                });
+                r
+            },
+            E(at("meta/info.json")
+                .field("video_path")
+                .needle("outside the dataset root")),
+        ),
         case(
             "lerobot: episodes parquet without a required column",
             |d| {
@@ -1070,7 +1133,7 @@ fn corpus() -> Vec<Case> {
                 std::fs::remove_file(r.join(MP4_REAL)).unwrap();
                 r
             },
-            E(at(MP4_REAL).ep(0).field(REAL)),
+            E(at(MP4_REAL).ep(0).field(REAL).needle("video file not found")),
         ),
         case(
             "lerobot: episodes metadata points past the video end",
@@ -1610,6 +1673,24 @@ fn cli(args: &[&std::ffi::OsStr]) -> Cli {
     }
 }
 
+/// A part of an error line that says again what the part before it said: the cause printed twice
+/// ("x.mp4: video file not found: video file not found"), or a kind named twice ("video: Video error: ...").
+/// The parts of a line are what ": " separates.
+fn said_twice(stderr: &str) -> Option<String> {
+    for line in stderr.lines().filter(|l| l.starts_with("error: ")) {
+        let parts: Vec<String> = line.split(": ").map(|p| p.trim().to_lowercase()).collect();
+        for pair in parts.windows(2) {
+            let (before, part) = (&pair[0], &pair[1]);
+            let kind_again =
+                !before.contains(' ') && part.split_whitespace().next() == Some(before.as_str());
+            if !before.is_empty() && (part == before || kind_again) {
+                return Some(part.clone());
+            }
+        }
+    }
+    None
+}
+
 /// Problems with a CLI failure against its expectation.
 fn check_cli_error(what: &str, r: &Cli, want: &Expect) -> Vec<String> {
     let mut bad = Vec::new();
@@ -1620,6 +1701,12 @@ fn check_cli_error(what: &str, r: &Cli, want: &Expect) -> Vec<String> {
     if r.stderr.contains("\n   0: ") || r.stderr.contains("stack backtrace") {
         bad.push(format!(
             "{what}: the message carries a backtrace:\n{}",
+            r.stderr
+        ));
+    }
+    if let Some(part) = said_twice(&r.stderr) {
+        bad.push(format!(
+            "{what}: the message says {part:?} twice:\n{}",
             r.stderr
         ));
     }
