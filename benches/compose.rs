@@ -2,8 +2,7 @@
 //!
 //! The composed ε at a step inside the window costs one batched small-model forward (cond + uncond) and one prior
 //! forward; everything else (concatenation, guidance arithmetic, the scheduler update) should be noise next to them.
-//! Uses the tiny diffusers UNets of fixtures/compose (set VADAPT_FIXTURES, or keep ../shared/fixtures beside the
-//! checkout).
+//! Uses the tiny diffusers UNets of tests/fixtures/compose (VADAPT_FIXTURES overrides the fixtures folder).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -18,11 +17,11 @@ use vadapt::schedulers::SchedulerConfig;
 fn fixtures() -> PathBuf {
     let root = std::env::var_os("VADAPT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     let p = root.join("compose");
     assert!(
         p.exists(),
-        "fixture {} is missing: the reference fixtures live in ../shared/fixtures beside the checkout (or set VADAPT_FIXTURES)",
+        "fixture {} is missing: the reference fixtures are committed under tests/fixtures/ (or set VADAPT_FIXTURES)",
         p.display()
     );
     p

@@ -17,11 +17,11 @@ const TOKENS: usize = 16;
 fn fixture(rel: &str) -> PathBuf {
     let root = std::env::var_os("VADAPT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     let p = root.join(rel);
     assert!(
         p.exists(),
-        "fixture {} is missing (../shared/fixtures beside the checkout, or VADAPT_FIXTURES)",
+        "fixture {} is missing (tests/fixtures/ in the checkout, or VADAPT_FIXTURES)",
         p.display()
     );
     p

@@ -4,7 +4,7 @@
 # the peak should stay flat. Needs GNU time (/usr/bin/time -v). Usage: examples/bench_augment_rss.sh [WORKDIR]
 set -euo pipefail
 BIN=${VADAPT:-target/release/vadapt}
-FIX=${VADAPT_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
+FIX=${VADAPT_FIXTURES:-$(cd "$(dirname "$0")/.." && pwd)/tests/fixtures}
 W=${1:-$(mktemp -d)}
 cat > "$W/p.toml" <<TOML
 [input]

@@ -8,7 +8,7 @@
 //! DIR/vadapt.json                 optional: {"conditioning": ["edges", "first_frame"], "frames": 8,
 //!                                            "height": 24, "width": 40, "fps": 10}
 //! ```
-//! `conditioning` lists the channels concatenated after the noisy video, in this order (DESIGN.md: [noisy RGB,
+//! `conditioning` lists the channels concatenated after the noisy video, in this order (docs/design.md: [noisy RGB,
 //! edges, first frame]; a super-resolution stage adds `low_res`); when `vadapt.json` is absent it is inferred from
 //! the UNet's `in_channels` (3: none, 4: edges, 6: first frame, 7: both).
 //!
@@ -384,7 +384,7 @@ pub fn at_sample_resolution(signal: Tensor, downscale: usize) -> Result<Tensor> 
 }
 
 /// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in the
-/// order listed (DESIGN.md: edges, then the first frame repeated over time). `model` names the model in the error
+/// order listed (docs/design.md: edges, then the first frame repeated over time). `model` names the model in the error
 /// when a signal it needs is missing. Sampling and training build them the same way.
 pub fn conditioning_channels(
     conditioning: &[Conditioning],

@@ -1,4 +1,4 @@
-//! The TOML pipeline config (`pipelines/*.toml`, DESIGN.md "Pipeline config"): what to read, how to write, and one
+//! The TOML pipeline config (`pipelines/*.toml`, docs/design.md "Pipeline config"): what to read, how to write, and one
 //! `[[target]]` per augmented camera. Everything is checked by [`PipelineConfig::load`] before any work starts, so
 //! a typo fails in a second with the key and the file named, not after an hour of sampling.
 

@@ -3,7 +3,7 @@
 usage: make_rlds.py OUT_DIR
 
 OUT_DIR/data/language_table/0.0.1/   TFRecord shards + dataset_info.json + features.json, written by
-                                     tfds' GeneratorBasedBuilder from ../shared/formats/language_table_rlds/features.json
+                                     tfds' GeneratorBasedBuilder from tests/fixtures/formats/language_table_rlds/features.json
 OUT_DIR/expected.safetensors
     ep{i}.rgb            uint8 (T, 360, 640, 3)  the frames before JPEG encoding
     ep{i}.action, ep{i}.effector_translation, ep{i}.effector_target_translation  float32 (T, 2)
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from safetensors.numpy import save_file
 
-SPEC = Path(__file__).resolve().parents[3] / "shared/formats/language_table_rlds/features.json"
+SPEC = Path(__file__).resolve().parents[1] / "fixtures/formats/language_table_rlds/features.json"
 LENGTHS = [5, 3, 4]
 INSTRUCTIONS = ["push the red star to the blue cube", "move the green moon left", "slide the yellow pentagon up ✓"]
 

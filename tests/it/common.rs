@@ -8,15 +8,20 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared/fixtures/<rel>`; fails with a message saying what is missing.
-pub fn fixture(rel: &str) -> PathBuf {
-    let root = std::env::var_os("VADAPT_FIXTURES")
+/// The reference fixtures: `tests/fixtures/`, committed with the repository (`VADAPT_FIXTURES` overrides).
+pub fn fixtures_root() -> PathBuf {
+    std::env::var_os("VADAPT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/fixtures"));
-    let p = root.join(rel);
+        .unwrap_or_else(|| repo().join("tests/fixtures"))
+}
+
+/// `tests/fixtures/<rel>` (or `$VADAPT_FIXTURES/<rel>`); fails with a message saying what is missing.
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = fixtures_root().join(rel);
     assert!(
         p.exists(),
-        "fixture {} is missing: the reference fixtures live in ../shared/fixtures beside the checkout (or set VADAPT_FIXTURES)",
+        "fixture {} is missing: the reference fixtures are committed under tests/fixtures/ (or set \
+         VADAPT_FIXTURES); tests/parity/gen_*.py regenerate them",
         p.display()
     );
     p

@@ -1,4 +1,4 @@
-//! The Video Adapter sampler against fixtures/compose (diffusers 0.42.1 UNets + DDIM), and rule properties with
+//! The Video Adapter sampler against tests/fixtures/compose (diffusers UNets + DDIM), and rule properties with
 //! analytic mock models.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

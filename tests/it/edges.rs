@@ -1,4 +1,4 @@
-//! Sobel edges against fixtures/sobel (OpenCV 5.0.0), through the library and through `vadapt debug edges`.
+//! Sobel edges against tests/fixtures/sobel (OpenCV), through the library and through `vadapt debug edges`.
 
 use crate::common::{fixture, load_f32, max_abs_diff, vadapt};
 use vadapt::vision::edges::sobel;

@@ -16,6 +16,7 @@ mod rlds;
 mod sample_cli;
 mod sample_data;
 mod schedulers;
+mod shared_fixtures;
 mod stages;
 mod text;
 mod train;

@@ -365,7 +365,7 @@ fn reader_reads_what_the_writer_wrote() {
     let ours: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(version_dir.join("features.json")).unwrap())
             .unwrap();
-    let spec_path = common::repo().join("../shared/formats/language_table_rlds/features.json");
+    let spec_path = common::repo().join("tests/fixtures/formats/language_table_rlds/features.json");
     let spec: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&spec_path)
             .unwrap_or_else(|e| panic!("{}: {e}", spec_path.display())),

@@ -1,4 +1,4 @@
-//! DDPM / DDIM / DPM-Solver++(2M) against the diffusers 0.42.1 trajectories in fixtures/schedulers.
+//! DDPM / DDIM / DPM-Solver++(2M) against the diffusers trajectories in tests/fixtures/schedulers.
 //! The "model" is the README's analytic function `eps(x, t) = tanh(x) * (t / 1000) + 0.1 * x`.
 
 use candle_core::{Device, Tensor};
@@ -39,14 +39,18 @@ fn check_rel(ours: &[f32], want: &[f32], tol: f32, what: &str) -> f32 {
 }
 
 fn run_trajectory(stem: &str) {
+    run_trajectory_in(&fixture("schedulers"), stem);
+}
+
+/// The trajectory `<dir>/<stem>.*` (the committed fixtures, or another reference set: tests/it/shared_fixtures.rs).
+pub(crate) fn run_trajectory_in(dir: &std::path::Path, stem: &str) {
     let tol = if stem == "dpmpp2m_squaredcos_cap_v2_epsilon" {
         1e-3
     } else {
         1e-5
     };
-    let cfg =
-        SchedulerConfig::from_file(&fixture(&format!("schedulers/{stem}.config.json"))).unwrap();
-    let data = load_f32(&fixture(&format!("schedulers/{stem}.safetensors")));
+    let cfg = SchedulerConfig::from_file(&dir.join(format!("{stem}.config.json"))).unwrap();
+    let data = load_f32(&dir.join(format!("{stem}.safetensors")));
     let (shape, x_t) = &data["x_T"];
     let numel: usize = shape.iter().product();
     let want_ts: Vec<usize> = data["timesteps"].1.iter().map(|&t| t as usize).collect();

@@ -1,4 +1,4 @@
-//! UNet3DConditionModel against diffusers 0.42.1 (fixtures/unet3d), plus configs the fixtures do not cover.
+//! UNet3DConditionModel against diffusers (tests/fixtures/unet3d), plus configs the fixtures do not cover.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};

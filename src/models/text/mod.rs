@@ -10,7 +10,7 @@
 //! [`load_text_encoder`] picks one from the directory's `config.json` (`model_type` / `architectures`), and
 //! [`CachedTextEncoder`] memoizes embeddings per prompt, so thousands of episodes sharing a prompt encode it once.
 //!
-//! Classifier-free guidance needs an unconditional embedding: DESIGN.md ("Conditioning") fixes it to all zeros
+//! Classifier-free guidance needs an unconditional embedding: docs/design.md ("Conditioning") fixes it to all zeros
 //! unless the model directory stores its own `uncond` tensor. (diffusers pipelines use `encode("")` instead; a
 //! caller that wants that behaviour can call `encode(&[""])` itself.)
 
