@@ -1,4 +1,4 @@
-//! Our CPU inference kernels (`models::kernels`) against the candle ops they replace, side by side in one run, at
+//! Our CPU inference kernels (`models::kernels::bench`) against the candle ops they replace, side by side in one run, at
 //! the demo models' shapes (16 frames at 24x40, batch 2): spatial attention at full and half resolution, the
 //! temporal attention's thousands of 16-frame problems, a 3x3 convolution, a linear layer over many rows, the fused
 //! feed-forward, LayerNorm, and GroupNorm into the transformers' token layout.
@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use candle_core::{Device, Module, Tensor, D};
 use criterion::{criterion_group, criterion_main, Criterion};
-use vadapt::models::kernels;
+use vadapt::models::kernels::bench as kernels;
 
 fn randn(shape: &[usize], std: f32) -> Tensor {
     Tensor::randn(0f32, std, shape, &Device::Cpu).expect("randn")

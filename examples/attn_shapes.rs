@@ -3,7 +3,7 @@
 //! issue 8 (docs/performance.md, session 7).
 use candle_core::{Device, Tensor};
 use std::time::Instant;
-use vadapt::models::kernels;
+use vadapt::models::kernels::bench as kernels;
 
 fn main() {
     let shapes: &[(&str, usize, usize, usize, usize, usize, usize)] = &[

@@ -553,7 +553,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "machine": {
             "threads": threads,
             "cpu": cpu_model(),
-            "avx2_fma": vadapt::models::kernels::has_avx2_fma(),
+            "avx2_fma": vadapt::models::kernels::bench::has_avx2_fma(),
         },
         "shape": {"frames": args.frames, "size": args.size, "steps": args.steps, "lam": args.lam,
                   "guidance": args.guidance, "rule": "composed", "scheduler": "DDIM",

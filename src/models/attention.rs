@@ -3,58 +3,12 @@
 //! with GEGLU), `models/transformers/transformer_2d.py` (continuous input, linear projection) and
 //! `models/transformers/transformer_temporal.py`.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::kernels::{self, TokenLayout};
 use super::resnet::GroupNorm;
 use crate::error::Result;
-
-/// Upper bound of one attention score block (see [`Attention::forward`]).
-const SCORE_CHUNK_BYTES: usize = 8 << 20;
-
-/// Softmax over the last axis. candle-nn's fused `softmax_last_dim` has no backward pass, so while a graph is
-/// being recorded for training (`track_op`) our fused op with a backward is used on CPU (the composed version
-/// elsewhere); inference keeps candle's kernel.
-fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    match (
-        x.track_op(),
-        x.device().is_cpu() && x.dtype() == candle_core::DType::F32,
-    ) {
-        (true, true) => super::fused::softmax_last_dim(x),
-        (true, false) => candle_nn::ops::softmax(x, candle_core::D::Minus1),
-        (false, _) => candle_nn::ops::softmax_last_dim(x),
-    }
-}
-
-/// LayerNorm, fused for inference and composed of differentiable ops while training (as [`softmax_last_dim`]).
-fn layer_norm(ln: &LayerNorm, x: &Tensor) -> candle_core::Result<Tensor> {
-    match ln.bias() {
-        Some(b) if x.track_op() || ln.weight().track_op() => {
-            candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
-        }
-        Some(b)
-            if x.device().is_cpu()
-                && [x.dtype(), ln.weight().dtype(), b.dtype()] == [DType::F32; 3] =>
-        {
-            kernels::layer_norm(x, ln.weight(), b, ln.eps() as f32)
-        }
-        _ => ln.forward(x),
-    }
-}
-
-/// `x Wᵀ + b (+ residual)`: one fused GEMM for CPU f32 inference (`kernels::linear`), candle-nn's Linear and an
-/// add otherwise (training records the graph through those).
-fn project(l: &Linear, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    if kernels::cpu_f32_inference([x, l.weight()].into_iter().chain(residual)) {
-        return kernels::linear(x, l.weight(), l.bias(), residual);
-    }
-    let y = l.forward(x)?;
-    match residual {
-        Some(r) => y + r,
-        None => Ok(y),
-    }
-}
 
 /// Multi-head attention. Queries from `x`; keys/values from `context` (cross-attention) or `x` (self-attention).
 #[derive(Debug, Clone)]
@@ -64,7 +18,6 @@ pub struct Attention {
     to_v: Linear,
     to_out: Linear,
     heads: usize,
-    head_dim: usize,
     scale: f64,
 }
 
@@ -84,18 +37,8 @@ impl Attention {
             to_v: candle_nn::linear_no_bias(ctx, inner, vb.pp("to_v"))?,
             to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out").pp("0"))?,
             heads,
-            head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
         })
-    }
-
-    /// (B, N, heads*d) -> (B*heads, N, d)
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        Ok(x.reshape((b, n, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * self.heads, n, self.head_dim))?)
     }
 
     /// `x` (B, N, query_dim), `context` (B, M, context_dim) or None.
@@ -110,63 +53,12 @@ impl Attention {
         context: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
         let ctx = context.unwrap_or(x);
-        let q = project(&self.to_q, x, None)?;
-        let k = project(&self.to_k, ctx, None)?;
-        let v = project(&self.to_v, ctx, None)?;
-        if !q.track_op()
-            && !k.track_op()
-            && !v.track_op()
-            && q.device().is_cpu()
-            && q.dtype() == DType::F32
-        {
-            // Inference on CPU: one fused pass on the interleaved heads, the scale applied inside, no score
-            // matrix and no head split/merge copies (models/kernels.rs).
-            let out = kernels::attention(&q, &k, &v, self.heads, self.scale as f32)?;
-            return Ok(project(&self.to_out, &out, residual)?);
-        }
-        // The scale is folded into q (one pass over N*d instead of N*M).
-        let q = self.split_heads(&(q * self.scale)?)?;
-        let k = self.split_heads(&k)?;
-        let v = self.split_heads(&v)?;
-        let m = k.dim(1)?;
-        let seqs = b * self.heads;
-        // Chunk over the (batch * heads) sequences so one score block stays under SCORE_CHUNK_BYTES: the full
-        // (B*heads, N, M) matrix is hundreds of MB at 24x40 and every fresh allocation of that size costs page faults.
-        let per_seq = n * m * std::mem::size_of::<f32>();
-        let chunk = (SCORE_CHUNK_BYTES / per_seq.max(1)).clamp(1, seqs);
-        let mut parts = Vec::with_capacity(seqs.div_ceil(chunk));
-        for start in (0..seqs).step_by(chunk) {
-            let len = chunk.min(seqs - start);
-            let scores = q
-                .narrow(0, start, len)?
-                .matmul(&k.narrow(0, start, len)?.t()?)?;
-            let probs = softmax_last_dim(&scores)?;
-            parts.push(probs.matmul(&v.narrow(0, start, len)?)?);
-        }
-        // (B*heads, N, d)
-        let out = match parts.len() {
-            1 => parts.swap_remove(0),
-            _ => Tensor::cat(&parts, 0)?,
-        };
-        self.merge_heads(out, b, n, residual)
-    }
-
-    /// (B*heads, N, d) -> (B, N, heads*d), then the output projection (plus `residual`).
-    fn merge_heads(
-        &self,
-        out: Tensor,
-        b: usize,
-        n: usize,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let out = out
-            .reshape((b, self.heads, n, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, n, self.heads * self.head_dim))?;
-        Ok(project(&self.to_out, &out, residual)?)
+        let q = kernels::linear(x, &self.to_q, None)?;
+        let k = kernels::linear(ctx, &self.to_k, None)?;
+        let v = kernels::linear(ctx, &self.to_v, None)?;
+        let out = kernels::attention(&q, &k, &v, self.heads, self.scale)?;
+        Ok(kernels::linear(&out, &self.to_out, residual)?)
     }
 }
 
@@ -176,7 +68,6 @@ impl Attention {
 pub struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -185,7 +76,6 @@ impl FeedForward {
         Ok(Self {
             proj: candle_nn::linear(dim, 2 * inner, vb.pp("net").pp("0").pp("proj"))?,
             out: candle_nn::linear(inner, dim, vb.pp("net").pp("2"))?,
-            inner,
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -194,21 +84,9 @@ impl FeedForward {
 
     /// `forward(x) + residual`, the addition fused into the output projection where it can be.
     pub fn forward_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let operands = [x, self.proj.weight(), self.out.weight()];
-        if kernels::cpu_f32_inference(operands.into_iter().chain(residual)) {
-            // One pass over blocks of rows: projection, GEGLU and output projection in cache (models/kernels.rs).
-            return Ok(kernels::feed_forward_geglu(
-                x,
-                (self.proj.weight(), self.proj.bias()),
-                (self.out.weight(), self.out.bias()),
-                residual,
-            )?);
-        }
-        let hg = project(&self.proj, x, None)?;
-        let last = hg.rank() - 1;
-        let h = hg.narrow(last, 0, self.inner)?;
-        let gate = hg.narrow(last, self.inner, self.inner)?;
-        Ok(project(&self.out, &(h * gate.gelu_erf()?)?, residual)?)
+        Ok(kernels::feed_forward_geglu(
+            x, &self.proj, &self.out, residual,
+        )?)
     }
 }
 
@@ -246,31 +124,31 @@ impl BasicTransformerBlock {
     }
 
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let x = self
-            .attn1
-            .forward_residual(&layer_norm(&self.norm1, x)?, None, Some(x))?;
+        let x =
+            self.attn1
+                .forward_residual(&kernels::layer_norm(x, &self.norm1)?, None, Some(x))?;
         let ctx = if self.attn2_is_cross { context } else { None };
-        let x = self
-            .attn2
-            .forward_residual(&layer_norm(&self.norm2, &x)?, ctx, Some(&x))?;
+        let x =
+            self.attn2
+                .forward_residual(&kernels::layer_norm(&x, &self.norm2)?, ctx, Some(&x))?;
         self.ff
-            .forward_residual(&layer_norm(&self.norm3, &x)?, Some(&x))
+            .forward_residual(&kernels::layer_norm(&x, &self.norm3)?, Some(&x))
     }
 }
 
-/// Both transformers' CPU inference path on a (b·f, c, h, w) video: the GroupNorm writes the `layout` tokens, then
-/// proj_in, the blocks and proj_out, and the residual add reads the tokens back: no permute copies.
+/// Both transformers on a (b·f, c, h, w) video: the GroupNorm writes the `layout` tokens, then proj_in, the blocks
+/// and proj_out, and the residual add reads the tokens back into the video layout.
 fn through_tokens(
     (norm, proj_in, blocks, proj_out): (&GroupNorm, &Linear, &[BasicTransformerBlock], &Linear),
     x: &Tensor,
     layout: TokenLayout,
     context: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let mut hs = project(proj_in, &norm.forward_tokens(x, layout)?, None)?;
+    let mut hs = kernels::linear(&norm.forward_tokens(x, layout)?, proj_in, None)?;
     for block in blocks {
         hs = block.forward(&hs, context)?;
     }
-    let hs = project(proj_out, &hs, None)?;
+    let hs = kernels::linear(&hs, proj_out, None)?;
     Ok(kernels::add_tokens(x, &hs, layout)?)
 }
 
@@ -314,26 +192,8 @@ impl Transformer2DModel {
     /// `x` (b*f, c, h, w), `context` (b*f, tokens, dim).
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let (bf, c, h, w) = x.dims4()?;
-        if self.norm.fused_inference(x) {
-            let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
-            return through_tokens(layers, x, TokenLayout::Spatial, Some(context));
-        }
-        let hs = self
-            .norm
-            .forward(x)?
-            .permute((0, 2, 3, 1))?
-            .reshape((bf, h * w, c))?;
-        let mut hs = project(&self.proj_in, &hs, None)?;
-        for block in &self.blocks {
-            hs = block.forward(&hs, Some(context))?;
-        }
-        let hs = self
-            .proj_out
-            .forward(&hs)?
-            .reshape((bf, h, w, c))?
-            .permute((0, 3, 1, 2))?;
-        Ok((hs + x)?)
+        let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
+        through_tokens(layers, x, TokenLayout::Spatial, Some(context))
     }
 }
 
@@ -375,35 +235,8 @@ impl TransformerTemporalModel {
     /// `x` (b*f, c, h, w) -> same.
     pub fn forward(&self, x: &Tensor, num_frames: usize) -> Result<Tensor> {
         let _enter = self.span.enter();
-        let (bf, c, h, w) = x.dims4()?;
-        if self.norm.fused_inference(x) {
-            let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
-            return through_tokens(
-                layers,
-                x,
-                TokenLayout::Temporal { frames: num_frames },
-                None,
-            );
-        }
-        let b = bf / num_frames;
-        // (b, f, c, h, w) -> (b, c, f, h, w) for the norm, then (b, h, w, f, c) -> (b*h*w, f, c)
-        let hs = x
-            .reshape((b, num_frames, c, h, w))?
-            .permute((0, 2, 1, 3, 4))?;
-        let hs = self.norm.forward(&hs.contiguous()?)?;
-        let hs = hs
-            .permute((0, 3, 4, 2, 1))?
-            .reshape((b * h * w, num_frames, c))?;
-        let mut hs = project(&self.proj_in, &hs, None)?;
-        for block in &self.blocks {
-            hs = block.forward(&hs, None)?;
-        }
-        let hs = project(&self.proj_out, &hs, None)?;
-        // (b, h, w, f, c) -> (b, f, c, h, w) -> (b*f, c, h, w)
-        let hs = hs
-            .reshape((b, h, w, num_frames, c))?
-            .permute((0, 3, 4, 1, 2))?
-            .reshape((bf, c, h, w))?;
-        Ok((hs + x)?)
+        let layers = (&self.norm, &self.proj_in, &self.blocks[..], &self.proj_out);
+        let layout = TokenLayout::Temporal { frames: num_frames };
+        through_tokens(layers, x, layout, None)
     }
 }

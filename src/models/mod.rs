@@ -3,13 +3,10 @@
 //! (UNet + VAE + CLIP) for latent priors.
 
 pub mod attention;
-pub mod fused;
 pub mod kernels;
 pub mod latent_prior;
 pub mod model_dir;
 pub mod resnet;
-#[cfg(target_arch = "x86_64")]
-pub(crate) mod simd;
 pub mod text;
 pub mod unet_3d;
 pub mod unet_3d_blocks;

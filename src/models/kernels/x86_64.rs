@@ -3,12 +3,16 @@
 //! temporal transformers' thousands of 16 x 16 problems, the 240-token spatial self-attention and the text
 //! cross-attention) and the vector `exp` / `erf` under GEGLU and SiLU.
 //!
-//! Each function computes what its portable counterpart in `kernels.rs` computes, with the same polynomials; only
-//! the summation order (and FMA contraction) differs, so results agree to a few ulp. The unit tests below compare
-//! them with the portable versions; `tests/it/unet3d.rs` checks the whole UNet against diffusers.
+//! Each function computes what its portable counterpart computes (the row kernels in `attention.rs`, `geglu_rows`
+//! in `linear.rs`, the GroupNorm pass in `norm.rs`, the scalar functions of `activation.rs`), with the same
+//! polynomials; only the summation order (and FMA contraction) differs, so results agree to a few ulp. The unit
+//! tests below compare them with the portable versions; `tests/it/unet3d.rs` checks the whole UNet against diffusers.
+//!
+//! A leaf under the op files: they call in here, and nothing here calls an op (only `activation`'s scalar
+//! functions, for the tails shorter than a register).
 //!
 //! Everything here is `unsafe` + `#[target_feature(enable = "avx2,fma")]`: callers check
-//! `kernels::has_avx2_fma()` first.
+//! `cpu::has_avx2_fma()` first.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -17,7 +21,7 @@ use std::arch::x86_64::*;
 /// Head width of the attention kernel here: one head row is one AVX register.
 pub(crate) const HEAD: usize = 8;
 
-/// e^r for r = x − n·ln2 (|r| ≤ ln2/2): the Cephes degree-6 polynomial of `kernels::exp`.
+/// e^r for r = x − n·ln2 (|r| ≤ ln2/2): the Cephes degree-6 polynomial of `activation::exp`.
 #[inline(always)]
 unsafe fn exp_reduced(x: __m256, n: __m256) -> __m256 {
     unsafe {
@@ -40,7 +44,7 @@ unsafe fn exp_reduced(x: __m256, n: __m256) -> __m256 {
     }
 }
 
-/// 8 lanes of `kernels::exp` (same range reduction and Cephes polynomial, Horner steps fused).
+/// 8 lanes of `activation::exp` (same range reduction and Cephes polynomial, Horner steps fused).
 #[inline(always)]
 unsafe fn exp8(x: __m256) -> __m256 {
     unsafe {
@@ -87,7 +91,7 @@ unsafe fn exp8_nonpositive(x: __m256) -> __m256 {
     }
 }
 
-/// 8 lanes of `kernels::gelu_erf`: `x/2 · (1 + erf(x/√2))` with the Abramowitz & Stegun 7.1.26 erf.
+/// 8 lanes of `activation::gelu_erf`: `x/2 · (1 + erf(x/√2))` with the Abramowitz & Stegun 7.1.26 erf.
 #[inline(always)]
 unsafe fn gelu_erf8(x: __m256) -> __m256 {
     unsafe {
@@ -134,7 +138,7 @@ pub(crate) unsafe fn geglu_rows(x: &[f32], out: &mut [f32], inner: usize) {
             }
         }
         for c in vec_end..inner {
-            or[c] = h[c] * super::kernels::gelu_erf(g[c]);
+            or[c] = h[c] * super::activation::gelu_erf(g[c]);
         }
     }
 }
@@ -164,7 +168,7 @@ pub(crate) unsafe fn scale_shift_silu(x: &[f32], y: &mut [f32], a: f32, c: f32, 
     }
     for (yv, &xv) in y[vec_end..].iter_mut().zip(&x[vec_end..]) {
         let v = xv.mul_add(a, c);
-        *yv = if silu { super::kernels::silu(v) } else { v };
+        *yv = if silu { super::activation::silu(v) } else { v };
     }
 }
 
@@ -431,11 +435,11 @@ pub(crate) unsafe fn attention_lanes_head8(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{activation, cpu};
     use super::*;
-    use crate::models::kernels;
 
     fn avx() -> bool {
-        let ok = kernels::has_avx2_fma();
+        let ok = cpu::has_avx2_fma();
         if !ok {
             eprintln!("this CPU has no AVX2 + FMA: the intrinsics kernels are not used here");
         }
@@ -462,7 +466,7 @@ mod tests {
                 _mm256_storeu_ps(g.as_mut_ptr(), gelu_erf8(_mm256_loadu_ps(ch.as_ptr())));
             }
             for l in 0..8 {
-                let (x, want) = (ch[l], kernels::exp(ch[l]));
+                let (x, want) = (ch[l], activation::exp(ch[l]));
                 assert!(
                     (e[l] - want).abs() <= 4e-7 * want,
                     "exp({x}) = {} vs {want}",
@@ -475,7 +479,7 @@ mod tests {
                         en[l]
                     );
                 }
-                let want = kernels::gelu_erf(x);
+                let want = activation::gelu_erf(x);
                 assert!(
                     (g[l] - want).abs() <= 2e-6 * (1.0 + x.abs()),
                     "gelu({x}) = {} vs {want}",
@@ -488,7 +492,7 @@ mod tests {
         // SAFETY: AVX2 + FMA checked above; y as long as the input slice.
         unsafe { scale_shift_silu(&xs[3..], &mut y, 0.7, -0.2, true) };
         for (&x, &yv) in xs[3..].iter().zip(&y) {
-            let want = kernels::silu(x.mul_add(0.7, -0.2));
+            let want = activation::silu(x.mul_add(0.7, -0.2));
             assert!(
                 (yv - want).abs() <= 1e-6 * (1.0 + want.abs()),
                 "silu at {x}: {yv} vs {want}"

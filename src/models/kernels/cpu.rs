@@ -1,0 +1,110 @@
+//! What every kernel needs from candle and the machine: the f32 data of contiguous CPU storages, output buffers,
+//! the shared output pointer of the parallel loops, and the checks that pick a path (`cpu_f32_inference`, the
+//! tensors' side; `has_avx2_fma`, the CPU's).
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Tensor};
+
+/// An output buffer of `n` floats that the caller overwrites completely before anything reads it. Not zeroed:
+/// zeroing these kernels' outputs (a single-threaded memset per op, overwritten right after) was 7% of a UNet
+/// forward. candle's own CPU kernels allocate their outputs the same way.
+#[allow(clippy::uninit_vec)]
+pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns, and every caller writes all n elements before reading any.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Whether these tensors take the fused CPU inference kernels: all f32 on the CPU, none recording a graph (training
+/// takes candle's differentiable ops instead).
+pub(crate) fn cpu_f32_inference<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
+    ts.into_iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op())
+}
+
+/// The f32 data of a contiguous CPU storage under its layout.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{what}: f32 only"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// The (input, weight, bias) f32 data of a normalisation op's three contiguous CPU operands, `what` naming the op.
+pub(crate) fn norm_operands<'a>(
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+    what: &str,
+) -> candle_core::Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((
+        contiguous_f32(s1, l1, &format!("{what} x"))?,
+        contiguous_f32(s2, l2, &format!("{what} weight"))?,
+        contiguous_f32(s3, l3, &format!("{what} bias"))?,
+    ))
+}
+
+/// Apply an inference-only three-input op to contiguous copies (views when already contiguous) of its inputs.
+pub(crate) fn apply3(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    op: &impl CustomOp3,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?
+        .apply_op3_no_bwd(&b.contiguous()?, &c.contiguous()?, op)
+}
+
+/// The contiguous f32 CPU data of each present tensor in `ts`, for `f` (the storages stay read-locked while it
+/// runs): how the fused ops read operands that a candle custom op cannot pass (optional ones, more than three).
+pub(super) fn with_f32<const N: usize, R>(
+    ts: [Option<&Tensor>; N],
+    what: &str,
+    f: impl FnOnce([Option<&[f32]>; N]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let held = ts.map(|t| t.map(|t| t.storage_and_layout()));
+    let mut data = [None; N];
+    for (d, g) in data.iter_mut().zip(&held) {
+        if let Some((storage, layout)) = g {
+            *d = Some(match &**storage {
+                candle_core::Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what)?,
+                _ => candle_core::bail!("{what}: CPU tensors only"),
+            });
+        }
+    }
+    f(data)
+}
+
+/// The output pointer shared by the parallel tasks, each of which writes its own rows of one head.
+#[derive(Clone, Copy)]
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: tasks write disjoint elements (distinct (batch, row, head) triples) and nothing reads them meanwhile.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper, not its raw field).
+    pub(super) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Whether this CPU runs the AVX2 + FMA builds of the kernels.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
