@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use std::path::Path;
 use vadapt::io::styles::Style;
-use vadapt::models::model_dir::ModelDir;
+use vadapt::model_dir::ModelDir;
 use vadapt::rng::NoiseRng;
 
 /// The mean of each channel of a (1, 3, f, h, w) video.
