@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
-use vadapt::compose::{composed_eps, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::models::{Denoiser, Parameterization};
+use vadapt::sampling::{composed_eps, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::schedulers::SchedulerConfig;
 
 fn fixtures() -> PathBuf {

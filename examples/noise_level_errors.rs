@@ -6,7 +6,7 @@
 //!   cargo run --release --example noise_level_errors -- pipelines/train_edge_to_sim.toml models/demo/edge_to_sim
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use vadapt::models::model_dir::ModelDir;
+use vadapt::model_dir::ModelDir;
 use vadapt::models::Parameterization;
 use vadapt::rng::NoiseRng;
 use vadapt::schedulers::NoiseSchedule;

@@ -5,7 +5,7 @@
 //!   cargo run --release --example prior_style_probe -- MODEL_DIR [T]
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use vadapt::models::model_dir::ModelDir;
+use vadapt::model_dir::ModelDir;
 use vadapt::rng::NoiseRng;
 use vadapt::synth::Style;
 

@@ -7,8 +7,8 @@
 use candle_core::Device;
 use std::path::Path;
 use vadapt::eval::{psnr, ssim};
-use vadapt::models::model_dir::ModelDir;
-use vadapt::pipeline::window::TargetSampler;
+use vadapt::model_dir::ModelDir;
+use vadapt::sampling::TargetSampler;
 use vadapt::train::config::TrainConfig;
 use vadapt::train::data::ClipSet;
 

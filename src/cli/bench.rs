@@ -21,11 +21,11 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
+use vadapt::sampling::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
 
 use candle_nn::VarBuilder;
 use vadapt::compute::{DeviceSpec, Precision};
-use vadapt::models::model_dir::ModelDir;
+use vadapt::model_dir::ModelDir;
 use vadapt::models::unet_3d::{forward_flops, UNet3DConditionModel, UNet3DConfig};
 use vadapt::models::Denoiser;
 use vadapt::rng::NoiseRng;

@@ -1,5 +1,5 @@
 //! `vadapt sample`: one-off generation from a single model, or a Video Adapter composition of a small model and
-//! a prior, conditioned on the edges of a video.
+//! a prior, conditioned on the edges of a video. Argument parsing and video I/O around `sampling::ClipSampler`.
 //!
 //! ```text
 //! vadapt sample --model DIR --prompt "push the red star" --edges clip.mp4 --steps 20 --guidance 3 --seed 0 --out out.mp4
@@ -9,15 +9,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use image::RgbImage;
-use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::error::Location;
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
-use vadapt::models::model_dir::{at_sample_resolution, ModelDir, Signals};
-use vadapt::rng::NoiseRng;
-use vadapt::vision::tensor::{frame_to_tensor, tensor_to_frames};
-use vadapt::vision::{edges::edge_channel, resize::resize_rgb};
+use vadapt::model_dir::ModelDir;
+use vadapt::sampling::{ClipSampler, ComposeSettings, ModelUse, Rule};
+use vadapt::vision::resize::resize_rgb;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -38,7 +36,7 @@ pub struct Args {
     pub lam: f32,
     /// Composition rule.
     #[arg(long, value_enum, default_value = "composed")]
-    pub rule: Rule,
+    pub rule: RuleArg,
     /// The prior is used for t >= this.
     #[arg(long, default_value_t = 100)]
     pub compose_min_t: usize,
@@ -66,6 +64,28 @@ pub struct Args {
     pub png: bool,
 }
 
+/// `--rule`: the library's [`Rule`] as the command line spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuleArg {
+    /// Video Adapter: small model + λ · prior inside the small model's guidance (the paper's rule).
+    Composed,
+    /// Inverse adaptation: the prior leads (guidance around the prior), the small model steers.
+    Inverse,
+    /// The paper's weaker baseline, for ablations: (1 − λ) · cfg(small) + λ · cfg(prior).
+    #[value(name = "cfg_mix", alias = "cfg-mix")]
+    CfgMix,
+}
+
+impl From<RuleArg> for Rule {
+    fn from(r: RuleArg) -> Self {
+        match r {
+            RuleArg::Composed => Rule::Composed,
+            RuleArg::Inverse => Rule::Inverse,
+            RuleArg::CfgMix => Rule::CfgMix,
+        }
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let small_dir = args
@@ -81,8 +101,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .transpose()?;
     let (frames, h, w) = (small.meta.frames, small.meta.height, small.meta.width);
 
-    // Conditioning from the edge video, at the model resolution.
-    let (edges, first) = match &args.edges {
+    // The conditioning video's first `frames` frames, at the model resolution.
+    let condition = match &args.edges {
         Some(path) => {
             let video = decode_all(path)?;
             if video.len() < frames {
@@ -97,74 +117,36 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .take(frames)
                 .map(|f| resize_rgb(&f.image, h as u32, w as u32))
                 .collect();
-            let s = small.downscale();
-            let e = Tensor::from_vec(edge_channel(&clip), (1, frames, h, w), &device)?;
-            let first = frame_to_tensor(&clip[0], &device)?;
-            (
-                Some(at_sample_resolution(e, s)?),
-                Some(at_sample_resolution(first, s)?),
-            )
+            Some(clip)
         }
-        None => (None, None),
+        None => None,
     };
-    let signals = Signals {
-        edges: edges.as_ref(),
-        first_frame: first.as_ref(),
-        low_res: None,
+    let sampler = ClipSampler {
+        small: ModelUse {
+            model: &small,
+            prompt: args.prompt.clone(),
+        },
+        priors: prior
+            .iter()
+            .map(|p| {
+                let prompt = args.prior_prompt.as_deref().unwrap_or(&args.prompt);
+                let model = ModelUse {
+                    model: p,
+                    prompt: prompt.to_string(),
+                };
+                (model, args.lam)
+            })
+            .collect(),
+        settings: ComposeSettings {
+            rule: args.rule.into(),
+            guidance: args.guidance,
+            compose_min_t: args.compose_min_t,
+        },
+        steps: args.steps,
+        priors_at: Location::none().field("--prior"),
     };
-    let (text, uncond) = small.embed(&args.prompt, 1, &device)?;
-    let small_in = Conditioned {
-        model: &small.unet,
-        channels: small.channels(signals, frames)?,
-        text,
-        uncond,
-        schedule: None,
-    };
-    let priors = match &prior {
-        Some(p) => {
-            let (text, uncond) = p.embed(
-                args.prior_prompt.as_deref().unwrap_or(&args.prompt),
-                1,
-                &device,
-            )?;
-            vec![Prior {
-                input: Conditioned {
-                    model: &p.unet,
-                    channels: p.channels(signals, frames)?,
-                    text,
-                    uncond,
-                    schedule: Some(vadapt::schedulers::NoiseSchedule::from_config(&p.scheduler)),
-                },
-                strength: Strength::Constant(args.lam),
-            }]
-        }
-        None => vec![],
-    };
-    let mut scheduler = small.scheduler.build()?;
-    scheduler.set_timesteps(args.steps)?;
-    let mut rng = NoiseRng::new(args.seed);
-    let (hs, ws) = small.sample_size(h, w, Location::none().field("model"))?;
-    if let Some(p) = &prior {
-        small.check_composes_with(p, Location::none().field("--prior"))?;
-    }
-    let x_t = (rng.randn((1, small.sample_channels(), frames, hs, ws), &device)?
-        * scheduler.init_noise_sigma())?;
-    let settings = ComposeSettings {
-        rule: args.rule,
-        guidance: args.guidance,
-        compose_min_t: args.compose_min_t,
-    };
-    let traj = sample(
-        &small_in,
-        &priors,
-        scheduler.as_mut(),
-        x_t.to_dtype(DType::F32)?,
-        &settings,
-        &mut rng,
-        false,
-    )?;
-    let video = small.decode_video(&traj.x0, &|| Ok(()))?;
-    let out_frames = tensor_to_frames(&video.squeeze(0)?)?;
+    let clip = sampler.sample(condition.as_deref(), args.seed, &device)?;
+    let out_frames = clip.frames;
     // Small model resolutions (24x40) are below SVT-AV1's minimum; H.264 takes any even size.
     let opts = EncoderOptions {
         codec: Some(VideoCodec::H264),
@@ -184,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "wrote {} ({frames} frames at {h}x{w}, {} prior calls)",
         args.out.display(),
-        traj.prior_calls
+        clip.prior_calls
     );
     Ok(())
 }

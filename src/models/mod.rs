@@ -1,11 +1,9 @@
 //! Denoising models. `unet_3d` is compatible with diffusers' `UNet3DConditionModel` (same config.json and
-//! weight names); `vae` is diffusers' `AutoencoderKL` and `latent_prior` loads a diffusers text-to-video directory
-//! (UNet + VAE + CLIP) for latent priors.
+//! weight names); `vae` is diffusers' `AutoencoderKL`, for latent models and priors. A model directory (UNet + text
+//! encoder + scheduler + VAE) is loaded by the top-level `model_dir` module, above this one.
 
 pub mod attention;
 pub mod kernels;
-pub mod latent_prior;
-pub mod model_dir;
 pub mod resnet;
 pub mod text;
 pub mod unet_3d;
@@ -13,21 +11,10 @@ pub mod unet_3d_blocks;
 pub mod vae;
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-
-/// What a model's output means (diffusers `prediction_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Parameterization {
-    /// The added noise, epsilon.
-    Epsilon,
-    /// v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
-    VPrediction,
-    /// The clean sample x0.
-    Sample,
-}
+/// What a denoiser's output means; the schedulers own it (diffusers' `prediction_type`).
+pub use crate::schedulers::Parameterization;
 
 /// A video denoiser: one batched forward of (noisy video, timestep, text conditioning).
 ///

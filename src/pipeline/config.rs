@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::compose::Rule;
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::sampling::Rule;
 
 /// The whole pipeline file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,15 +27,14 @@ use serde_json::json;
 
 use super::config::{render_prompt, Codec, Layout, PipelineConfig, StageConfig, TargetConfig};
 use super::units::{UnitRecord, WorkDir};
-use super::window::{window_starts, ModelUse, TargetSampler};
-use crate::compose::ComposeSettings;
 use crate::compute::Compute;
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames};
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::io::lerobot::writer::{write_atomic, LeRobotWriter, WriterOptions};
 use crate::io::video::{EncoderOptions, VideoCodec};
 use crate::io::{open_dataset, EpisodeSource};
-use crate::models::model_dir::{Conditioning, ModelDir};
+use crate::model_dir::{Conditioning, ModelDir};
+use crate::sampling::{window_starts, ComposeSettings, ModelUse, TargetSampler};
 use crate::vision::resize::resize_rgb;
 
 /// `--shard i/n`: this run takes the episodes at positions `p` (in dataset order) with `p % n == i`.

@@ -14,10 +14,25 @@ pub mod dpmpp_2m;
 use std::path::Path;
 
 use candle_core::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoResultExt, Location, Result};
-pub use crate::models::Parameterization as PredictionType;
+
+/// What a model's output means (diffusers `prediction_type`): what a scheduler steps, and what a denoiser
+/// (`models::Denoiser`) predicts. It lives here, below `models`, so both import it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parameterization {
+    /// The added noise, epsilon.
+    Epsilon,
+    /// v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022).
+    VPrediction,
+    /// The clean sample x0.
+    Sample,
+}
+
+/// diffusers' name for [`Parameterization`], as the scheduler configs spell it.
+pub use Parameterization as PredictionType;
 
 /// `beta_schedule` of a diffusers scheduler config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::model_dir::Conditioning;
+use crate::model_dir::Conditioning;
 use crate::models::text::PaddedRows;
 use crate::models::vae::AutoencoderKLConfig;
 use crate::models::Parameterization;
@@ -486,10 +486,17 @@ impl TrainConfig {
         Ok(config)
     }
 
-    /// Values that parse but cannot work, each reported with its key.
+    /// Values that parse but cannot work, each reported with its key (the first one found, in this order: steps,
+    /// data and noise, the model, the text encoder, scheduler and optimiser).
     pub fn validate(&self, path: &Path) -> Result<()> {
+        self.validate_data_and_noise(path)?;
+        self.validate_model(path)?;
+        self.validate_text_scheduler_and_optim(path)
+    }
+
+    /// `steps`, the datasets, the noise offset and timestep bias, `data.frame_stride`.
+    fn validate_data_and_noise(&self, path: &Path) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(Location::file(path).field(key), msg));
-        let m = &self.model;
         if self.steps == 0 {
             return bad("steps", "must be at least 1".into());
         }
@@ -537,6 +544,13 @@ impl TrainConfig {
         if self.data.frame_stride == 0 {
             return bad("data.frame_stride", "must be at least 1".into());
         }
+        Ok(())
+    }
+
+    /// The model's shape: frames and size, `low_res`, the VAE's downscale, levels, attention, channels, `init_from`.
+    fn validate_model(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::config(Location::file(path).field(key), msg));
+        let m = &self.model;
         if m.frames == 0 || m.height == 0 || m.width == 0 {
             return bad("model", "frames, height and width must be positive".into());
         }
@@ -635,6 +649,13 @@ impl TrainConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The text encoder, the scheduler's beta schedule, the optimiser and logging.
+    fn validate_text_scheduler_and_optim(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, msg: String| Err(Error::config(Location::file(path).field(key), msg));
+        let m = &self.model;
         if let Some(t) = &self.text_encoder {
             if t.num_attention_heads == 0 || m.cross_attention_dim % t.num_attention_heads != 0 {
                 return bad(

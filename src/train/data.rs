@@ -9,8 +9,9 @@
 //! A super-resolution recipe (`model.low_res`) also gets each target frame resized down to the previous stage's
 //! resolution and back up with the same `resize_rgb` a cascade uses between stages (`pipeline::run`): training sees
 //! what inference feeds the stage, a lower-resolution video upsampled. A latent recipe (`model.vae`) gets every
-//! signal average-pooled by the VAE's downscale, as `pipeline::window` pools them; the target video stays in pixels
-//! here and the trainer encodes it.
+//! signal average-pooled by the VAE's downscale. Every signal is built by `sampling::conditioning`, the builder
+//! sampling uses, so training and sampling build identical channels; the target video stays in pixels here and the
+//! trainer encodes it.
 
 use std::path::Path;
 
@@ -20,13 +21,12 @@ use image::RgbImage;
 use super::config::TrainConfig;
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
-use crate::models::model_dir::{
-    at_sample_resolution, conditioning_channels, Conditioning, Signals,
-};
+use crate::model_dir::Conditioning;
 use crate::rng::NoiseRng;
+use crate::sampling::conditioning::{SignalBuilder, Signals};
 use crate::vision::edges::edge_channel;
 use crate::vision::resize::resize_rgb;
-use crate::vision::tensor::{frame_to_tensor, frames_to_tensor};
+use crate::vision::tensor::frames_to_tensor;
 
 /// One episode at the model resolution.
 pub struct EpisodeClips {
@@ -234,24 +234,22 @@ impl ClipSet {
             for &i in &idx {
                 e.extend_from_slice(&ep.edges[i]);
             }
-            // Every signal at the sample resolution, as `pipeline::window` builds them for sampling.
-            let s = self.downscale;
-            let edges = at_sample_resolution(Tensor::from_vec(e, (1, f, h, w), device)?, s)?;
-            let first = at_sample_resolution(frame_to_tensor(&ep.condition[c.start], device)?, s)?;
+            // Every signal at the sample resolution, by the builder sampling uses.
+            let build = SignalBuilder::new(self.downscale, device);
+            let edges = build.edges_from_planes(e, (f, h, w))?;
+            let first_frame = build.first_frame(&ep.condition[c.start])?;
             let low_res = if ep.low_res.is_empty() {
                 None
             } else {
                 let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.low_res[i].clone()).collect();
-                Some(at_sample_resolution(frames_to_tensor(&frames, device)?, s)?)
+                Some(build.low_res(&frames)?)
             };
             let signals = Signals {
-                edges: Some(&edges),
-                first_frame: Some(&first),
-                low_res: low_res.as_ref(),
+                edges: Some(edges),
+                first_frame: Some(first_frame),
+                low_res,
             };
-            if let Some(ch) =
-                conditioning_channels(&self.conditioning, signals, f, Path::new(&ep.name))?
-            {
+            if let Some(ch) = signals.channels(&self.conditioning, f, Path::new(&ep.name))? {
                 channels.push(ch);
             }
             prompts.push(ep.prompt.clone());

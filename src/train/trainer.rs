@@ -28,9 +28,8 @@ use super::data::ClipSet;
 use super::init::seeded_var_builder;
 use super::optim::{clip_factor, learning_rate, AdamW, AdamWSettings, Ema, Params};
 use super::report::{self, LossRow};
-use crate::compose::{sample, ComposeSettings, Conditioned};
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::models::model_dir::ModelDir;
+use crate::model_dir::ModelDir;
 use crate::models::text::corpus_words;
 use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
@@ -38,6 +37,7 @@ use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
 use crate::models::vae::AutoencoderKL;
 use crate::models::Parameterization;
 use crate::rng::{derive_seed, NoiseRng};
+use crate::sampling::{sample, ComposeSettings, Conditioned};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::vision::tensor::tensor_to_frames;
 

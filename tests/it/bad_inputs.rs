@@ -1592,7 +1592,7 @@ fn read_everything(path: &Path) -> Result<(), (Stage, Error)> {
 }
 
 fn load_model(path: &Path) -> Result<(), Error> {
-    vadapt::models::model_dir::ModelDir::load(path, &candle_core::Device::Cpu).map(|_| ())
+    vadapt::model_dir::ModelDir::load(path, &candle_core::Device::Cpu).map(|_| ())
 }
 
 /// The bundled LeRobot sample, the input of every pipeline case (read only).

@@ -4,12 +4,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
-use vadapt::compose::{
-    composed_eps, sample, ComposeSettings, Conditioned, Prior, Rule, Strength, Trajectory,
-};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::models::{Denoiser, Parameterization};
 use vadapt::rng::NoiseRng;
+use vadapt::sampling::{
+    composed_eps, sample, ComposeSettings, Conditioned, Prior, Rule, Strength, Trajectory,
+};
 use vadapt::schedulers::{BetaSchedule, NoiseSchedule, SchedulerConfig};
 
 use crate::common::{fixture, load_f32, max_abs_diff, vadapt};

@@ -307,7 +307,7 @@ proptest! {
                 prop_assert!(path.ends_with("config.json"), "{e}");
             }
         }
-        let _ = serde_json::from_value::<vadapt::models::model_dir::ModelMeta>(v.clone());
+        let _ = serde_json::from_value::<vadapt::model_dir::ModelMeta>(v.clone());
         let _ = vadapt::schedulers::SchedulerConfig::from_json(&v.to_string(), Path::new("s.json"));
     }
 }

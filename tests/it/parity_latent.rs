@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
-use vadapt::models::model_dir::ModelDir;
+use vadapt::model_dir::ModelDir;
 use vadapt::models::text::{load_text_encoder, ClipText, TextEncoder};
 use vadapt::models::unet_3d::{UNet3DConditionModel, UNet3DConfig};
 use vadapt::models::vae::AutoencoderKL;
 use vadapt::models::Denoiser;
 use vadapt::rng::NoiseRng;
+use vadapt::sampling::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::schedulers::SchedulerKind;
 
 use crate::common::{max_abs_diff, repo};

@@ -530,8 +530,8 @@ fn border_and_inside_max(frames: &[image::RgbImage], border: &[usize]) -> (f64, 
 /// more than its insides; the control, the same windows without overlap, shows the seam the test looks for.
 #[test]
 fn pipeline_overlapping_windows_leave_no_seams() {
-    use vadapt::pipeline::window::{denoise_windows, window_starts};
     use vadapt::rng::NoiseRng;
+    use vadapt::sampling::{denoise_windows, window_starts};
     use vadapt::schedulers::SchedulerConfig;
     use vadapt::vision::tensor::tensor_to_frames;
 
@@ -599,8 +599,8 @@ fn pipeline_overlapping_windows_leave_no_seams() {
 /// the same frames, another episode index another sample.
 #[test]
 fn pipeline_window_sampler_is_deterministic_per_episode() {
-    use vadapt::models::model_dir::ModelDir;
-    use vadapt::pipeline::window::TargetSampler;
+    use vadapt::model_dir::ModelDir;
+    use vadapt::sampling::TargetSampler;
 
     let device = candle_core::Device::Cpu;
     let model = ModelDir::load(&fixture("compose/adapter"), &device).unwrap();

@@ -12,7 +12,7 @@ use crate::common::fixture;
 use crate::parity_latent::{copy_dir, parity_fixture};
 use crate::pipeline::{opts, small_dataset, KEY};
 use vadapt::io::open_dataset;
-use vadapt::models::model_dir::{Conditioning, ModelDir, SampleSpace};
+use vadapt::model_dir::{Conditioning, ModelDir, SampleSpace};
 use vadapt::models::unet_3d::{UNet3DConditionModel, UNet3DConfig};
 use vadapt::pipeline::{self, PipelineConfig};
 

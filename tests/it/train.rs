@@ -328,8 +328,8 @@ fn only_sheet(run: &Path) -> image::RgbImage {
 /// through the pipeline's window sampler to frames at pixel resolution.
 #[test]
 fn latent_recipe_trains_a_model_that_samples_in_pixels() {
-    use vadapt::models::model_dir::{Conditioning, ModelDir, SampleSpace};
-    use vadapt::pipeline::window::TargetSampler;
+    use vadapt::model_dir::{Conditioning, ModelDir, SampleSpace};
+    use vadapt::sampling::TargetSampler;
     use vadapt::train::data::ClipRef;
 
     let dir = tempfile::tempdir().unwrap();
@@ -419,8 +419,8 @@ fn latent_recipe_trains_a_model_that_samples_in_pixels() {
 /// stage's video, and `model.low_res` is required exactly when the conditioning lists low_res.
 #[test]
 fn sr_recipe_trains_a_low_res_stage() {
-    use vadapt::models::model_dir::{Conditioning, ModelDir};
-    use vadapt::pipeline::window::TargetSampler;
+    use vadapt::model_dir::{Conditioning, ModelDir};
+    use vadapt::sampling::TargetSampler;
     use vadapt::train::data::ClipRef;
     use vadapt::vision::resize::resize_rgb;
     use vadapt::vision::tensor::frames_to_tensor;

@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use vadapt::compose::{sample, ComposeSettings, Conditioned, Prior, Rule, Strength};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::rng::NoiseRng;
+use vadapt::sampling::{sample, ComposeSettings, Conditioned, Prior, Strength};
 use vadapt::schedulers::SchedulerConfig;
+
+use crate::cli::sample::RuleArg;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     pub inputs: PathBuf,
     #[arg(long, value_enum, default_value = "composed")]
-    pub rule: Rule,
+    pub rule: RuleArg,
     /// Prior strength λ.
     #[arg(long, default_value_t = 0.4)]
     pub lam: f32,
@@ -80,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         strength: Strength::Constant(args.lam),
     }];
     let settings = ComposeSettings {
-        rule: args.rule,
+        rule: args.rule.into(),
         guidance: args.guidance,
         compose_min_t: args.compose_min_t,
     };

@@ -1,4 +1,4 @@
-//! Video Adapter composition: the only place where models and a scheduler meet.
+//! The composed step: one noise prediction from a small model and its priors (Video Adapter).
 //!
 //! Yang et al. 2023, *Probabilistic Adaptation of Text-to-Video Models* (arXiv 2306.01872), Alg. 1 with
 //! classifier-free guidance around the small model, as in the authors' code and fixtures/compose:
@@ -15,19 +15,19 @@
 //! text and unconditional embeddings. The small model's cond and uncond passes go through one batched forward; a
 //! prior is called only inside the composition window. Models trained with other noise schedules or
 //! parameterizations are evaluated at the timestep of their own schedule with the same log-SNR (so x_t is the same
-//! sample) and their outputs converted to ε before they are summed; the small model's scheduler drives sampling.
+//! sample) and their outputs converted to ε before they are summed; the small model's scheduler drives sampling
+//! ([`super::window`]).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Location, Result};
-use crate::models::{Denoiser, Parameterization};
-use crate::rng::NoiseRng;
-use crate::schedulers::{to_epsilon, NoiseSchedule, Scheduler};
+use crate::models::Denoiser;
+use crate::schedulers::{to_epsilon, NoiseSchedule, Parameterization};
 
 /// Which composition rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// Video Adapter: small model + λ · prior inside the small model's guidance (the paper's rule).
@@ -36,7 +36,6 @@ pub enum Rule {
     /// Inverse adaptation: the prior leads (guidance around the prior), the small model steers.
     Inverse,
     /// The paper's weaker baseline, for ablations: (1 − λ) · cfg(small) + λ · cfg(prior).
-    #[value(name = "cfg_mix", alias = "cfg-mix")]
     CfgMix,
 }
 
@@ -109,17 +108,6 @@ impl Default for ComposeSettings {
     }
 }
 
-/// What a sampling run returns.
-#[derive(Debug, Clone)]
-pub struct Trajectory {
-    /// The final sample x_0.
-    pub x0: Tensor,
-    /// Every intermediate x, `xs[0] = x_T` (only when recorded).
-    pub xs: Vec<Tensor>,
-    /// Prior forward calls made (for checking the composition window).
-    pub prior_calls: usize,
-}
-
 /// Evaluate one model, cond and (optionally) uncond in ONE batched forward, returning ε predictions
 /// `(uncond, cond)` at the sampler's noise level `alpha_bar`.
 fn eval_eps(
@@ -174,7 +162,8 @@ fn cfg(uncond: &Tensor, cond: &Tensor, w: f32) -> Result<Tensor> {
     Ok((uncond + ((cond - uncond)? * w as f64)?)?)
 }
 
-fn check_inputs(small: &Conditioned, priors: &[Prior], x: &Tensor) -> Result<()> {
+/// Refuse models whose input or output channels do not fit the video `x` and their conditioning channels.
+pub(crate) fn check_inputs(small: &Conditioned, priors: &[Prior], x: &Tensor) -> Result<()> {
     let video_channels = x.dim(1)?;
     let all = std::iter::once(("small", small)).chain(priors.iter().map(|p| ("prior", &p.input)));
     for (role, m) in all {
@@ -280,65 +269,8 @@ pub fn composed_eps(
     }
 }
 
-/// Run the full sampling loop from `x_t` (usually N(0, I) · init_noise_sigma) with the scheduler's timesteps.
-/// `noise` supplies ancestral noise for schedulers that need it (DDPM, DDIM with η > 0).
-pub fn sample(
-    small: &Conditioned,
-    priors: &[Prior],
-    scheduler: &mut dyn Scheduler,
-    x_t: Tensor,
-    settings: &ComposeSettings,
-    noise: &mut NoiseRng,
-    record: bool,
-) -> Result<Trajectory> {
-    check_inputs(small, priors, &x_t)?;
-    let _span = tracing::span!(tracing::Level::DEBUG, "compose_sample").entered();
-    let mut x = x_t.to_dtype(DType::F32)?;
-    let mut xs = if record { vec![x.clone()] } else { Vec::new() };
-    let mut prior_calls = 0;
-    let timesteps = scheduler.timesteps().to_vec();
-    if timesteps.is_empty() {
-        return Err(Error::invalid(
-            Location::none().field("steps"),
-            "the scheduler has no timesteps (call set_timesteps)",
-        ));
-    }
-    let schedule = scheduler.schedule().clone();
-    for t in timesteps {
-        let model_in = scheduler.scale_model_input(&x, t)?;
-        let eps = composed_eps(
-            small,
-            priors,
-            &model_in,
-            t,
-            settings,
-            &schedule,
-            &mut prior_calls,
-        )?;
-        // The scheduler expects the small model's parameterization; ε is converted back when it is not ε.
-        let output = match scheduler.prediction_type() {
-            Parameterization::Epsilon => eps,
-            other => from_epsilon(&eps, other, &x, schedule.alpha_bar(t))?,
-        };
-        let z = if scheduler.needs_noise(t) {
-            Some(noise.randn(x.shape(), x.device())?)
-        } else {
-            None
-        };
-        x = scheduler.step(&output, t, &x, z.as_ref())?.prev_sample;
-        tracing::trace!(t, "Denoising step done.");
-        if record {
-            xs.push(x.clone());
-        }
-    }
-    Ok(Trajectory {
-        x0: x,
-        xs,
-        prior_calls,
-    })
-}
-
-/// Convert an ε prediction to another parameterization at x_t (also the windowed sampler's, `pipeline::window`).
+/// Convert an ε prediction to another parameterization at x_t: what the scheduler steps when the small model is not
+/// an ε model.
 pub(crate) fn from_epsilon(
     eps: &Tensor,
     to: Parameterization,

@@ -1,4 +1,6 @@
-//! A vadapt model directory: a diffusers UNet3D plus what sampling with it needs.
+//! A vadapt model directory: a diffusers UNet3D plus what sampling with it needs, loaded as one bundle (UNet, text
+//! encoder, scheduler config, VAE, conditioning): diffusers' pipeline-loader role, above `models` and `schedulers`,
+//! whose parts it loads. The conditioning channels themselves are built by `sampling::conditioning`.
 //!
 //! ```text
 //! DIR/unet/                       diffusers UNet3DConditionModel (config.json + safetensors); or DIR itself
@@ -17,20 +19,22 @@
 //! `height`/`width` in `vadapt.json` stay in pixels. A diffusers text-to-video directory (ModelScope, Zeroscope:
 //! `model_index.json` with unet/, vae/, text_encoder/, tokenizer/, scheduler/) loads as a latent model with no
 //! conditioning that samples any frame count. Models composed in one target must share their sample space
-//! ([`SampleSpace`]).
+//! ([`SampleSpace`]); [`text_to_video`] checks such a directory's `model_index.json`.
+
+pub mod text_to_video;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::latent_prior::{check_pipeline_index, is_pipeline_dir};
-use super::text::{load_text_encoder, TextEncoder};
-use super::unet_3d::UNet3DConditionModel;
-use super::vae::AutoencoderKL;
-use super::Denoiser;
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::models::text::{load_text_encoder, TextEncoder};
+use crate::models::unet_3d::UNet3DConditionModel;
+use crate::models::vae::AutoencoderKL;
+use crate::models::Denoiser;
 use crate::schedulers::SchedulerConfig;
+use text_to_video::{check_pipeline_index, is_pipeline_dir};
 
 /// A conditioning signal concatenated on channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,18 +56,6 @@ impl Conditioning {
             Conditioning::FirstFrame | Conditioning::LowRes => 3,
         }
     }
-}
-
-/// The signals conditioning channels are built from, each at the model's sample resolution (latent size for a
-/// latent model); a model takes the ones its `conditioning` lists.
-#[derive(Default, Clone, Copy)]
-pub struct Signals<'a> {
-    /// The edge channel, (1, F, h, w).
-    pub edges: Option<&'a Tensor>,
-    /// The first frame, (3, h, w) in [-1, 1].
-    pub first_frame: Option<&'a Tensor>,
-    /// The previous stage's video upsampled, (3, F, h, w) in [-1, 1].
-    pub low_res: Option<&'a Tensor>,
 }
 
 /// What a model denoises: RGB pixels, or the scaled latents of a VAE. Two models compose only in the same space.
@@ -363,80 +355,4 @@ impl ModelDir {
             )),
         }
     }
-
-    /// The conditioning channels, (1, k, frames, h, w), from the signals at the sample resolution.
-    pub fn channels(&self, signals: Signals, frames: usize) -> Result<Option<Tensor>> {
-        conditioning_channels(&self.conditioning, signals, frames, &self.path)
-    }
-}
-
-/// A conditioning signal, (n, c, h, w) or (c, h, w) in pixels, at a model's sample resolution: average-pooled by
-/// `downscale` (a latent model's VAE downscale; 1, unchanged, for a pixel model). Sampling and training both build
-/// their signals through this, so a latent model sees at sampling what it was trained on.
-pub fn at_sample_resolution(signal: Tensor, downscale: usize) -> Result<Tensor> {
-    if downscale == 1 {
-        return Ok(signal);
-    }
-    Ok(match signal.rank() {
-        3 => signal.unsqueeze(0)?.avg_pool2d(downscale)?.squeeze(0)?,
-        _ => signal.avg_pool2d(downscale)?,
-    })
-}
-
-/// The channels a model conditioned on `conditioning` takes after the noisy video, (1, k, frames, h, w), in the
-/// order listed (docs/design.md: edges, then the first frame repeated over time). `model` names the model in the error
-/// when a signal it needs is missing. Sampling and training build them the same way.
-pub fn conditioning_channels(
-    conditioning: &[Conditioning],
-    signals: Signals,
-    frames: usize,
-    model: &Path,
-) -> Result<Option<Tensor>> {
-    let mut parts = Vec::new();
-    for c in conditioning {
-        match c {
-            Conditioning::Edges => parts.push(
-                signals
-                    .edges
-                    .ok_or_else(|| {
-                        Error::config(
-                            Location::file(model).field("edges"),
-                            "this model is conditioned on edges; give an edge video",
-                        )
-                    })?
-                    .unsqueeze(0)?,
-            ),
-            Conditioning::LowRes => parts.push(
-                signals
-                    .low_res
-                    .ok_or_else(|| {
-                        Error::config(
-                            Location::file(model).field("low_res"),
-                            "this model is a super-resolution stage: it needs the previous stage's video (list it \
-                             under a target's stages, after the base model)",
-                        )
-                    })?
-                    .unsqueeze(0)?,
-            ),
-            Conditioning::FirstFrame => {
-                let f = signals.first_frame.ok_or_else(|| {
-                    Error::config(
-                        Location::file(model).field("first_frame"),
-                        "this model is conditioned on the first frame; give a video",
-                    )
-                })?;
-                let (c, h, w) = f.dims3()?;
-                parts.push(
-                    f.unsqueeze(1)?
-                        .broadcast_as((c, frames, h, w))?
-                        .contiguous()?
-                        .unsqueeze(0)?,
-                );
-            }
-        }
-    }
-    if parts.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Tensor::cat(&parts, 1)?))
 }

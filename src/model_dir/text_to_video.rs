@@ -35,7 +35,7 @@ const EXPECTED: [(&str, &[&str]); 5] = [
 ];
 
 /// Check `DIR/model_index.json` of a diffusers text-to-video directory: every component vadapt loads is named, with
-/// a class it can load. [`ModelDir::load`](super::model_dir::ModelDir::load) calls this for any directory that has
+/// a class it can load. [`ModelDir::load`](super::ModelDir::load) calls this for any directory that has
 /// one, and then loads the parts (the UNet from `unet/`, the VAE from `vae/`, CLIP from `text_encoder/` with
 /// `tokenizer/`, the scheduler from `scheduler/`) and checks that they fit together.
 pub fn check_pipeline_index(dir: &Path) -> Result<()> {
