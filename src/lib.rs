@@ -14,6 +14,7 @@ pub mod eval;
 pub mod io;
 pub mod models;
 pub mod pipeline;
+pub mod progress;
 pub mod rng;
 pub mod schedulers;
 pub mod train;

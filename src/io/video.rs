@@ -20,6 +20,7 @@ use image::RgbImage;
 
 use crate::episode::FrameSource;
 use crate::error::{Error, Location, Result};
+use crate::io::fs::temp_path_for;
 
 /// lerobot's default `tolerance_s`: a decoded frame matches a query timestamp only if it is closer than this.
 pub const DEFAULT_TOLERANCE_S: f64 = 1e-4;
@@ -693,16 +694,6 @@ impl std::fmt::Debug for Mp4Encoder {
             .field("encoder", &self.setup.name)
             .finish()
     }
-}
-
-/// `dir/name` -> `dir/.name.partial` : same directory (so the final rename is atomic), hidden, and not
-/// matching lerobot's `*.mp4` / `*.parquet` globs.
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
 }
 
 impl Mp4Encoder {
