@@ -15,6 +15,7 @@ pub mod io;
 pub mod model_dir;
 pub mod models;
 pub mod pipeline;
+pub mod progress;
 pub mod rng;
 pub mod sampling;
 pub mod schedulers;

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(e.location().and_then(|l| l.path.as_ref()).is_some(), "{e}");
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = serde_json::from_str::<vadapt::models::model_dir::ModelMeta>(text);
+        let _ = serde_json::from_str::<vadapt::model_dir::ModelMeta>(text);
         let _ = vadapt::schedulers::SchedulerConfig::from_json(text, &p);
     }
 });

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use vadapt::compute::{Compute, DeviceSpec, Precision};
 use vadapt::error::Error;
-use vadapt::pipeline::{self, PipelineConfig, RunOptions, Shard};
+use vadapt::pipeline::{self, PipelineConfig, Progress, RunOptions, Shard};
+
+use super::progress::AugmentBars;
 
 /// Exit status after Ctrl-C (128 + SIGINT, what shells report for a command killed by it).
 const EXIT_INTERRUPTED: i32 = 130;
@@ -89,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         limit: args.limit,
         strict: args.strict,
         threads: args.threads,
-        progress: !args.quiet,
+        progress: (!args.quiet).then(|| Arc::new(AugmentBars::new()) as Arc<dyn Progress>),
         compute: Compute {
             device: args.device,
             precision: args.dtype,
@@ -98,7 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fail: None,
     };
     if args.dry_run {
-        let (plan, source) = pipeline::run::plan(&cfg, &args.pipeline, &opts)?;
+        let (plan, source) = pipeline::plan(&cfg, &args.pipeline, &opts)?;
         print!("{}", plan.describe(source.as_ref()));
         println!("dry run: nothing written");
         return Ok(());
@@ -148,14 +150,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for (ep, why) in &s.skipped {
         println!("  skipped episode {ep}: {why}");
     }
-    let stages: Vec<String> = s
-        .stage_seconds
+    let workers: Vec<String> = s
+        .worker_seconds
         .iter()
         .map(|(k, v)| format!("{k} {v:.2}s"))
         .collect();
     println!(
         "time per stage (summed over threads): {}",
-        stages.join(", ")
+        workers.join(", ")
     );
     Ok(())
 }

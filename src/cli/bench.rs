@@ -282,7 +282,7 @@ fn augment_numbers(args: &Args, pipeline: &Path) -> anyhow::Result<Value> {
             limit: Some(args.augment_episodes),
             strict: true,
             threads: 1,
-            progress: false,
+            progress: None,
             compute: Default::default(),
             stop: None,
             fail: None,
@@ -302,7 +302,7 @@ fn augment_numbers(args: &Args, pipeline: &Path) -> anyhow::Result<Value> {
                 "seconds": s.wall_seconds,
                 "frames_per_s": frames_per_s,
                 "episodes_per_hour": episodes_per_hour,
-                "stage_seconds": s.stage_seconds,
+                "stage_seconds": s.worker_seconds,
             }),
         );
     }
@@ -591,7 +591,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn emit(report: &Value, args: &Args) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(report)?;
     if let Some(p) = &args.json {
-        vadapt::io::lerobot::writer::write_atomic(p, text.as_bytes())?;
+        vadapt::io::fs::write_atomic(p, text.as_bytes())?;
     }
     println!("{text}");
     Ok(())

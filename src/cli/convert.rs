@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use vadapt::io::lerobot::writer::Numbering;
 use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
 use vadapt::io::open_dataset;
 use vadapt::io::rlds::{RldsWriteOptions, RldsWriter};
@@ -50,7 +51,11 @@ fn convert(args: &Args) -> anyhow::Result<()> {
     match args.to {
         Target::Lerobot => {
             let options = WriterOptions {
-                reindex: ds.format() == "rlds",
+                numbering: if ds.format() == "rlds" {
+                    Numbering::Reindex
+                } else {
+                    Numbering::Source
+                },
                 ..WriterOptions::default()
             };
             let mut writer = LeRobotWriter::create(&args.output, ds.fps(), ds.features(), options)?;

@@ -187,7 +187,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             mean: summary,
         };
         let text = serde_json::to_string_pretty(&report)? + "\n";
-        vadapt::io::lerobot::writer::write_atomic(path, text.as_bytes())?;
+        vadapt::io::fs::write_atomic(path, text.as_bytes())?;
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use vadapt::pipeline::Progress;
+
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Example:\n  vadapt merge out/aug out/part-0 out/part-1   # parts made with --shard 0/2 and --shard 1/2"
@@ -19,7 +21,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let s = vadapt::pipeline::merge::merge(&args.out, &args.parts, !args.quiet)?;
+    let progress = (!args.quiet).then(|| {
+        std::sync::Arc::new(super::progress::AugmentBars::new()) as std::sync::Arc<dyn Progress>
+    });
+    let s = vadapt::pipeline::merge::merge(&args.out, &args.parts, progress)?;
     println!(
         "merged {} parts into {}: {} episodes, {} frames, {} skipped",
         args.parts.len(),

@@ -8,11 +8,14 @@ mod eval;
 mod inspect;
 mod merge;
 mod preview;
+mod progress;
 mod sample;
 mod sample_data;
 mod train;
 
 use clap::{Parser, Subcommand};
+
+pub use progress::progress_bar;
 
 /// Augment robot trajectory datasets with composed video diffusion (Video Adapter).
 #[derive(Debug, Parser)]
@@ -82,16 +85,4 @@ pub fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// A progress bar on stderr (hidden when stderr is not a terminal, as indicatif does by default).
-pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(what.to_string());
-    bar
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use candle_core::Device;
 use vadapt::train::trainer::latest_checkpoint;
+
+use super::progress::{styled, Bar};
 use vadapt::train::{TrainConfig, Trainer};
 
 #[derive(Debug, clap::Args)]
@@ -53,16 +55,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         trainer.data.holdout.len(),
         trainer.config.steps
     );
-    let bar = super::progress_bar(trainer.config.steps as u64, "train");
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
+    let bar = styled(
+        trainer.config.steps as u64,
         "{prefix} [{bar:30}] {pos}/{len} {per_sec} ({eta}) {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
+    );
+    bar.set_message("train");
     bar.set_prefix("train");
     let stop_after = args.stop_after;
     let mut last = None;
-    trainer.run(&bar, |step, stats| {
+    trainer.run(&Bar(bar), |step, stats| {
         last = Some(*stats);
         stop_after.is_none_or(|n| step - start < n)
     })?;

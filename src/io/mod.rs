@@ -1,5 +1,6 @@
 //! Episode sources and sinks: LeRobot (v2.1 and v3.0 read, v3.0 write), RLDS TFRecord, video.
 
+pub mod fs;
 pub mod lerobot;
 pub mod rlds;
 pub mod video;

@@ -102,6 +102,9 @@ pub enum EdgeKind {
     SobelX,
 }
 
+/// `[edges]`: the edge channel that conditions every edge-conditioned model. The plan refuses a kind the sampler
+/// does not compute for such a model (`plan::check_edges`); like the rest of the config it is recorded in
+/// `meta/augmentation.json` and `.vadapt/state.json` (resume and merge refuse a different one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EdgesConfig {

@@ -3,13 +3,20 @@
 //! written from them in source order with the same writer settings, so the merged bytes equal a single run's.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::run::{read_state, run, write_state, RunOptions, RunState, RunSummary, Shard};
+use super::output::{read_state, write_state, RunState};
+use super::run::{run, Progress, RunOptions, RunSummary, Shard};
 use super::units::WorkDir;
 use crate::error::{Error, IoResultExt, Location, Result};
+use crate::io::fs::copy_atomic;
 
-/// Merge shard outputs `parts` into `out` (which must not exist or be empty).
-pub fn merge(out: &Path, parts: &[PathBuf], progress: bool) -> Result<RunSummary> {
+/// Merge shard outputs `parts` into `out` (which must not exist or be empty), reporting to `progress`.
+pub fn merge(
+    out: &Path,
+    parts: &[PathBuf],
+    progress: Option<Arc<dyn Progress>>,
+) -> Result<RunSummary> {
     if parts.is_empty() {
         return Err(Error::config(
             Location::none().field("PART"),
@@ -89,9 +96,7 @@ pub fn merge(out: &Path, parts: &[PathBuf], progress: bool) -> Result<RunSummary
             let from = pw.units_dir().join(&rec.file);
             let to = work.units_dir().join(&rec.file);
             if std::fs::hard_link(&from, &to).is_err() {
-                let tmp = to.with_extension("bin.tmp");
-                std::fs::copy(&from, &tmp).at(&from)?;
-                std::fs::rename(&tmp, &to).at(&to)?;
+                copy_atomic(&from, &to)?;
             }
             work.append(&rec)?;
         }

@@ -1,12 +1,20 @@
-//! The streaming augment pipeline behind `vadapt augment`: a TOML config ([`config`]), whose episodes are sampled
-//! by `sampling::TargetSampler`, the resumable work directory ([`units`]), the staged run ([`run`]), shard merging
-//! ([`merge`]) and contact-sheet previews ([`preview`]).
+//! The streaming augment pipeline behind `vadapt augment`: a TOML config ([`config`]), the [`plan`] of a run (the
+//! dataset, the episodes, every target's models loaded once and checked: [`target`]), the workers that read,
+//! prepare, sample (through `sampling::TargetSampler`) and write on their own threads ([`workers`]), the resumable
+//! work directory ([`units`]) and the output's state and publishing ([`output`]),
+//! all run by [`run`]; shard merging ([`merge`]) and contact-sheet previews ([`preview`]).
 
 pub mod config;
 pub mod merge;
+mod options;
+pub mod output;
+pub mod plan;
 pub mod preview;
 pub mod run;
+mod target;
 pub mod units;
+mod workers;
 
 pub use config::PipelineConfig;
-pub use run::{run, RunOptions, RunSummary, Shard, INTERRUPTED};
+pub use plan::{plan, Plan, TargetPlan};
+pub use run::{run, Progress, RunOptions, RunSummary, Shard, INTERRUPTED};

@@ -15,7 +15,7 @@ use crate::vision::edges::edge_in_unit_range;
 
 /// Rows of one episode: (label, frames), all at the same size and length.
 pub fn preview_rows(out: &Path, episode: u64) -> Result<Vec<(String, Vec<RgbImage>)>> {
-    let st = super::run::read_state(&WorkDir::new(out))?.ok_or_else(|| {
+    let st = super::output::read_state(&WorkDir::new(out))?.ok_or_else(|| {
         Error::invalid(
             Location::file(out),
             "not a vadapt augment output (no .vadapt/state.json)",

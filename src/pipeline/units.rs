@@ -14,7 +14,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::io::lerobot::writer::write_atomic;
+use crate::io::fs::write_atomic;
 
 const MAGIC: &[u8; 8] = b"VADUNIT1";
 

@@ -54,7 +54,7 @@ pub fn write_loss_csv(path: &Path, rows: &[LossRow]) -> Result<()> {
     for r in rows {
         text.push_str(&format_row(r));
     }
-    crate::io::lerobot::writer::write_atomic(path, text.as_bytes())
+    crate::io::fs::write_atomic(path, text.as_bytes())
 }
 
 fn format_row(r: &LossRow) -> String {
@@ -187,7 +187,7 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
         image::ImageFormat::Png,
     )
     .map_err(|e| crate::Error::invalid(crate::Location::file(path), e.to_string()))?;
-    crate::io::lerobot::writer::write_atomic(path, &bytes)
+    crate::io::fs::write_atomic(path, &bytes)
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as
 use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
 use crate::models::vae::AutoencoderKL;
 use crate::models::Parameterization;
+use crate::progress::Observer;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::sampling::{sample, ComposeSettings, Conditioned};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
@@ -622,11 +623,12 @@ impl Trainer {
         Ok(report::contact_sheet(&rows, 3))
     }
 
-    /// Train to `config.steps`, with the progress bar, loss log, checkpoints and sample sheets. `on_step` sees every
-    /// step's stats (for tests and callers that stop early: return `false` to stop after that step, checkpointing).
+    /// Train to `config.steps`, with progress (steps done, loss and learning rate) told to `progress`, the loss
+    /// log, checkpoints and sample sheets. `on_step` sees every step's stats (for tests and callers that stop early:
+    /// return `false` to stop after that step, checkpointing).
     pub fn run(
         &mut self,
-        bar: &indicatif::ProgressBar,
+        progress: &dyn Observer,
         mut on_step: impl FnMut(usize, &StepStats) -> bool,
     ) -> Result<()> {
         let out = self.config.output.clone();
@@ -635,8 +637,9 @@ impl Trainer {
         let mut rows = report::read_loss_csv(&csv, self.step)?;
         report::write_loss_csv(&csv, &rows)?;
         let total = self.config.steps;
-        bar.set_length(total as u64);
-        bar.set_position(self.step as u64);
+        progress.start(total as u64);
+        // A resumed run starts at its checkpoint's step.
+        progress.advance(self.step as u64);
         let started = Instant::now();
         let offset = rows.last().map(|r| r.seconds).unwrap_or(0.0);
         let mut stop = false;
@@ -654,8 +657,9 @@ impl Trainer {
                 report::append_loss_row(&csv, &row)?;
                 rows.push(row);
             }
-            bar.set_message(format!("loss {:.4} lr {:.1e}", stats.loss, stats.lr));
-            bar.set_position(step as u64);
+            progress.message(&format!("loss {:.4} lr {:.1e}", stats.loss, stats.lr));
+            // `train_step` advanced `self.step` by one.
+            progress.advance(1);
             stop = !on_step(step, &stats);
             let log = &self.config.log;
             let checkpoint = step % log.checkpoint_every == 0 || step == total || stop;
@@ -675,7 +679,7 @@ impl Trainer {
                 )?;
             }
         }
-        bar.finish_and_clear();
+        progress.finish();
         Ok(())
     }
 }

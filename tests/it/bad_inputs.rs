@@ -4,7 +4,7 @@
 //!
 //! Each case runs twice:
 //! * the library, inside `catch_unwind`: `io::open_dataset`, `read_episode` for every episode and `decode` of every
-//!   camera (models: `ModelDir::load`; pipeline TOMLs: `PipelineConfig::load` and `pipeline::run::plan` over the
+//!   camera (models: `ModelDir::load`; pipeline TOMLs: `PipelineConfig::load` and `pipeline::plan` over the
 //!   bundled LeRobot sample);
 //! * the CLI: `vadapt inspect` and `vadapt convert` (models: `vadapt sample --model`; pipeline TOMLs:
 //!   `vadapt augment`, which must leave no output directory behind).
@@ -1602,7 +1602,7 @@ fn pipeline_input() -> PathBuf {
 
 /// What `vadapt augment` checks before it writes anything: the config, then the plan (dataset, cameras, models).
 fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
-    use vadapt::pipeline::{run::plan, PipelineConfig, RunOptions, Shard};
+    use vadapt::pipeline::{plan, PipelineConfig, RunOptions, Shard};
     let cfg = PipelineConfig::load(path)?;
     let opts = RunOptions {
         compute: Default::default(),
@@ -1613,7 +1613,7 @@ fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
         limit: None,
         strict: false,
         threads: 1,
-        progress: false,
+        progress: None,
         stop: None,
         fail: None,
     };

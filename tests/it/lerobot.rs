@@ -368,7 +368,7 @@ fn reindexing_rewrites_only_the_index_columns() {
         FPS,
         &features(),
         WriterOptions {
-            reindex: true,
+            numbering: vadapt::io::lerobot::writer::Numbering::Reindex,
             ..small_files()
         },
     )

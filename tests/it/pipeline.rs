@@ -55,7 +55,7 @@ pub(crate) fn opts(input: &Path, output: &Path) -> RunOptions {
         limit: None,
         strict: false,
         threads: 1,
-        progress: false,
+        progress: None,
         stop: None,
         fail: None,
     }

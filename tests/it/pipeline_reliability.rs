@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use vadapt::pipeline::run::{FailPoint, Stage};
+use vadapt::pipeline::run::{FailAt, FailPoint};
 use vadapt::pipeline::units::WorkDir;
 use vadapt::pipeline::{self, PipelineConfig};
 
@@ -243,21 +243,21 @@ fn pipeline_a_failure_in_any_stage_ends_the_run_with_that_error() {
     let out = dir.path().join("out");
     // Edges and sample first: they fire only while episode 1's unit is still to be sampled.
     let order = [
-        Stage::Edges,
-        Stage::Sample,
-        Stage::Read,
-        Stage::Decode,
-        Stage::Prepare,
-        Stage::Encode,
-        Stage::Write,
+        FailAt::Edges,
+        FailAt::Sample,
+        FailAt::Read,
+        FailAt::Decode,
+        FailAt::Prepare,
+        FailAt::Encode,
+        FailAt::Write,
     ];
-    assert_eq!(order.len(), Stage::ALL.len());
+    assert_eq!(order.len(), FailAt::ALL.len());
     let mut report = Vec::new();
-    for (i, stage) in order.into_iter().enumerate() {
+    for (i, at) in order.into_iter().enumerate() {
         let mut o = opts(&data, &out);
         o.threads = 2;
         o.resume = i > 0;
-        o.fail = Some(FailPoint { stage, position: 1 });
+        o.fail = Some(FailPoint { at, position: 1 });
         let (cfg, toml) = (cfg.clone(), toml.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         let t0 = Instant::now();
@@ -266,24 +266,24 @@ fn pipeline_a_failure_in_any_stage_ends_the_run_with_that_error() {
         });
         let r = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{stage:?}: the run did not end within 60 s (deadlock?)"));
+            .unwrap_or_else(|_| panic!("{at:?}: the run did not end within 60 s (deadlock?)"));
         let secs = t0.elapsed().as_secs_f64();
         let err = match r {
-            Ok(_) => panic!("{stage:?}: the run succeeded despite the injected failure"),
+            Ok(_) => panic!("{at:?}: the run succeeded despite the injected failure"),
             Err(e) => e,
         };
         let msg = err.to_string();
-        report.push(format!("{:<8} {secs:5.2}s  {msg}", stage.name()));
+        report.push(format!("{:<8} {secs:5.2}s  {msg}", at.name()));
         assert!(
             !matches!(err, vadapt::Error::Cancelled(_)),
-            "{stage:?}: the run should return the failing stage's error, not {msg}"
+            "{at:?}: the run should return the failing stage's error, not {msg}"
         );
         assert!(
-            msg.contains(&format!("stage {}", stage.name())) && msg.contains("injected"),
-            "{stage:?}: {msg}"
+            msg.contains(&format!("stage {}", at.name())) && msg.contains("injected"),
+            "{at:?}: {msg}"
         );
-        if stage != Stage::Write {
-            assert!(msg.contains("episode 1"), "{stage:?}: {msg}");
+        if at != FailAt::Write {
+            assert!(msg.contains("episode 1"), "{at:?}: {msg}");
         }
         assert_no_final_files(&out);
     }

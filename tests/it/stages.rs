@@ -212,8 +212,7 @@ fn cascade_stage_writes_the_camera_at_its_resolution() {
         .replace("[output]\n", "[output]\nresolution = [48, 80]\n");
     std::fs::write(&toml, text).unwrap();
     let cfg = PipelineConfig::load(&toml).unwrap();
-    let (plan, source) =
-        pipeline::run::plan(&cfg, &toml, &opts(&data, &dir.path().join("x"))).unwrap();
+    let (plan, source) = pipeline::plan(&cfg, &toml, &opts(&data, &dir.path().join("x"))).unwrap();
     assert!(
         plan.describe(source.as_ref()).contains("-> SR 48x80"),
         "{}",
@@ -306,7 +305,7 @@ fn cascade_example_pipeline_plans_with_the_demo_models() {
     let toml = repo.join("pipelines/cascade.toml");
     let cfg = PipelineConfig::load(&toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (plan, source) = pipeline::run::plan(
+    let (plan, source) = pipeline::plan(
         &cfg,
         &toml,
         &opts(

@@ -101,7 +101,7 @@ fn loss_falls_on_a_fixed_batch() {
 fn resumed_run_is_bit_identical() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    let bar = indicatif::ProgressBar::hidden();
+    let bar = vadapt::progress::Silent;
     let mut whole = Trainer::new(config(&recipe(&a, "")), &Device::Cpu).unwrap();
     whole.run(&bar, |_, _| true).unwrap();
     let mut first = Trainer::new(config(&recipe(&b, "")), &Device::Cpu).unwrap();
@@ -292,7 +292,7 @@ fn bad_recipes_name_the_key() {
 fn run_to_end(c: TrainConfig) -> (Trainer, Vec<f64>) {
     let mut t = Trainer::new(c, &Device::Cpu).unwrap();
     let mut losses = Vec::new();
-    t.run(&indicatif::ProgressBar::hidden(), |_, s| {
+    t.run(&vadapt::progress::Silent, |_, s| {
         losses.push(s.loss);
         true
     })

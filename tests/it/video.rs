@@ -61,7 +61,7 @@ fn round_trip(codec: VideoCodec) {
     let frames = synthetic_frames(n, h, w, 1);
     let enc = video::encode_frames(&path, &frames, fps, &opts(codec)).unwrap();
     assert_eq!(enc.frames, n as u64);
-    assert!(path.exists() && !video::temp_path_for(&path).exists());
+    assert!(path.exists() && !vadapt::io::fs::temp_path_for(&path).exists());
     let info = video::probe(&path).unwrap();
     assert_eq!((info.width, info.height), (w, h));
     assert_eq!(info.fps, fps);
@@ -253,7 +253,7 @@ fn unfinished_encoder_leaves_nothing_and_bad_sizes_are_refused() {
             enc.push(&f).unwrap();
         }
         assert!(enc.push(&RgbImage::new(10, 10)).is_err());
-        assert!(video::temp_path_for(&path).exists());
+        assert!(vadapt::io::fs::temp_path_for(&path).exists());
     }
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),

@@ -4,6 +4,7 @@ pub mod layout;
 pub mod meta;
 pub mod reader;
 pub mod stats;
+mod table;
 pub mod writer;
 
 pub use meta::{EpisodeMeta, Info, Version, VideoRef};

@@ -7,14 +7,13 @@
 //! `meta/info.json` is written last, by [`LeRobotWriter::finalize`], so a crashed or abandoned write never
 //! looks like a dataset. Dropping an unfinalized writer deletes its temporary files.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Float32Array, Float64Array, Int64Array, ListArray, RecordBatch,
-    StringArray,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, ListArray, RecordBatch, StringArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
@@ -27,9 +26,11 @@ use serde_json::{json, Value};
 use super::layout::{self, CODEBASE_VERSION};
 use super::meta;
 use super::stats::{self, FeatureStats, Stats};
+use super::table::{self, renumber, TableSpec, Tasks};
 use crate::episode::{Episode, Feature, Features};
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::io::video::{self, EncoderOptions, Mp4Encoder};
+use crate::io::fs::{temp_path_for, write_atomic};
+use crate::io::video::{EncoderOptions, Mp4Encoder};
 
 /// The columns every LeRobot dataset has (`DEFAULT_FEATURES` in lerobot's `utils.py`), in its order.
 pub const DEFAULT_FEATURES: [(&str, &str); 5] = [
@@ -39,6 +40,8 @@ pub const DEFAULT_FEATURES: [(&str, &str); 5] = [
     ("index", "int64"),
     ("task_index", "int64"),
 ];
+
+pub use super::table::Numbering;
 
 /// Writer settings; defaults are lerobot's.
 #[derive(Debug, Clone)]
@@ -50,11 +53,8 @@ pub struct WriterOptions {
     /// An mp4 is closed when the next episode would take it past this size.
     pub video_files_size_in_mb: f64,
     pub video: EncoderOptions,
-    /// Rewrite `episode_index` (0, 1, ... in write order), `index` (global row number) and `task_index`
-    /// (this dataset's task table). Off: every source column is written bit-exact. lerobot itself
-    /// needs contiguous episode indices from 0 and `index` equal to the row number, so turn this on
-    /// when writing a subset or a merge of sources.
-    pub reindex: bool,
+    /// How `episode_index`, `index` and `task_index` are numbered.
+    pub numbering: Numbering,
     pub robot_type: Option<String>,
 }
 
@@ -65,7 +65,7 @@ impl Default for WriterOptions {
             data_files_size_in_mb: layout::DEFAULT_DATA_FILE_SIZE_IN_MB,
             video_files_size_in_mb: layout::DEFAULT_VIDEO_FILE_SIZE_IN_MB,
             video: EncoderOptions::default(),
-            reindex: false,
+            numbering: Numbering::Source,
             robot_type: None,
         }
     }
@@ -116,8 +116,9 @@ pub struct LeRobotWriter {
     fps: f64,
     features: Vec<(String, Feature)>,
     opts: WriterOptions,
-    tasks: BTreeMap<i64, String>,
-    task_lookup: HashMap<String, i64>,
+    tasks: Tasks,
+    /// [`Numbering::Renumber`]: the source's task_index -> this dataset's, in order of first use.
+    source_tasks: BTreeMap<i64, i64>,
     rows: Vec<EpisodeRow>,
     seen_episodes: std::collections::HashSet<u64>,
     data: Option<DataFile>,
@@ -142,20 +143,6 @@ impl std::fmt::Debug for LeRobotWriter {
             .field("frames", &self.total_frames)
             .finish()
     }
-}
-
-fn hidden_tmp(path: &Path) -> PathBuf {
-    video::temp_path_for(path)
-}
-
-/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).at(parent)?;
-    }
-    let tmp = hidden_tmp(path);
-    std::fs::write(&tmp, bytes).at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)
 }
 
 /// HF `datasets` feature JSON for an arrow type (datasets 4: `Value`, `List`), stored in the parquet
@@ -186,56 +173,6 @@ fn hf_feature(t: &DataType) -> Value {
         }
         other => value(&other.to_string().to_lowercase()),
     }
-}
-
-/// The dtype name lerobot would give a leaf arrow type.
-fn dtype_name(t: &DataType) -> Option<&'static str> {
-    Some(match t {
-        DataType::Boolean => "bool",
-        DataType::Int8 => "int8",
-        DataType::Int16 => "int16",
-        DataType::Int32 => "int32",
-        DataType::Int64 => "int64",
-        DataType::UInt8 => "uint8",
-        DataType::UInt16 => "uint16",
-        DataType::UInt32 => "uint32",
-        DataType::UInt64 => "uint64",
-        DataType::Float16 => "float16",
-        DataType::Float32 => "float32",
-        DataType::Float64 => "float64",
-        DataType::Utf8 | DataType::LargeUtf8 => "string",
-        _ => return None,
-    })
-}
-
-/// Does a column's arrow type fit an info.json feature (dtype, and scalar for shape [1] / list of d for [d])?
-fn check_column(key: &str, f: &Feature, t: &DataType, loc: &Location) -> Result<()> {
-    let (leaf, len) = match t {
-        DataType::FixedSizeList(inner, n) => (inner.data_type(), Some(*n as usize)),
-        DataType::List(inner) | DataType::LargeList(inner) => (inner.data_type(), None),
-        t => (t, Some(1)),
-    };
-    let scalar = !matches!(
-        t,
-        DataType::FixedSizeList(..) | DataType::List(_) | DataType::LargeList(_)
-    );
-    let dtype_ok = dtype_name(leaf).is_some_and(|d| d == f.dtype)
-        || (f.dtype == "string" && dtype_name(leaf) == Some("string"));
-    let shape_ok = match f.shape.as_slice() {
-        [1] => scalar,
-        [d] => len.is_none_or(|n| n == *d) && !scalar,
-        _ => true,
-    };
-    if !dtype_ok || !shape_ok {
-        return Err(Error::invalid(
-            loc.clone().field(key),
-            format!(
-                "column type {t} does not match the feature (dtype {:?}, shape {:?})",
-                f.dtype, f.shape
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl LeRobotWriter {
@@ -328,8 +265,8 @@ impl LeRobotWriter {
             fps,
             features: ordered,
             opts: options,
-            tasks: BTreeMap::new(),
-            task_lookup: HashMap::new(),
+            tasks: Tasks::default(),
+            source_tasks: BTreeMap::new(),
             rows: Vec::new(),
             seen_episodes: Default::default(),
             data: None,
@@ -358,188 +295,6 @@ impl LeRobotWriter {
         self.save_episode(episode)
     }
 
-    fn task_index_for(&mut self, task: &str) -> i64 {
-        if let Some(&i) = self.task_lookup.get(task) {
-            return i;
-        }
-        let i = self.tasks.keys().next_back().map(|k| k + 1).unwrap_or(0);
-        self.tasks.insert(i, task.to_string());
-        self.task_lookup.insert(task.to_string(), i);
-        i
-    }
-
-    /// Build the output table of one episode: source columns untouched, lerobot's default columns added
-    /// when missing and rewritten only when re-indexing.
-    fn episode_table(
-        &mut self,
-        ep: &Episode,
-        episode_index: u64,
-    ) -> Result<(RecordBatch, Vec<String>)> {
-        let n = ep.len();
-        let loc = Location::none().episode(ep.index.0);
-        let visual: Vec<&str> = self
-            .features
-            .iter()
-            .filter(|(_, f)| f.is_visual())
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let mut fields: Vec<Arc<Field>> = Vec::new();
-        let mut cols: Vec<ArrayRef> = Vec::new();
-        for (field, col) in ep
-            .columns
-            .schema()
-            .fields()
-            .iter()
-            .zip(ep.columns.columns())
-        {
-            if visual.contains(&field.name().as_str()) {
-                continue;
-            }
-            let f = self
-                .features
-                .iter()
-                .find(|(k, _)| k == field.name())
-                .map(|(_, f)| f)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        loc.clone().field(field.name()),
-                        "column is not declared in the writer's features",
-                    )
-                })?;
-            check_column(field.name(), f, col.data_type(), &loc)?;
-            fields.push(Arc::new(Field::new(
-                field.name(),
-                field.data_type().clone(),
-                field.is_nullable(),
-            )));
-            cols.push(col.clone());
-        }
-        let find = |fields: &[Arc<Field>], name: &str| fields.iter().position(|f| f.name() == name);
-        let set =
-            |fields: &mut Vec<Arc<Field>>, cols: &mut Vec<ArrayRef>, name: &str, col: ArrayRef| {
-                let field = Arc::new(Field::new(name, col.data_type().clone(), false));
-                match find(fields, name) {
-                    Some(i) => {
-                        fields[i] = field;
-                        cols[i] = col;
-                    }
-                    None => {
-                        fields.push(field);
-                        cols.push(col);
-                    }
-                }
-            };
-        // Tasks: with re-indexing (or no task_index column) the episode's task gets this dataset's index;
-        // otherwise the source's task_index values are kept and must map to the episode's task.
-        let mut ep_tasks = vec![ep.task.clone()];
-        let reindex = self.opts.reindex;
-        match find(&fields, "task_index") {
-            Some(i) if !reindex => {
-                let c = arrow::compute::cast(&cols[i], &DataType::Int64)
-                    .map_err(|e| Error::table(loc.clone().field("task_index"), e))?;
-                let mut distinct: Vec<i64> =
-                    c.as_primitive::<Int64Type>().iter().flatten().collect();
-                distinct.sort_unstable();
-                distinct.dedup();
-                if let [only] = distinct.as_slice() {
-                    match self.tasks.get(only) {
-                        Some(t) if *t != ep.task => {
-                            return Err(Error::invalid(
-                                loc.clone().field("task_index"),
-                                format!("task_index {only} is {t:?} in this dataset but the episode's task is {:?} (write with re-indexing)", ep.task),
-                            ))
-                        }
-                        Some(_) => {}
-                        None => {
-                            if let Some(other) = self.task_lookup.get(&ep.task) {
-                                return Err(Error::invalid(
-                                    loc.clone().field("task_index"),
-                                    format!("task {:?} already has task_index {other}, this episode says {only} (write with re-indexing)", ep.task),
-                                ));
-                            }
-                            self.tasks.insert(*only, ep.task.clone());
-                            self.task_lookup.insert(ep.task.clone(), *only);
-                        }
-                    }
-                } else {
-                    ep_tasks.clear();
-                    for t in &distinct {
-                        let name = self.tasks.get(t).cloned().ok_or_else(|| {
-                            Error::invalid(
-                                loc.clone().field("task_index"),
-                                format!("task_index {t} has no task text (write with re-indexing)"),
-                            )
-                        })?;
-                        ep_tasks.push(name);
-                    }
-                }
-            }
-            _ => {
-                let ti = self.task_index_for(&ep.task);
-                set(
-                    &mut fields,
-                    &mut cols,
-                    "task_index",
-                    Arc::new(Int64Array::from(vec![ti; n])),
-                );
-            }
-        }
-        if find(&fields, "timestamp").is_none() {
-            set(
-                &mut fields,
-                &mut cols,
-                "timestamp",
-                Arc::new(Float32Array::from(
-                    (0..n)
-                        .map(|i| (i as f64 / self.fps) as f32)
-                        .collect::<Vec<_>>(),
-                )),
-            );
-        }
-        if find(&fields, "frame_index").is_none() {
-            set(
-                &mut fields,
-                &mut cols,
-                "frame_index",
-                Arc::new(Int64Array::from((0..n as i64).collect::<Vec<_>>())),
-            );
-        }
-        if reindex || find(&fields, "episode_index").is_none() {
-            set(
-                &mut fields,
-                &mut cols,
-                "episode_index",
-                Arc::new(Int64Array::from(vec![episode_index as i64; n])),
-            );
-        }
-        if reindex || find(&fields, "index").is_none() {
-            let start = self.total_frames as i64;
-            set(
-                &mut fields,
-                &mut cols,
-                "index",
-                Arc::new(Int64Array::from(
-                    (start..start + n as i64).collect::<Vec<_>>(),
-                )),
-            );
-        }
-        for (k, f) in self.features.iter().filter(|(_, f)| !f.is_visual()) {
-            if find(&fields, k).is_none() {
-                return Err(Error::invalid(
-                    loc.clone().field(k),
-                    format!("the episode has no column for feature {k:?} ({})", f.dtype),
-                ));
-            }
-        }
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
-            .map_err(|e| Error::table(loc.clone(), e))?;
-        if batch.num_rows() != n {
-            return Err(Error::invalid(loc, "columns have different lengths"));
-        }
-        ep_tasks.dedup();
-        Ok((batch, ep_tasks))
-    }
-
     /// Append one episode: its rows to the current data file, its frames to each camera's current mp4.
     /// If this fails part-way the writer refuses further episodes and [`finalize`](Self::finalize) fails,
     /// so no inconsistent dataset is ever completed.
@@ -551,11 +306,14 @@ impl LeRobotWriter {
             ));
         }
         self.writing = false;
+        let source_tasks = self.source_tasks.clone();
         let r = self.save_episode_inner(ep);
         if let Err(e) = &r {
             // Refused before any file was touched (bad columns, bad frames): the writer stays usable.
             if self.writing {
                 self.failed = Some(e.to_string());
+            } else {
+                self.source_tasks = source_tasks;
             }
         }
         self.writing = false;
@@ -563,6 +321,21 @@ impl LeRobotWriter {
     }
 
     fn save_episode_inner(&mut self, ep: &Episode) -> Result<()> {
+        let renumbered;
+        let ep = match self.opts.numbering {
+            Numbering::Renumber => {
+                let mut copy = ep.clone();
+                renumber(
+                    &mut copy,
+                    self.rows.len() as u64,
+                    self.total_frames,
+                    &mut self.source_tasks,
+                )?;
+                renumbered = copy;
+                &renumbered
+            }
+            Numbering::Source | Numbering::Reindex => ep,
+        };
         let n = ep.len();
         let src = ep.index.0;
         let loc = Location::none().episode(src);
@@ -570,8 +343,9 @@ impl LeRobotWriter {
             return Err(Error::invalid(loc, "episode has no frames"));
         }
         // Episode index in the output: re-indexed, or the source's episode_index column (constant).
+        let reindex = self.opts.numbering == Numbering::Reindex;
         let episode_index = match ep.columns.column_by_name("episode_index") {
-            Some(c) if !self.opts.reindex => {
+            Some(c) if !reindex => {
                 let c = arrow::compute::cast(c, &DataType::Int64)
                     .map_err(|e| Error::table(loc.clone().field("episode_index"), e))?;
                 let c = c.as_primitive::<Int64Type>();
@@ -584,7 +358,7 @@ impl LeRobotWriter {
                 }
                 first as u64
             }
-            _ if self.opts.reindex => self.rows.len() as u64,
+            _ if reindex => self.rows.len() as u64,
             _ => src,
         };
         if self.seen_episodes.contains(&episode_index) {
@@ -594,12 +368,12 @@ impl LeRobotWriter {
             ));
         }
         // 1. Validate and prepare everything before touching any file.
-        let task_snapshot = (self.tasks.clone(), self.task_lookup.clone());
+        let task_snapshot = self.tasks.clone();
         let prepared = self.prepare(ep, episode_index);
         let (batch, ep_tasks, frames) = match prepared {
             Ok(p) => p,
             Err(e) => {
-                (self.tasks, self.task_lookup) = task_snapshot;
+                self.tasks = task_snapshot;
                 return Err(e);
             }
         };
@@ -647,7 +421,13 @@ impl LeRobotWriter {
         episode_index: u64,
     ) -> Result<(RecordBatch, Vec<String>, Vec<(String, Vec<RgbImage>)>)> {
         let n = ep.len();
-        let (batch, ep_tasks) = self.episode_table(ep, episode_index)?;
+        let spec = TableSpec {
+            features: &self.features,
+            fps: self.fps,
+            numbering: self.opts.numbering,
+            first_row: self.total_frames,
+        };
+        let (batch, ep_tasks) = table::episode_table(&spec, &mut self.tasks, ep, episode_index)?;
         if let Some(s) = &self.schema {
             let same = s.fields().len() == batch.schema().fields().len()
                 && s.fields()
@@ -750,7 +530,7 @@ impl LeRobotWriter {
             let path = self.root.join(rel);
             let parent = path.parent().unwrap_or(&self.root).to_path_buf();
             std::fs::create_dir_all(&parent).at(&parent)?;
-            let tmp = hidden_tmp(&path);
+            let tmp = temp_path_for(&path);
             let file = File::create(&tmp).at(&tmp)?;
             let (schema, props) = self.data_props(&batch.schema())?;
             self.schema.get_or_insert_with(|| batch.schema());
@@ -974,7 +754,7 @@ impl LeRobotWriter {
                 let path = self.root.join(layout::episodes_file(pos.0, pos.1));
                 let parent = path.parent().unwrap_or(&self.root).to_path_buf();
                 std::fs::create_dir_all(&parent).at(&parent)?;
-                let tmp = hidden_tmp(&path);
+                let tmp = temp_path_for(&path);
                 let props = WriterProperties::builder()
                     .set_compression(Compression::SNAPPY)
                     .build();
@@ -1022,10 +802,10 @@ impl LeRobotWriter {
             schema.clone(),
             vec![
                 Arc::new(Int64Array::from(
-                    self.tasks.keys().copied().collect::<Vec<_>>(),
+                    self.tasks.iter().map(|(i, _)| i).collect::<Vec<_>>(),
                 )),
                 Arc::new(StringArray::from(
-                    self.tasks.values().map(String::as_str).collect::<Vec<_>>(),
+                    self.tasks.iter().map(|(_, t)| t).collect::<Vec<_>>(),
                 )),
             ],
         )

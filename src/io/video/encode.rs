@@ -11,6 +11,7 @@ use image::RgbImage;
 
 use super::{fps_rational, init, probe, video_err, VideoInfo};
 use crate::error::{Error, Result};
+use crate::io::fs::temp_path_for;
 
 /// Video codec for encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -202,16 +203,6 @@ impl std::fmt::Debug for Mp4Encoder {
             .field("encoder", &self.setup.name)
             .finish()
     }
-}
-
-/// `dir/name` -> `dir/.name.partial` : same directory (so the final rename is atomic), hidden, and not
-/// matching lerobot's `*.mp4` / `*.parquet` globs.
-pub fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial"))
 }
 
 impl Mp4Encoder {

@@ -23,7 +23,7 @@ mod encode;
 
 pub use decode::{decode_all, decode_episode, FrameQuery, Mp4Frames, TimedFrame};
 pub use encode::{
-    encode_frames, temp_path_for, EncodedVideo, EncoderOptions, EpisodeSpan, Mp4Encoder, VideoCodec,
+    encode_frames, EncodedVideo, EncoderOptions, EpisodeSpan, Mp4Encoder, VideoCodec,
 };
 
 /// lerobot's default `tolerance_s`: a decoded frame matches a query timestamp only if it is closer than this.

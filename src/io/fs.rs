@@ -1,0 +1,34 @@
+//! Files that appear whole or not at all: every writer in vadapt writes under a hidden temporary name in the
+//! final directory and renames once the bytes are complete. A rename within one directory is atomic on POSIX file
+//! systems, so a crash, a kill or a full disk never leaves a half-written file under its real name.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoResultExt, Result};
+
+/// `dir/name` -> `dir/.name.partial` : same directory (so the final rename is atomic), hidden, and not
+/// matching lerobot's `*.mp4` / `*.parquet` globs.
+pub fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial"))
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).at(parent)?;
+    }
+    let tmp = temp_path_for(path);
+    std::fs::write(&tmp, bytes).at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// Copy `from` to `to` through a temporary file beside `to` and a rename.
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = temp_path_for(to);
+    std::fs::copy(from, &tmp).at(from)?;
+    std::fs::rename(&tmp, to).at(to)
+}

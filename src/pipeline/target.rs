@@ -1,0 +1,310 @@
+//! One target of a pipeline with its models loaded: the checks a config cannot make alone (prompts against text
+//! encoders, priors against the adapter, cascade stages against their conditioning and resolutions), and how the
+//! target samples one episode (base model with its priors, then each super-resolution stage).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use image::RgbImage;
+
+use super::config::{render_prompt, StageConfig, TargetConfig};
+use crate::error::{Error, Location, Result};
+use crate::model_dir::{Conditioning, ModelDir};
+use crate::sampling::ComposeSettings;
+use crate::sampling::{ModelUse, TargetSampler};
+use crate::vision::resize::resize_rgb;
+
+/// Model directories loaded so far, by path: a model several targets use (the demo's edge model and prior) is
+/// loaded once and shared.
+pub(super) struct ModelCache {
+    device: Device,
+    dtype: DType,
+    loaded: BTreeMap<PathBuf, Arc<ModelDir>>,
+}
+
+impl ModelCache {
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Self {
+            device,
+            dtype,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, dir: &Path) -> Result<Arc<ModelDir>> {
+        if let Some(m) = self.loaded.get(dir) {
+            return Ok(Arc::clone(m));
+        }
+        let m = Arc::new(ModelDir::load_in(dir, &self.device, self.dtype)?);
+        self.loaded.insert(dir.to_path_buf(), Arc::clone(&m));
+        Ok(m)
+    }
+}
+
+/// Models of one target, loaded once (by [`plan`](super::plan::plan)) and shared by every sampler thread.
+#[derive(Clone)]
+pub(super) struct LoadedTarget {
+    pub cfg: TargetConfig,
+    pub small: Arc<ModelDir>,
+    pub priors: Vec<(Arc<ModelDir>, f32, Option<String>)>,
+    pub resolution: (usize, usize),
+    pub overlap: usize,
+    pub stages: Vec<LoadedStage>,
+}
+
+/// One super-resolution stage of a target.
+#[derive(Clone)]
+pub(super) struct LoadedStage {
+    pub cfg: StageConfig,
+    pub model: Arc<ModelDir>,
+    pub resolution: (usize, usize),
+    pub overlap: usize,
+}
+
+/// The sampling resolution (explicit, or the model's) and window overlap of a model, checked: the overlap is below
+/// the model's window and a latent model's resolution divides by its VAE's downscale.
+fn resolution_and_overlap(
+    model: &ModelDir,
+    resolution: Option<[usize; 2]>,
+    overlap: Option<usize>,
+    loc: &dyn Fn(&str) -> Location,
+) -> Result<((usize, usize), usize)> {
+    let (h, w) = resolution
+        .map(|[h, w]| (h, w))
+        .unwrap_or((model.meta.height, model.meta.width));
+    let frames = model.meta.frames;
+    let overlap = overlap.unwrap_or(frames / 2);
+    if overlap >= frames {
+        return Err(Error::config(
+            loc("window_overlap"),
+            format!("{overlap} must be below the model's {frames} frames"),
+        ));
+    }
+    model.sample_size(h, w, loc("resolution"))?;
+    Ok(((h, w), overlap))
+}
+
+/// A prompt for a model without a text encoder cannot be honoured: refuse before any work. Words of the
+/// template the model's vocabulary lacks (a style it was never trained on) get a warning: the model reads them
+/// only as bytes.
+fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result<()> {
+    let Some(prompt) = prompt.filter(|p| !p.is_empty()) else {
+        return Ok(());
+    };
+    let Some(enc) = &model.text_encoder else {
+        return Err(Error::config(
+            loc,
+            format!(
+                "{} has no text_encoder/, so it takes no prompt",
+                model.path.display()
+            ),
+        ));
+    };
+    let unknown = enc.unknown_words(&prompt.replace("{task}", ""));
+    if !unknown.is_empty() {
+        tracing::warn!(
+            "{loc}: {} has no token for {:?}; it was not trained on those words and reads them only as bytes",
+            model.path.display(),
+            unknown
+        );
+    }
+    Ok(())
+}
+
+impl LoadedTarget {
+    /// Load (through `models`, so a model several targets share is loaded once) and check the target's models.
+    pub fn load(cfg: &TargetConfig, file: &Path, models: &mut ModelCache) -> Result<Self> {
+        let small = models.get(&cfg.adapter)?;
+        let priors = cfg
+            .all_priors()
+            .into_iter()
+            .map(|p| Ok((models.get(&p.dir)?, p.strength, p.prompt)))
+            .collect::<Result<Vec<_>>>()?;
+        let loc = |k: &str| Location::file(file).field(format!("target.{}.{k}", cfg.name));
+        let (resolution, overlap) =
+            resolution_and_overlap(&small, cfg.resolution, cfg.window_overlap, &loc)?;
+        let frames = small.meta.frames;
+        check_prompt(&small, cfg.prompt.as_deref(), loc("prompt"))?;
+        if small.conditioning.contains(&Conditioning::LowRes) {
+            return Err(Error::config(
+                loc("adapter"),
+                format!(
+                    "{} is a super-resolution stage (it takes low_res): list it under [[target.stages]], after a base model",
+                    small.path.display()
+                ),
+            ));
+        }
+        for (p, _, prompt) in &priors {
+            small.check_composes_with(p, loc("prior"))?;
+            if !p.any_frames && p.meta.frames != frames {
+                return Err(Error::config(
+                    loc("prior"),
+                    format!(
+                        "{} samples {} frames, the adapter {frames}",
+                        p.path.display(),
+                        p.meta.frames
+                    ),
+                ));
+            }
+            check_prompt(
+                p,
+                prompt.as_deref().or(cfg.prompt.as_deref()),
+                loc("prior_prompt"),
+            )?;
+        }
+        let mut stages = Vec::new();
+        let mut previous = resolution;
+        for (i, st) in cfg.stages.iter().enumerate() {
+            let model = models.get(&st.adapter)?;
+            let key = |k: &str| {
+                Location::file(file).field(format!("target.{}.stages[{i}].{k}", cfg.name))
+            };
+            if !model.conditioning.contains(&Conditioning::LowRes) {
+                return Err(Error::config(
+                    key("adapter"),
+                    format!(
+                        "{} is not a super-resolution model: its conditioning {:?} has no low_res",
+                        model.path.display(),
+                        model.conditioning
+                    ),
+                ));
+            }
+            let (res, overlap) =
+                resolution_and_overlap(&model, st.resolution, st.window_overlap, &key)?;
+            check_prompt(&model, st.prompt.as_deref(), key("prompt"))?;
+            if res.0 < previous.0 || res.1 < previous.1 {
+                return Err(Error::config(
+                    key("resolution"),
+                    format!(
+                        "{}x{} is below the previous stage's {}x{}",
+                        res.0, res.1, previous.0, previous.1
+                    ),
+                ));
+            }
+            previous = res;
+            stages.push(LoadedStage {
+                cfg: st.clone(),
+                model,
+                resolution: res,
+                overlap,
+            });
+        }
+        Ok(Self {
+            cfg: cfg.clone(),
+            small,
+            priors,
+            resolution,
+            overlap,
+            stages,
+        })
+    }
+
+    /// Every resolution the target samples at: the base model's, then each stage's.
+    pub fn resolutions(&self) -> Vec<(usize, usize)> {
+        std::iter::once(self.resolution)
+            .chain(self.stages.iter().map(|s| s.resolution))
+            .collect()
+    }
+
+    /// The sampler of cascade stage `i` (0-based): the stage model alone, seeded as `name/stage<i+1>`.
+    fn stage_sampler(&self, i: usize, task: &str) -> TargetSampler<'_> {
+        let st = &self.stages[i];
+        let tpl = Self::template(&st.model, st.cfg.prompt.as_deref());
+        let mut s = TargetSampler::alone(
+            format!("{}/stage{}", self.cfg.name, i + 1),
+            &st.model,
+            st.cfg.steps,
+            st.overlap,
+        );
+        s.small.prompt = render_prompt(&tpl, task);
+        s.scheduler.class_name = Some(st.cfg.sampler.class_name().to_string());
+        s.settings.guidance = st.cfg.guidance;
+        s
+    }
+
+    /// One episode through the base model and every stage. `frames[i]` are the source frames at
+    /// `self.resolutions()[i]`.
+    pub fn sample_episode(
+        &self,
+        frames: &[Arc<Vec<RgbImage>>],
+        task: &str,
+        seed: u64,
+        episode: u64,
+        device: &Device,
+        check: &dyn Fn(&'static str) -> Result<()>,
+    ) -> Result<Vec<RgbImage>> {
+        let mut out = self
+            .sampler(task)
+            .sample_episode_checked(&frames[0], None, seed, episode, device, check)?;
+        for (i, st) in self.stages.iter().enumerate() {
+            let (h, w) = st.resolution;
+            let low_res = frames_resized(&out, h, w);
+            out = self.stage_sampler(i, task).sample_episode_checked(
+                &frames[i + 1],
+                Some(&low_res),
+                seed,
+                episode,
+                device,
+                check,
+            )?;
+        }
+        Ok(out)
+    }
+
+    fn template(model: &ModelDir, explicit: Option<&str>) -> String {
+        match explicit {
+            Some(p) => p.to_string(),
+            None if model.text_encoder.is_some() => "{task}".into(),
+            None => String::new(),
+        }
+    }
+
+    fn sampler(&self, task: &str) -> TargetSampler<'_> {
+        let small_tpl = Self::template(&self.small, self.cfg.prompt.as_deref());
+        let mut scheduler = self.small.scheduler.clone();
+        scheduler.class_name = Some(self.cfg.sampler.class_name().to_string());
+        TargetSampler {
+            name: self.cfg.name.clone(),
+            small: ModelUse {
+                model: &self.small,
+                prompt: render_prompt(&small_tpl, task),
+            },
+            priors: self
+                .priors
+                .iter()
+                .map(|(m, lam, p)| {
+                    let tpl = Self::template(m, p.as_deref().or(self.cfg.prompt.as_deref()));
+                    (
+                        ModelUse {
+                            model: m,
+                            prompt: render_prompt(&tpl, task),
+                        },
+                        *lam,
+                    )
+                })
+                .collect(),
+            settings: ComposeSettings {
+                rule: self.cfg.rule,
+                guidance: self.cfg.guidance,
+                compose_min_t: self.cfg.compose_min_t,
+            },
+            scheduler,
+            steps: self.cfg.steps,
+            frames: self.small.meta.frames,
+            overlap: self.overlap,
+        }
+    }
+
+    pub fn seed(&self, global: u64) -> u64 {
+        self.cfg.seed.unwrap_or(global)
+    }
+}
+
+/// Every frame resized to `h` x `w`.
+pub(super) fn frames_resized(f: &[RgbImage], h: usize, w: usize) -> Vec<RgbImage> {
+    f.iter()
+        .map(|x| resize_rgb(x, h as u32, w as u32))
+        .collect()
+}

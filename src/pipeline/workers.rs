@@ -1,0 +1,650 @@
+//! The four workers of a run, each a plain function over crossbeam channels, run on their own threads by
+//! [`run`](super::run::run):
+//!
+//! ```text
+//! read (episode + decode) -> prepare (resize to each model resolution) -> sample × threads -> write (upsample,
+//! encode, LeRobotWriter)
+//! ```
+//! Every worker checks [`Halt`] between pieces of work: Ctrl-C, a sibling's failure, and the test hook that
+//! injects a failure at a [`FailAt`] point.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use candle_core::Device;
+use crossbeam_channel::{Receiver, Sender};
+use image::RgbImage;
+use serde_json::json;
+
+use super::config::{Codec, Layout, PipelineConfig};
+use super::options::{FailAt, FailPoint, Progress, INTERRUPTED};
+use super::plan::Plan;
+use super::target::{frames_resized, LoadedTarget};
+use super::units::{UnitRecord, WorkDir};
+use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames};
+use crate::error::{Error, Location, Result};
+use crate::io::lerobot::writer::{LeRobotWriter, Numbering, WriterOptions};
+use crate::io::video::{EncoderOptions, VideoCodec};
+use crate::io::{open_dataset, EpisodeSource};
+use crate::progress::{Observer, Silent};
+use crate::vision::resize::resize_rgb;
+
+pub(super) enum ReadMsg {
+    Episode(usize, Episode, Arc<Vec<RgbImage>>),
+    Skip(usize, u64, String),
+}
+
+pub(super) struct Job {
+    pos: usize,
+    episode: u64,
+    target: usize,
+    task: String,
+    /// The source frames at each resolution the target samples at (base, then each cascade stage).
+    frames: Vec<Arc<Vec<RgbImage>>>,
+    done: Option<UnitRecord>,
+}
+
+pub(super) enum WriteMsg {
+    Episode(usize, Episode),
+    Unit(usize, usize, Vec<RgbImage>),
+    Skip(usize, u64, String),
+}
+
+/// Time spent in each worker (summed over its threads).
+#[derive(Default)]
+pub(super) struct Timers {
+    read: AtomicU64,
+    prepare: AtomicU64,
+    sample: AtomicU64,
+    pub write: AtomicU64,
+}
+
+impl Timers {
+    pub fn add(slot: &AtomicU64, since: Instant) {
+        slot.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds per worker, by name.
+    pub fn seconds(&self) -> BTreeMap<&'static str, f64> {
+        let secs = |a: &AtomicU64| Duration::from_nanos(a.load(Ordering::Relaxed)).as_secs_f64();
+        BTreeMap::from([
+            ("read", secs(&self.read)),
+            ("prepare", secs(&self.prepare)),
+            ("sample", secs(&self.sample)),
+            ("write", secs(&self.write)),
+        ])
+    }
+}
+
+pub(super) fn cancelled() -> Error {
+    Error::Cancelled("another stage failed".into())
+}
+
+pub(super) fn interrupted() -> Error {
+    Error::Cancelled(INTERRUPTED.into())
+}
+
+/// What every worker checks between pieces of work: Ctrl-C, a sibling's failure, and the test hook.
+pub(super) struct Halt<'a> {
+    /// Set by the first worker that fails.
+    cancel: AtomicBool,
+    stop: Option<&'a AtomicBool>,
+    fail: Option<FailPoint>,
+}
+
+impl<'a> Halt<'a> {
+    pub fn new(stop: Option<&'a AtomicBool>, fail: Option<FailPoint>) -> Self {
+        Self {
+            cancel: AtomicBool::new(false),
+            stop,
+            fail,
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// `Err` when the run must end: interrupted, or another worker failed.
+    pub fn check(&self) -> Result<()> {
+        if self.stopped() {
+            return Err(interrupted());
+        }
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(cancelled());
+        }
+        Ok(())
+    }
+
+    fn fail(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// Run one worker: its failure stops every other worker at its next check.
+    pub fn guard<T>(&self, worker: impl FnOnce() -> Result<T>) -> Result<T> {
+        let r = worker();
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+
+    /// The injected failure at `at` for the episode at `position`, if the test hook asks for it. (Its text names the
+    /// point as a "stage", as the error messages of a run always have.)
+    fn inject(&self, at: FailAt, position: usize, episode: u64) -> Result<()> {
+        match self.fail {
+            Some(f) if f.at == at && (f.position == position || at == FailAt::Write) => {
+                let loc = Location::none().field(format!("stage {}", at.name()));
+                Err(Error::Io {
+                    loc: if at == FailAt::Write {
+                        loc
+                    } else {
+                        loc.episode(episode)
+                    },
+                    source: std::io::Error::other(format!(
+                        "injected failure in the {} stage (test hook)",
+                        at.name()
+                    )),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The run's progress: one line counting episodes written, one per target counting its units (sampled or reused)
+/// with the frames per second it makes.
+pub(super) struct ProgressLines {
+    episodes: Box<dyn Observer>,
+    targets: Vec<(Box<dyn Observer>, AtomicU64)>,
+    started: Instant,
+}
+
+impl ProgressLines {
+    pub fn new(progress: Option<&dyn Progress>, targets: &[LoadedTarget], episodes: u64) -> Self {
+        let line = |o: Box<dyn Observer>| {
+            o.start(episodes);
+            o
+        };
+        let silent = || -> Box<dyn Observer> { Box::new(Silent) };
+        Self {
+            episodes: line(progress.map_or_else(silent, |p| p.episodes())),
+            targets: targets
+                .iter()
+                .map(|t| {
+                    let o = progress.map_or_else(silent, |p| p.target(&t.cfg.name));
+                    (line(o), AtomicU64::new(0))
+                })
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    fn unit_done(&self, target: usize, frames: usize) {
+        let (line, done) = &self.targets[target];
+        line.advance(1);
+        let done = done.fetch_add(1, Ordering::Relaxed) + 1;
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        line.message(&format!(
+            "{:.1} frames/s",
+            done as f64 * frames as f64 / secs
+        ));
+    }
+
+    fn episode_done(&self) {
+        self.episodes.advance(1);
+    }
+
+    pub fn finish(&self) {
+        self.episodes.finish();
+        for (line, _) in &self.targets {
+            line.finish();
+        }
+    }
+}
+
+/// What the workers of one run share.
+pub(super) struct Shared<'a> {
+    pub halt: Halt<'a>,
+    pub timers: Timers,
+    pub progress: ProgressLines,
+    pub targets: &'a [LoadedTarget],
+    /// The input camera.
+    pub image_key: &'a str,
+    pub sampled: AtomicU64,
+    pub reused: AtomicU64,
+}
+
+/// Read worker: read each episode and decode its input camera. A bad episode is skipped (recorded) or, with
+/// `strict`, ends the run.
+pub(super) fn read(
+    sh: &Shared,
+    input: &Path,
+    episodes: Vec<(usize, EpisodeIndex)>,
+    strict: bool,
+    tx: Sender<ReadMsg>,
+) -> Result<()> {
+    let halt = &sh.halt;
+    // Dataset readers are not Sync: this worker opens its own.
+    let source = open_dataset(input)?;
+    for (pos, idx) in episodes {
+        halt.check()?;
+        halt.inject(FailAt::Read, pos, idx.0)?;
+        let t0 = Instant::now();
+        let got = read_one(source.as_ref(), idx, sh.image_key, &|| {
+            halt.inject(FailAt::Decode, pos, idx.0)
+        })?;
+        Timers::add(&sh.timers.read, t0);
+        let msg = match got {
+            Ok((ep, frames)) => ReadMsg::Episode(pos, ep, Arc::new(frames)),
+            Err(e) if !strict => ReadMsg::Skip(pos, idx.0, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        tx.send(msg).map_err(|_| cancelled())?;
+    }
+    Ok(())
+}
+
+/// Prepare worker: resize each episode's frames to every resolution a target samples at (once per resolution)
+/// and dispatch one job per target; units finished by an earlier run are passed on to be loaded, not sampled.
+pub(super) fn prepare(
+    sh: &Shared,
+    finished: &BTreeMap<(u64, String), UnitRecord>,
+    rx: Receiver<ReadMsg>,
+    write_tx: Sender<WriteMsg>,
+    job_tx: Sender<Job>,
+) -> Result<()> {
+    for msg in rx {
+        sh.halt.check()?;
+        match msg {
+            ReadMsg::Skip(pos, idx, why) => write_tx
+                .send(WriteMsg::Skip(pos, idx, why))
+                .map_err(|_| cancelled())?,
+            ReadMsg::Episode(pos, ep, frames) => {
+                sh.halt.inject(FailAt::Prepare, pos, ep.index.0)?;
+                let t0 = Instant::now();
+                let mut at_res: BTreeMap<(usize, usize), Arc<Vec<RgbImage>>> = BTreeMap::new();
+                let mut jobs = Vec::new();
+                for (ti, t) in sh.targets.iter().enumerate() {
+                    let done = finished.get(&(ep.index.0, t.cfg.name.clone())).cloned();
+                    let at = if done.is_some() {
+                        Vec::new()
+                    } else {
+                        t.resolutions()
+                            .into_iter()
+                            .map(|(h, w)| {
+                                at_res
+                                    .entry((h, w))
+                                    .or_insert_with(|| Arc::new(frames_resized(&frames, h, w)))
+                                    .clone()
+                            })
+                            .collect()
+                    };
+                    jobs.push(Job {
+                        pos,
+                        episode: ep.index.0,
+                        target: ti,
+                        task: ep.task.clone(),
+                        frames: at,
+                        done,
+                    });
+                }
+                Timers::add(&sh.timers.prepare, t0);
+                let mut ep = ep;
+                // The writer re-encodes the decoded frames instead of decoding the source again.
+                ep.cameras.insert(
+                    sh.image_key.to_string(),
+                    Frames::from_images(frames.to_vec()),
+                );
+                write_tx
+                    .send(WriteMsg::Episode(pos, ep))
+                    .map_err(|_| cancelled())?;
+                for j in jobs {
+                    job_tx.send(j).map_err(|_| cancelled())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sample worker (one per `--threads`): sample each job's unit, or load it when an earlier run finished it, and
+/// save every new unit in the work directory before passing it to the writer.
+pub(super) fn sample(
+    sh: &Shared,
+    work: &WorkDir,
+    device: &Device,
+    global_seed: u64,
+    rx: Receiver<Job>,
+    tx: Sender<WriteMsg>,
+) -> Result<()> {
+    let halt = &sh.halt;
+    for job in rx {
+        halt.check()?;
+        let t = &sh.targets[job.target];
+        let t0 = Instant::now();
+        let frames = match &job.done {
+            Some(rec) => {
+                sh.reused.fetch_add(1, Ordering::Relaxed);
+                work.load(rec)?
+            }
+            None => {
+                // Between denoising steps: stop on Ctrl-C or a sibling's failure.
+                let check = |point: &'static str| {
+                    halt.check()?;
+                    let at = match point {
+                        "edges" => FailAt::Edges,
+                        _ => FailAt::Sample,
+                    };
+                    halt.inject(at, job.pos, job.episode)
+                };
+                let out = t
+                    .sample_episode(
+                        &job.frames,
+                        &job.task,
+                        t.seed(global_seed),
+                        job.episode,
+                        device,
+                        &check,
+                    )
+                    .map_err(|e| with_episode(e, job.episode, &t.cfg.name))?;
+                work.save(job.episode, &t.cfg.name, &out)?;
+                sh.sampled.fetch_add(1, Ordering::Relaxed);
+                out
+            }
+        };
+        Timers::add(&sh.timers.sample, t0);
+        sh.progress.unit_done(job.target, frames.len());
+        tx.send(WriteMsg::Unit(job.pos, job.target, frames))
+            .map_err(|_| cancelled())?;
+    }
+    Ok(())
+}
+
+fn with_episode(e: Error, episode: u64, target: &str) -> Error {
+    match e {
+        Error::Tensor(t) => Error::invalid(
+            Location::none()
+                .episode(episode)
+                .field(format!("target.{target}")),
+            format!("sampling failed: {t}"),
+        ),
+        other => other,
+    }
+}
+
+/// Read episode `idx` and decode its camera `key`. A bad episode is `Ok(Err(..))` (skipped or fatal, as
+/// `--strict` says); `before_decode` (the test hook) failing is a worker failure, `Err`.
+fn read_one(
+    source: &dyn EpisodeSource,
+    idx: EpisodeIndex,
+    key: &str,
+    before_decode: &dyn Fn() -> Result<()>,
+) -> Result<Result<(Episode, Vec<RgbImage>)>> {
+    let ep = match source.read_episode(idx) {
+        Ok(ep) => ep,
+        Err(e) => return Ok(Err(e)),
+    };
+    before_decode()?;
+    Ok(read_camera(ep, idx, key))
+}
+
+fn read_camera(ep: Episode, idx: EpisodeIndex, key: &str) -> Result<(Episode, Vec<RgbImage>)> {
+    let cam = ep.cameras.get(key).ok_or_else(|| {
+        Error::invalid(
+            Location::none().episode(idx.0).field(key),
+            "episode has no such camera",
+        )
+    })?;
+    let frames = cam.decode()?;
+    if frames.is_empty() {
+        return Err(Error::invalid(
+            Location::none().episode(idx.0).field(key),
+            "episode has no frames",
+        ));
+    }
+    if frames.len() != ep.len() {
+        return Err(Error::invalid(
+            Location::none().episode(idx.0).field(key),
+            format!("{} frames for {} table rows", frames.len(), ep.len()),
+        ));
+    }
+    Ok((ep, frames))
+}
+
+/// The writer's fixed settings: features and where each target's frames go.
+pub(super) struct WriterSetup {
+    layout: Layout,
+    fps: f64,
+    features: Features,
+    options: WriterOptions,
+    image_key: String,
+    output_size: (usize, usize),
+    /// (target name, camera key).
+    targets: Vec<(String, String)>,
+}
+
+impl WriterSetup {
+    pub fn new(cfg: &PipelineConfig, source: &dyn EpisodeSource, plan: &Plan) -> Result<Self> {
+        let targets = &plan.loaded.targets;
+        let (oh, ow) = plan.output_size;
+        let mut features = source.features().clone();
+        let video = |h: usize, w: usize| Feature {
+            dtype: "video".into(),
+            shape: vec![h, w, 3],
+            names: Some(json!(["height", "width", "channels"])),
+            info: None,
+        };
+        match cfg.output.layout {
+            Layout::Paired => {
+                for t in targets {
+                    features.insert(t.cfg.camera_key(), video(oh, ow));
+                }
+            }
+            Layout::Expanded => {
+                features.insert(cfg.input.image_key.clone(), video(oh, ow));
+                features.insert(
+                    "augmentation.source_episode_index".into(),
+                    Feature {
+                        dtype: "int64".into(),
+                        shape: vec![1],
+                        names: None,
+                        info: None,
+                    },
+                );
+                features.insert(
+                    "augmentation.target".into(),
+                    Feature {
+                        dtype: "string".into(),
+                        shape: vec![1],
+                        names: None,
+                        info: None,
+                    },
+                );
+            }
+        }
+        let options = WriterOptions {
+            video: EncoderOptions {
+                codec: match cfg.output.codec {
+                    Codec::Av1 => None,
+                    Codec::H264 => Some(VideoCodec::H264),
+                },
+                crf: cfg.output.crf,
+                ..EncoderOptions::default()
+            },
+            // Expanded episodes are new episodes. Paired keeps every source column bit-exact but the episode, row
+            // and task numbers, which the writer renumbers like lerobot expects of a dataset.
+            numbering: match cfg.output.layout {
+                Layout::Paired => Numbering::Renumber,
+                Layout::Expanded => Numbering::Reindex,
+            },
+            ..WriterOptions::default()
+        };
+        Ok(Self {
+            layout: cfg.output.layout,
+            fps: source.fps(),
+            features,
+            options,
+            image_key: cfg.input.image_key.clone(),
+            output_size: plan.output_size,
+            targets: targets
+                .iter()
+                .map(|t| (t.cfg.name.clone(), t.cfg.camera_key()))
+                .collect(),
+        })
+    }
+}
+
+pub(super) struct WriterDone {
+    pub episodes: u64,
+    pub frames: u64,
+    pub skipped: Vec<(u64, String)>,
+}
+
+struct Pending {
+    episode: Option<Episode>,
+    units: Vec<Option<Vec<RgbImage>>>,
+    skip: Option<(u64, String)>,
+}
+
+/// Write worker: gather each episode with its targets' units and write complete episodes in dataset order into
+/// `staging`; the metadata is written once every sender is gone and no worker failed.
+pub(super) fn write(
+    sh: &Shared,
+    rx: Receiver<WriteMsg>,
+    setup: &WriterSetup,
+    staging: &Path,
+) -> Result<WriterDone> {
+    let (halt, timers, n_targets) = (&sh.halt, &sh.timers, sh.targets.len());
+    let mut writer =
+        LeRobotWriter::create(staging, setup.fps, &setup.features, setup.options.clone())?;
+    let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let (mut episodes, mut frames) = (0u64, 0u64);
+    let new_pending = || Pending {
+        episode: None,
+        units: (0..n_targets).map(|_| None).collect(),
+        skip: None,
+    };
+    for msg in rx {
+        halt.check()?;
+        match msg {
+            WriteMsg::Episode(pos, ep) => {
+                pending.entry(pos).or_insert_with(new_pending).episode = Some(ep);
+            }
+            WriteMsg::Unit(pos, ti, f) => {
+                pending.entry(pos).or_insert_with(new_pending).units[ti] = Some(f)
+            }
+            WriteMsg::Skip(pos, idx, why) => {
+                pending.entry(pos).or_insert_with(new_pending).skip = Some((idx, why));
+            }
+        }
+        // Write every complete episode at the front, in dataset order.
+        while let Some((&pos, p)) = pending.iter().next() {
+            let ready =
+                p.skip.is_some() || (p.episode.is_some() && p.units.iter().all(Option::is_some));
+            if !ready {
+                break;
+            }
+            let p = pending.remove(&pos).expect("present");
+            if let Some(s) = p.skip {
+                skipped.push(s);
+                sh.progress.episode_done();
+                continue;
+            }
+            let t0 = Instant::now();
+            let ep = p.episode.expect("ready");
+            halt.inject(FailAt::Encode, pos, ep.index.0)?;
+            let units: Vec<Vec<RgbImage>> =
+                p.units.into_iter().map(|u| u.expect("ready")).collect();
+            frames += write_episode(&mut writer, setup, ep, units)?;
+            episodes += 1;
+            Timers::add(&timers.write, t0);
+            sh.progress.episode_done();
+        }
+    }
+    if !pending.is_empty() {
+        // Only reachable when an upstream worker stopped early; its error is reported instead.
+        return Err(cancelled());
+    }
+    // Every sender is gone: if that is because a worker failed (or Ctrl-C), write no metadata.
+    halt.check()?;
+    halt.inject(FailAt::Write, 0, 0)?;
+    let t0 = Instant::now();
+    let _ = writer.finalize()?;
+    Timers::add(&timers.write, t0);
+    Ok(WriterDone {
+        episodes,
+        frames,
+        skipped,
+    })
+}
+
+/// Write one source episode (paired) or one episode per target (expanded); returns frames written.
+fn write_episode(
+    writer: &mut LeRobotWriter,
+    setup: &WriterSetup,
+    ep: Episode,
+    units: Vec<Vec<RgbImage>>,
+) -> Result<u64> {
+    let (oh, ow) = setup.output_size;
+    let up = |f: Vec<RgbImage>| -> Vec<RgbImage> {
+        f.iter()
+            .map(|x| {
+                if (x.height() as usize, x.width() as usize) == (oh, ow) {
+                    x.clone()
+                } else {
+                    resize_rgb(x, oh as u32, ow as u32)
+                }
+            })
+            .collect()
+    };
+    match setup.layout {
+        Layout::Paired => {
+            let mut ep = ep;
+            for ((_, key), f) in setup.targets.iter().zip(units) {
+                ep.cameras.insert(key.clone(), Frames::from_images(up(f)));
+            }
+            writer.save_episode(&ep)?;
+            Ok(ep.len() as u64)
+        }
+        Layout::Expanded => {
+            let n = ep.len();
+            let mut written = 0;
+            for (ti, ((name, _), f)) in setup.targets.iter().zip(units).enumerate() {
+                let mut e = ep.clone();
+                e.index = EpisodeIndex(ep.index.0 * setup.targets.len() as u64 + ti as u64);
+                e.cameras
+                    .insert(setup.image_key.clone(), Frames::from_images(up(f)));
+                let mut fields: Vec<Field> = ep
+                    .columns
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                let mut cols: Vec<ArrayRef> = ep.columns.columns().to_vec();
+                fields.push(Field::new(
+                    "augmentation.source_episode_index",
+                    DataType::Int64,
+                    false,
+                ));
+                cols.push(Arc::new(Int64Array::from(vec![ep.index.0 as i64; n])));
+                fields.push(Field::new("augmentation.target", DataType::Utf8, false));
+                cols.push(Arc::new(StringArray::from(vec![name.as_str(); n])));
+                e.columns =
+                    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|err| {
+                        Error::invalid(Location::none().episode(ep.index.0), err.to_string())
+                    })?;
+                writer.save_episode(&e)?;
+                written += n as u64;
+            }
+            Ok(written)
+        }
+    }
+}
