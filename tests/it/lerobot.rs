@@ -654,6 +654,80 @@ fn v21_path_templates_stay_inside_the_dataset_root() {
     assert_eq!(ep.cameras[CAM].decode().unwrap().len(), 5);
 }
 
+/// An image stored by path (`bytes` null) is read relative to the dataset root, and only from inside it (issue 19).
+#[test]
+fn v21_image_paths_stay_inside_the_dataset_root() {
+    const WRIST: &str = "observation.images.wrist";
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("v21");
+    let eps = make_v21(&root, &[3]);
+    let wrist = eps[0].cameras[WRIST].decode().unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    for (i, f) in wrist.iter().enumerate() {
+        std::fs::write(root.join(format!("images/{i}.png")), png(f)).unwrap();
+        std::fs::write(dir.path().join(format!("{i}.png")), png(f)).unwrap();
+    }
+    let data = root.join("data/chunk-000/episode_000000.parquet");
+    let batch = {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&data).unwrap(),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    };
+    // The wrist column with every image given by `{prefix}{frame}.png` instead of its bytes.
+    let by_path = |prefix: &str| {
+        let paths: Vec<Option<String>> = (0..wrist.len())
+            .map(|i| Some(format!("{prefix}{i}.png")))
+            .collect();
+        let img = StructArray::from(vec![
+            (
+                Arc::new(Field::new("bytes", DataType::Binary, true)),
+                Arc::new(BinaryArray::from(vec![None::<&[u8]>; wrist.len()])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("path", DataType::Utf8, true)),
+                Arc::new(StringArray::from(paths)) as ArrayRef,
+            ),
+        ]);
+        let mut fields = Vec::new();
+        let mut cols = Vec::new();
+        for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+            if f.name() == WRIST {
+                fields.push(Field::new(WRIST, img.data_type().clone(), true));
+                cols.push(Arc::new(img.clone()) as ArrayRef);
+            } else {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+        write_parquet(
+            &data,
+            &RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(),
+        );
+    };
+    by_path("images/");
+    let got = LeRobotDataset::open(&root)
+        .unwrap()
+        .read_episode(EpisodeIndex(0))
+        .unwrap();
+    assert_eq!(got.cameras[WRIST].decode().unwrap(), wrist);
+    by_path("../");
+    let e = LeRobotDataset::open(&root)
+        .unwrap()
+        .read_episode(EpisodeIndex(0))
+        .unwrap_err();
+    assert_error_names(&e, "episode_000000.parquet", Some(0), Some(WRIST));
+    assert!(
+        e.to_string()
+            .ends_with("image path \"../0.png\" leads outside the dataset root"),
+        "{e}"
+    );
+}
+
 fn assert_error_names(e: &Error, file: &str, episode: Option<u64>, field: Option<&str>) {
     let msg = e.to_string();
     let loc = e
