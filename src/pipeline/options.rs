@@ -60,7 +60,8 @@ pub struct RunOptions {
     pub compute: Compute,
     /// Set from outside (the CLI's Ctrl-C handler) to stop the run: every worker stops at its next check (a sampler
     /// between denoising steps), in-flight episodes are dropped, nothing unfinished is moved into the output, and
-    /// `run` returns [`Error::Cancelled`](crate::error::Error::Cancelled) with [`INTERRUPTED`]. Finished units stay; `resume` completes the run.
+    /// `run` returns [`Error::Cancelled`](crate::error::Error::Cancelled) with [`INTERRUPTED`]. Finished units
+    /// stay; `resume` completes the run.
     pub stop: Option<Arc<AtomicBool>>,
     /// Test hook, never set by the CLI: inject a failure at one point of one worker for one episode, to prove that
     /// any worker failing ends the run with that worker's error in bounded time.
@@ -68,7 +69,8 @@ pub struct RunOptions {
     pub fail: Option<FailPoint>,
 }
 
-/// The message of the [`Error::Cancelled`](crate::error::Error::Cancelled) a run stopped through [`RunOptions::stop`] returns.
+/// The message of the [`Error::Cancelled`](crate::error::Error::Cancelled) a run stopped through
+/// [`RunOptions::stop`] returns.
 pub const INTERRUPTED: &str = "interrupted";
 
 /// Where a run reports progress: one line counting the episodes written, and one per target counting its units
