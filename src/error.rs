@@ -159,10 +159,13 @@ impl Error {
         }
     }
     pub fn table(loc: Location, message: impl ToString) -> Self {
-        Error::Table {
-            loc,
-            message: message.to_string(),
-        }
+        let message = message.to_string();
+        // parquet's own errors begin "Parquet error: ", and this variant's text already says "parquet: ".
+        let message = match message.strip_prefix("Parquet error: ") {
+            Some(rest) => rest.to_string(),
+            None => message,
+        };
+        Error::Table { loc, message }
     }
 
     /// The location this error carries, if any.
@@ -259,5 +262,13 @@ mod tests {
         for (e, want) in kinds {
             assert_eq!(chain(e), want);
         }
+        let footer = Error::table(
+            Location::file("a"),
+            "Parquet error: Invalid Parquet file. Corrupt footer",
+        );
+        assert_eq!(
+            chain(footer),
+            "a: parquet: Invalid Parquet file. Corrupt footer"
+        );
     }
 }
