@@ -311,3 +311,45 @@ proptest! {
         let _ = vadapt::schedulers::SchedulerConfig::from_json(&v.to_string(), Path::new("s.json"));
     }
 }
+
+/// Single-byte edits of the sample's episodes and tasks tables (set to 137, the value of a proptest case that once
+/// made arrow panic on a corrupt page) are parsed or refused naming the file, never a panic: every byte of the
+/// tasks table and of the episodes table's first 1 KiB (the first pages; byte 67 panicked before the fix), and every
+/// 29th byte after that (the whole file would take 100 s).
+#[test]
+fn lerobot_tables_single_byte_edits_never_panic() {
+    let keys = [
+        "observation.images.real".to_string(),
+        "observation.images.sim".to_string(),
+    ];
+    for rel in [
+        "meta/episodes/chunk-000/file-000.parquet",
+        "meta/tasks.parquet",
+    ] {
+        let real = sample_file(&format!("datasets/sample/lerobot/{rel}"));
+        let root = lerobot_root(b"{}");
+        for i in (0..real.len()).filter(|&i| i < 1024 || i % 29 == 0) {
+            let mut bytes = real.to_vec();
+            bytes[i] = 137;
+            std::fs::write(root.path().join(rel), &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| {
+                if rel.contains("episodes") {
+                    load_episodes_v3(root.path(), &keys).err()
+                } else {
+                    load_tasks(root.path(), Version::V3_0).err()
+                }
+            });
+            match outcome {
+                Err(_) => panic!("{rel}: byte {i} set to 137 made the reader panic"),
+                Ok(Some(e)) => assert!(
+                    e.location().and_then(|l| l.path.clone()).is_some(),
+                    "{rel} byte {i}: {e}"
+                ),
+                Ok(None) => {}
+            }
+            if rel.contains("episodes") {
+                std::fs::write(root.path().join(rel), real).unwrap();
+            }
+        }
+    }
+}

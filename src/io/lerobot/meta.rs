@@ -376,6 +376,24 @@ pub fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>
     ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| Error::table(Location::file(path), e))
 }
 
+/// Run `decode` over the parquet file `path`, turning a panic into an error that names the file. arrow and parquet
+/// panic on some corrupt files instead of returning an error (an "offset + len out of bounds" when a damaged page
+/// declares more values than its buffer holds: tests/it/fuzz_props.rs found one with a single changed byte), and a
+/// damaged table must be refused like any other bad input, never abort a batch run.
+pub fn decoding<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let cause = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        Err(Error::table(
+            Location::file(path),
+            format!("corrupt file: the parquet decoder failed ({cause})"),
+        ))
+    })
+}
+
 /// v3.0 episodes table (every `meta/episodes/chunk-*/file-*.parquet`), without the `stats/` columns.
 pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<EpisodeMeta>> {
     let dir = root.join(layout::EPISODES_DIR);
@@ -388,85 +406,91 @@ pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<Episod
     }
     let mut out = Vec::new();
     for path in files {
-        let builder = open_parquet(&path)?;
-        let keep: Vec<usize> = builder
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !f.name().starts_with("stats/"))
-            .map(|(i, _)| i)
-            .collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
-        let reader = builder
-            .with_projection(mask)
-            .build()
-            .map_err(|e| Error::table(Location::file(&path), e))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| Error::table(Location::file(&path), e))?;
-            for row in 0..batch.num_rows() {
-                let ep = int_at(
-                    col(&batch, "episode_index", &path)?,
-                    row,
-                    &path,
-                    "episode_index",
-                )? as u64;
-                let with_ep = |e: Error| e.in_episode(ep);
-                let int = |name: &str| -> Result<u64> {
-                    col(&batch, name, &path)
-                        .and_then(|c| int_at(c, row, &path, name))
-                        .map(|v| v as u64)
-                        .map_err(with_ep)
-                };
-                let mut videos = BTreeMap::new();
-                for key in video_keys {
-                    let k = |s: &str| format!("videos/{key}/{s}");
-                    let fl = |name: String| -> Result<f64> {
-                        col(&batch, &name, &path)
-                            .and_then(|c| f64_at(c, row, &path, &name))
-                            .map_err(with_ep)
-                    };
-                    videos.insert(
-                        key.clone(),
-                        VideoRef {
-                            chunk_index: int(&k("chunk_index"))?,
-                            file_index: int(&k("file_index"))?,
-                            from_timestamp: fl(k("from_timestamp"))?,
-                            to_timestamp: fl(k("to_timestamp"))?,
-                        },
-                    );
-                }
-                let tasks = match batch.column_by_name("tasks") {
-                    Some(a) => strings_at(a.as_ref(), row, &path, "tasks").map_err(with_ep)?,
-                    None => Vec::new(),
-                };
-                let meta = EpisodeMeta {
-                    episode_index: ep,
-                    tasks,
-                    length: int("length")?,
-                    data_chunk_index: int("data/chunk_index")?,
-                    data_file_index: int("data/file_index")?,
-                    dataset_from_index: int("dataset_from_index")?,
-                    dataset_to_index: int("dataset_to_index")?,
-                    videos,
-                };
-                if meta.dataset_to_index < meta.dataset_from_index
-                    || meta.dataset_to_index - meta.dataset_from_index != meta.length
-                {
-                    return Err(Error::invalid(
-                        Location::file(&path).episode(ep).field("dataset_to_index"),
-                        format!(
-                            "row range [{}, {}) does not hold length {} rows",
-                            meta.dataset_from_index, meta.dataset_to_index, meta.length
-                        ),
-                    ));
-                }
-                out.push(meta);
-            }
-        }
+        decoding(&path, || episodes_in_file(&path, video_keys, &mut out))?;
     }
     out.sort_by_key(|m| m.episode_index);
     Ok(out)
+}
+
+/// The episodes of one v3.0 episodes parquet file, appended to `out`.
+fn episodes_in_file(path: &Path, video_keys: &[String], out: &mut Vec<EpisodeMeta>) -> Result<()> {
+    let builder = open_parquet(path)?;
+    let keep: Vec<usize> = builder
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.name().starts_with("stats/"))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), keep);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| Error::table(Location::file(&path), e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::table(Location::file(&path), e))?;
+        for row in 0..batch.num_rows() {
+            let ep = int_at(
+                col(&batch, "episode_index", &path)?,
+                row,
+                &path,
+                "episode_index",
+            )? as u64;
+            let with_ep = |e: Error| e.in_episode(ep);
+            let int = |name: &str| -> Result<u64> {
+                col(&batch, name, &path)
+                    .and_then(|c| int_at(c, row, &path, name))
+                    .map(|v| v as u64)
+                    .map_err(with_ep)
+            };
+            let mut videos = BTreeMap::new();
+            for key in video_keys {
+                let k = |s: &str| format!("videos/{key}/{s}");
+                let fl = |name: String| -> Result<f64> {
+                    col(&batch, &name, &path)
+                        .and_then(|c| f64_at(c, row, &path, &name))
+                        .map_err(with_ep)
+                };
+                videos.insert(
+                    key.clone(),
+                    VideoRef {
+                        chunk_index: int(&k("chunk_index"))?,
+                        file_index: int(&k("file_index"))?,
+                        from_timestamp: fl(k("from_timestamp"))?,
+                        to_timestamp: fl(k("to_timestamp"))?,
+                    },
+                );
+            }
+            let tasks = match batch.column_by_name("tasks") {
+                Some(a) => strings_at(a.as_ref(), row, &path, "tasks").map_err(with_ep)?,
+                None => Vec::new(),
+            };
+            let meta = EpisodeMeta {
+                episode_index: ep,
+                tasks,
+                length: int("length")?,
+                data_chunk_index: int("data/chunk_index")?,
+                data_file_index: int("data/file_index")?,
+                dataset_from_index: int("dataset_from_index")?,
+                dataset_to_index: int("dataset_to_index")?,
+                videos,
+            };
+            if meta.dataset_to_index < meta.dataset_from_index
+                || meta.dataset_to_index - meta.dataset_from_index != meta.length
+            {
+                return Err(Error::invalid(
+                    Location::file(&path).episode(ep).field("dataset_to_index"),
+                    format!(
+                        "row range [{}, {}) does not hold length {} rows",
+                        meta.dataset_from_index, meta.dataset_to_index, meta.length
+                    ),
+                ));
+            }
+            out.push(meta);
+        }
+    }
+    Ok(())
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
@@ -587,44 +611,47 @@ pub fn load_tasks(root: &Path, version: Version) -> Result<BTreeMap<i64, String>
         }
         Version::V3_0 => {
             let path = root.join(layout::DEFAULT_TASKS_PATH);
-            let builder = open_parquet(&path)?;
-            let schema = builder.schema().clone();
-            // pandas stores the index column name in its metadata.
-            let pandas_index = schema
-                .metadata()
-                .get("pandas")
-                .and_then(|m| serde_json::from_str::<Value>(m).ok())
-                .and_then(|v| v.get("index_columns")?.get(0)?.as_str().map(str::to_string));
-            let task_col = [
-                pandas_index.as_deref(),
-                Some("task"),
-                Some("__index_level_0__"),
-            ]
-            .into_iter()
-            .flatten()
-            .find(|n| schema.field_with_name(n).is_ok())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                Error::invalid(
-                    Location::file(&path).field("task"),
-                    "no task string column (pandas index or 'task')",
-                )
-            })?;
-            let reader = builder
-                .build()
-                .map_err(|e| Error::table(Location::file(&path), e))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| Error::table(Location::file(&path), e))?;
-                let idx = col(&batch, "task_index", &path)?;
-                let tasks = col(&batch, &task_col, &path)?;
-                for row in 0..batch.num_rows() {
-                    let i = int_at(idx, row, &path, "task_index")?;
-                    let t = strings_at(tasks, row, &path, &task_col)?
-                        .pop()
-                        .unwrap_or_default();
-                    out.insert(i, t);
+            decoding(&path, || {
+                let builder = open_parquet(&path)?;
+                let schema = builder.schema().clone();
+                // pandas stores the index column name in its metadata.
+                let pandas_index = schema
+                    .metadata()
+                    .get("pandas")
+                    .and_then(|m| serde_json::from_str::<Value>(m).ok())
+                    .and_then(|v| v.get("index_columns")?.get(0)?.as_str().map(str::to_string));
+                let task_col = [
+                    pandas_index.as_deref(),
+                    Some("task"),
+                    Some("__index_level_0__"),
+                ]
+                .into_iter()
+                .flatten()
+                .find(|n| schema.field_with_name(n).is_ok())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        Location::file(&path).field("task"),
+                        "no task string column (pandas index or 'task')",
+                    )
+                })?;
+                let reader = builder
+                    .build()
+                    .map_err(|e| Error::table(Location::file(&path), e))?;
+                for batch in reader {
+                    let batch = batch.map_err(|e| Error::table(Location::file(&path), e))?;
+                    let idx = col(&batch, "task_index", &path)?;
+                    let tasks = col(&batch, &task_col, &path)?;
+                    for row in 0..batch.num_rows() {
+                        let i = int_at(idx, row, &path, "task_index")?;
+                        let t = strings_at(tasks, row, &path, &task_col)?
+                            .pop()
+                            .unwrap_or_default();
+                        out.insert(i, t);
+                    }
                 }
-            }
+                Ok(())
+            })?;
         }
     }
     Ok(out)

@@ -382,7 +382,8 @@ impl EpisodeSource for LeRobotDataset {
         let m = self.episode_meta(index)?;
         let ep = m.episode_index;
         let data_path = self.data_path(m)?;
-        let batch = self.read_rows(m, &data_path)?;
+        let batch = meta::decoding(&data_path, || self.read_rows(m, &data_path))
+            .map_err(|e| e.in_episode(m.episode_index))?;
         if batch.num_rows() as u64 != m.length {
             return Err(Error::invalid(
                 Location::file(&data_path).episode(ep).field("length"),
