@@ -1,6 +1,7 @@
 //! The Video Adapter sampler against tests/fixtures/compose (diffusers UNets + DDIM), and rule properties with
 //! analytic mock models.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{Device, Tensor};
@@ -14,15 +15,10 @@ use vadapt::schedulers::{BetaSchedule, NoiseSchedule, SchedulerConfig};
 
 use crate::common::{fixture, load_f32, max_abs_diff, vadapt};
 
-fn run_fixture(rule: &str, file: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.safetensors");
-    let f = |p: &str| {
-        fixture(&format!("compose/{p}"))
-            .to_str()
-            .unwrap()
-            .to_string()
-    };
+/// `vadapt debug compose` over a compose fixture folder (`dir`: adapter/, prior/, scheduler_config.json,
+/// inputs.safetensors) with the fixture's settings (λ 0.4, w 3, 10 steps, compose_min_t 100), written to `out`.
+pub(crate) fn debug_compose(dir: &Path, rule: &str, out: &Path) {
+    let f = |p: &str| dir.join(p).to_str().unwrap().to_string();
     vadapt(&[
         "debug",
         "compose",
@@ -47,6 +43,12 @@ fn run_fixture(rule: &str, file: &str) {
         "--output",
         out.to_str().unwrap(),
     ]);
+}
+
+fn run_fixture(rule: &str, file: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    debug_compose(&fixture("compose"), rule, &out);
     let got = load_f32(&out);
     let want = load_f32(&fixture(&format!("compose/{file}")));
     let (shape, xs) = &want["xs"];

@@ -276,31 +276,7 @@ fn compose(ours: &Path, shared: &Path) -> String {
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.safetensors");
-        let f = |p: &str| shared.join(p).to_str().unwrap().to_string();
-        vadapt(&[
-            "debug",
-            "compose",
-            "--adapter",
-            &f("adapter"),
-            "--prior",
-            &f("prior"),
-            "--scheduler-config",
-            &f("scheduler_config.json"),
-            "--inputs",
-            &f("inputs.safetensors"),
-            "--rule",
-            rule,
-            "--lam",
-            "0.4",
-            "--guidance",
-            "3.0",
-            "--steps",
-            "10",
-            "--compose-min-t",
-            "100",
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        crate::compose::debug_compose(shared, rule, &out);
         let got = load_f32(&out);
         let only_xs: Tensors = want
             .into_iter()
