@@ -15,6 +15,7 @@ use arrow::record_batch::RecordBatch;
 use super::{add_style, generate, style_of, SampleEpisode};
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames, Provenance};
 use crate::error::{Error, Location, Result};
+use crate::io::lerobot::writer::default_features;
 
 /// LanguageTable's control rate.
 pub const FPS: f64 = 10.0;
@@ -136,26 +137,7 @@ pub fn features_with(size: (u32, u32), styled: bool) -> Features {
             },
         );
     }
-    f.insert(
-        "timestamp".into(),
-        Feature {
-            dtype: "float32".into(),
-            shape: vec![1],
-            names: None,
-            info: None,
-        },
-    );
-    for k in ["frame_index", "episode_index", "index", "task_index"] {
-        f.insert(
-            k.into(),
-            Feature {
-                dtype: "int64".into(),
-                shape: vec![1],
-                names: None,
-                info: None,
-            },
-        );
-    }
+    f.extend(default_features());
     f
 }
 

@@ -41,6 +41,19 @@ pub const DEFAULT_FEATURES: [(&str, &str); 5] = [
     ("task_index", "int64"),
 ];
 
+/// [`DEFAULT_FEATURES`] as features: one scalar each, as lerobot declares them.
+pub fn default_features() -> impl Iterator<Item = (String, Feature)> {
+    DEFAULT_FEATURES.iter().map(|(k, dtype)| {
+        let f = Feature {
+            dtype: dtype.to_string(),
+            shape: vec![1],
+            names: None,
+            info: None,
+        };
+        (k.to_string(), f)
+    })
+}
+
 pub use super::table::Numbering;
 
 /// Writer settings; defaults are lerobot's.
@@ -234,14 +247,9 @@ impl LeRobotWriter {
             }
             ordered.push((k.clone(), f));
         }
-        for (k, dtype) in DEFAULT_FEATURES {
-            let f = features.get(k).cloned().unwrap_or(Feature {
-                dtype: dtype.into(),
-                shape: vec![1],
-                names: None,
-                info: None,
-            });
-            ordered.push((k.to_string(), f));
+        for (k, default) in default_features() {
+            let f = features.get(&k).cloned().unwrap_or(default);
+            ordered.push((k, f));
         }
         std::fs::create_dir_all(&root).at(&root)?;
         let videos = ordered

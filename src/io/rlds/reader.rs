@@ -22,6 +22,7 @@ use super::{
 };
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, FrameSource, Frames, Provenance};
 use crate::error::{Error, Location, Result};
+use crate::io::lerobot::writer::default_features;
 use crate::io::{stays_inside_root, EpisodeSource};
 
 /// An RLDS dataset (one split) on disk.
@@ -417,26 +418,7 @@ fn build_features(leaves: &[LeafSpec], mapping: &RldsMapping) -> Features {
         };
         out.insert(key, feature);
     }
-    out.insert(
-        "timestamp".into(),
-        Feature {
-            dtype: "float32".into(),
-            shape: vec![1],
-            names: None,
-            info: None,
-        },
-    );
-    for k in ["frame_index", "episode_index", "index", "task_index"] {
-        out.insert(
-            k.into(),
-            Feature {
-                dtype: "int64".into(),
-                shape: vec![1],
-                names: None,
-                info: None,
-            },
-        );
-    }
+    out.extend(default_features());
     out
 }
 
