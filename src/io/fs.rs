@@ -32,3 +32,25 @@ pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, &tmp).at(from)?;
     std::fs::rename(&tmp, to).at(to)
 }
+
+/// Move the directory `tmp` to `dir`, replacing what is there. Directories cannot be renamed over a non-empty
+/// target, so the old one is renamed away first (`.name.old`), then deleted: a crash in between leaves the old
+/// directory at `.name.old`, never a half-written one under the real name.
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let old = dir.with_file_name(format!(".{name}.old"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).at(&old)?;
+        }
+        std::fs::rename(dir, &old).at(dir)?;
+        std::fs::rename(tmp, dir).at(dir)?;
+        std::fs::remove_dir_all(&old).at(&old)?;
+    } else {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        std::fs::rename(tmp, dir).at(dir)?;
+    }
+    Ok(())
+}

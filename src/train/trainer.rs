@@ -394,7 +394,7 @@ impl Trainer {
             std::fs::remove_dir_all(&tmp).at(&tmp)?;
         }
         self.write_model_into(&tmp)?;
-        replace_dir(&tmp, dir)
+        crate::io::fs::replace_dir(&tmp, dir)
     }
 
     fn write_model_into(&self, dir: &Path) -> Result<()> {
@@ -481,7 +481,7 @@ impl Trainer {
             &tmp.join(STATE_JSON),
             &serde_json::to_value(&meta).unwrap_or_default(),
         )?;
-        replace_dir(&tmp, &dir)?;
+        crate::io::fs::replace_dir(&tmp, &dir)?;
         let keep = self.config.log.keep_checkpoints;
         if keep > 0 {
             let all = list_checkpoints(&self.config.output)?;
@@ -815,26 +815,6 @@ pub fn latest_checkpoint(output: &Path) -> Result<Option<PathBuf>> {
 fn tmp_sibling(dir: &Path) -> PathBuf {
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     dir.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Move `tmp` to `dir`, replacing what is there (the old directory is renamed away first, then deleted).
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
-    if dir.exists() {
-        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        let old = dir.with_file_name(format!(".{name}.old"));
-        if old.exists() {
-            std::fs::remove_dir_all(&old).at(&old)?;
-        }
-        std::fs::rename(dir, &old).at(dir)?;
-        std::fs::rename(tmp, dir).at(dir)?;
-        std::fs::remove_dir_all(&old).at(&old)?;
-    } else {
-        if let Some(parent) = dir.parent() {
-            std::fs::create_dir_all(parent).at(parent)?;
-        }
-        std::fs::rename(tmp, dir).at(dir)?;
-    }
-    Ok(())
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

@@ -339,7 +339,7 @@ impl RldsWriter {
             let path = self.dir.join(file);
             let text = serde_json::to_string_pretty(&value)
                 .map_err(|e| Error::invalid(Location::file(&path), e.to_string()))?;
-            std::fs::write(&path, text).map_err(|e| Error::io(e, &path))?;
+            crate::io::fs::write_atomic(&path, text.as_bytes())?;
         }
         Ok(self.dir)
     }

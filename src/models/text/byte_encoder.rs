@@ -392,14 +392,16 @@ impl ByteTextEncoder {
         let config_path = dir.join("config.json");
         let json = serde_json::to_string_pretty(&self.config)
             .map_err(|e| Error::invalid(Location::file(&config_path), e.to_string()))?;
-        std::fs::write(&config_path, json + "\n").at(&config_path)?;
+        crate::io::fs::write_atomic(&config_path, (json + "\n").as_bytes())?;
         let weights = dir.join("model.safetensors");
         let tensors: HashMap<String, Tensor> = self
             .named_tensors()
             .into_iter()
             .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
             .collect::<Result<_>>()?;
-        candle_core::safetensors::save(&tensors, &weights).map_err(weights_error(&weights))?;
+        let tmp = crate::io::fs::temp_path_for(&weights);
+        candle_core::safetensors::save(&tensors, &tmp).map_err(weights_error(&weights))?;
+        std::fs::rename(&tmp, &weights).at(&weights)?;
         Ok(())
     }
 
