@@ -35,7 +35,7 @@ fi
 if [ ! -x "$LT_VENV/bin/python" ]; then
   "$PY" -m venv "$LT_VENV"
 fi
-if ! "$LT_VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(grep -v '^#' "$HERE/requirements.txt" | sort) >/dev/null; then
+if ! "$LT_VENV/bin/pip" freeze 2>/dev/null | sort | diff -q - <(sed 's/ *#.*//' "$HERE/requirements.txt" | grep . | sort) >/dev/null; then
   "$LT_VENV/bin/pip" install --quiet -r "$HERE/requirements.txt"
 fi
 
