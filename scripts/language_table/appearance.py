@@ -39,9 +39,9 @@ def colour_word(rgb):
   """The vocabulary word for an RGB colour in [0, 1]. Avoids red/blue/green/yellow: those name blocks."""
   h, s, v = colorsys.rgb_to_hsv(*[float(c) for c in rgb])
   hue = h * 360.0
-  if s < 0.15 or v < 0.12:
-    if v < 0.16:
-      return "black"
+  if v < 0.12 or (v < 0.16 and s < 0.5):
+    return "black"
+  if s < 0.15:
     if v < 0.36:
       return "charcoal"
     if v < 0.62:
@@ -49,14 +49,18 @@ def colour_word(rgb):
     if v < 0.84:
       return "silver"
     return "white"
-  if 15 <= hue < 50 and s < 0.45:
-    return "cream" if v > 0.8 else ("beige" if v > 0.6 else "tan")
-  if 10 <= hue < 45 and v < 0.6:
+  if 10 <= hue < 50 and (s < 0.45 or v < 0.6):
+    if v < 0.45:
+      return "brown"
+    if s < 0.45:
+      return "cream" if v > 0.8 else ("beige" if v > 0.6 else "tan")
     return "brown"
   if hue < 12 or hue >= 340:
     return "pink" if s < 0.45 and v > 0.6 else "crimson"
   if hue < 40:
     return "orange"
+  if hue < 90 and v < 0.5:
+    return "olive"  # dark yellow
   if hue < 62:
     return "gold"
   if hue < 90:

@@ -146,7 +146,10 @@ def main(argv=None):
       "appearance_cameras": [f"observation.images.appearance_{k}" for k in range(args.appearances)],
       "appearance_vocabulary": rollout.appearance_module.VOCABULARY,
   }
-  info = lerobot_v3.finalize(stage, seeds, args.out, extra, size)
+  appearance = rollout.appearance_module
+  info = lerobot_v3.finalize(
+      stage, seeds, args.out, extra, size,
+      name_of=lambda p: appearance.name(p, p["rendered_board_rgb"], p["rendered_background_rgb"]))
   print(f"generate.py: wrote {args.out}: {info['total_episodes']} episodes, {info['total_frames']} frames",
         flush=True)
 

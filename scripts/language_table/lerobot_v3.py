@@ -203,8 +203,10 @@ def _link_or_copy(src, dst):
     shutil.copyfile(src, dst)
 
 
-def finalize(stage_dir, seeds, out_dir, extra_info, size):
-  """Lay out the staged `seeds` (in this order: episode i is seeds[i]) as a LeRobot v3.0 dataset at `out_dir`."""
+def finalize(stage_dir, seeds, out_dir, extra_info, size, name_of=None):
+  """Lay out the staged `seeds` (in this order: episode i is seeds[i]) as a LeRobot v3.0 dataset at `out_dir`.
+  name_of(params), if given, names each appearance again from its recorded parameters (names are a function of
+  them), so that staged episodes follow the current vocabulary."""
   if os.path.exists(out_dir):
     raise FileExistsError(f"{out_dir} exists; remove it first")
   metas, all_rows = [], []
@@ -212,6 +214,9 @@ def finalize(stage_dir, seeds, out_dir, extra_info, size):
     d = os.path.join(stage_dir, f"seed-{seed:04d}")
     with open(os.path.join(d, "meta.json")) as f:
       metas.append(json.load(f))
+    if name_of is not None:
+      for params in metas[-1]["appearances"].values():
+        params["name"] = name_of(params)
     with np.load(os.path.join(d, "rows.npz")) as z:
       all_rows.append({k: z[k] for k in z.files})
   video_keys = list(metas[0]["videos"])
