@@ -34,7 +34,6 @@ Measured (2-core machine shared with other jobs, 4 appearances, 180x320 render):
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -103,7 +102,21 @@ def parse_args(argv):
   p.add_argument("--no-finalize", action="store_true", help="only stage episodes")
   p.add_argument("--finalize-only", action="store_true", help="lay out the dataset from staged --seeds")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
+  p.add_argument("--jobs", type=int, default=1, help="worker processes staging seeds in parallel (same bytes)")
   return p.parse_args(argv)
+
+
+def _stage_in_parallel(args, todo, stage):
+  """Run `jobs` copies of this script on interleaved subsets of `todo` (each episode depends only on its seed,
+  so the staged bytes are the same as with one process)."""
+  jobs = min(args.jobs, len(todo))
+  common = ["--out", args.out, "--stage", stage, "--size", args.size, "--appearances", str(args.appearances),
+            "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"]
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--seeds",
+                             ",".join(str(s) for s in todo[j::jobs])] + common) for j in range(jobs)]
+  failed = [j for j, p in enumerate(procs) if p.wait() != 0]
+  if failed:
+    raise SystemExit(f"generate.py: workers {failed} failed")
 
 
 def main(argv=None):
@@ -120,6 +133,9 @@ def main(argv=None):
     done = set(lerobot_v3.staged_seeds(stage))
     todo = [s for s in seeds if s not in done]
     print(f"generate.py: {len(seeds) - len(todo)} of {len(seeds)} seeds already staged in {stage}", flush=True)
+    if args.jobs > 1 and todo:
+      _stage_in_parallel(args, todo, stage)
+      todo = []
     for i, seed in enumerate(todo):
       t = time.time()
       reward, block_mode = task_of_seed(seed)
