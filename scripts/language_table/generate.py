@@ -27,10 +27,19 @@ averaging to --size (e.g. 40x72, 90x160); sizes above native are rendered at tha
 Usage (after `bash scripts/language_table/setup.sh`):
   ~/.cache/vadapt/langtable-venv/bin/python scripts/language_table/generate.py \\
       --out /work/data/language_table --seeds 0-299 --size 90x160 --appearances 4
-Several processes may stage disjoint --seeds into one --stage directory with --no-finalize, then one run with
---finalize-only lays out the dataset. An interrupted run resumes: staged seeds are skipped.
+--jobs N stages seeds in N worker processes (the bytes do not depend on N); several runs may also stage disjoint
+--seeds into one --stage directory with --no-finalize, then one run with --finalize-only lays out the dataset. An
+interrupted run resumes: staged seeds are skipped.
 
-Measured (2-core machine shared with other jobs, 4 appearances, 180x320 render): see README.md beside this file.
+The first training set (2026-12-06, on the development machine: 2 cores shared with four other jobs, load average
+~12, niced):
+  nohup nice -n 10 ~/.cache/vadapt/langtable-venv/bin/python scripts/language_table/generate.py \
+      --out /work/data/language_table --seeds 0-299 --size 180x320 --appearances 4 &
+took 152 s per episode (2.6 s per step wall; 15-100 steps, 12 of the first 17 episodes reached their goal) and
+was stopped at the deadline; the staged seeds were laid out with --finalize-only (/work/data/language_table, see
+its meta/info.json for the seeds). Rerunning the same command resumes it. CPU per step: five tiny-renderer images
+(~0.13 s each at 180x320) plus the oracle's pure-Python RRT* when it plans (seconds; every 10 steps while a plan
+fails, which makes cut episodes the slowest).
 """
 
 import argparse
