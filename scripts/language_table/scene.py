@@ -8,7 +8,6 @@ sight there can never change a rollout.
 
 import json
 import os
-import tempfile
 
 import cv2
 import numpy as np
@@ -215,7 +214,3 @@ def block_bodies(env):
   for block in env._blocks_on_table:
     out[env._block_to_pybullet_id[block]] = block.split("_")[0]
   return out
-
-
-def new_texture_dir():
-  return tempfile.mkdtemp(prefix="lt-textures-")
