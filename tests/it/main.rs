@@ -8,6 +8,7 @@ mod edges;
 mod eval;
 mod fuzz_props;
 mod interop;
+mod language_table_sample;
 mod lerobot;
 mod parity_latent;
 mod pipeline;

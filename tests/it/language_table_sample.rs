@@ -1,0 +1,262 @@
+//! The bundled LanguageTable sample (`datasets/language_table`, written by scripts/language_table/generate.py from
+//! the real simulator): LanguageTable's column names, environment seeds below 1000 (seeds from 1000 up are
+//! reserved for acceptance checks), paired appearance cameras frame-aligned with the default camera, every
+//! appearance named. Needs no simulator: it reads the committed files.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use vadapt::io::{open_dataset, EpisodeSource};
+
+use crate::common;
+
+const DEFAULT_CAMERA: &str = "observation.images.rgb";
+const COLUMNS: [&str; 7] = [
+    "observation.state",
+    "observation.effector_target_translation",
+    "action",
+    "next.reward",
+    "is_first",
+    "is_last",
+    "is_terminal",
+];
+/// The bundle's budget in the repository.
+const MAX_BYTES: u64 = 8 << 20;
+
+fn root() -> PathBuf {
+    let p = common::repo().join("datasets/language_table");
+    assert!(
+        p.join("meta/info.json").exists(),
+        "{} is missing: the LanguageTable sample is committed there (scripts/language_table/README.md \
+         regenerates it)",
+        p.display()
+    );
+    p
+}
+
+fn open() -> Box<dyn EpisodeSource> {
+    open_dataset(&root()).expect("open datasets/language_table")
+}
+
+fn appearance_keys(ds: &dyn EpisodeSource) -> Vec<String> {
+    ds.features()
+        .iter()
+        .filter(|(k, f)| f.dtype == "video" && k.as_str() != DEFAULT_CAMERA)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// The episodes table (meta/episodes/*/*.parquet), every column, in one batch per file.
+fn episodes_table() -> Vec<RecordBatch> {
+    let dir = root().join("meta/episodes");
+    let mut files = Vec::new();
+    for chunk in std::fs::read_dir(&dir).expect("meta/episodes") {
+        for f in std::fs::read_dir(chunk.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no episodes parquet under {}",
+        dir.display()
+    );
+    files
+        .iter()
+        .flat_map(|f| {
+            ParquetRecordBatchReaderBuilder::try_new(File::open(f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn strings(batch: &RecordBatch, name: &str) -> Vec<String> {
+    let col = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("episodes table has no column {name}"));
+    let col = col.as_string::<i32>();
+    (0..col.len()).map(|i| col.value(i).to_string()).collect()
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn language_table_sample_has_the_language_table_columns() {
+    let ds = open();
+    assert_eq!(ds.format(), "lerobot-v3.0");
+    assert_eq!(ds.fps(), 10.0, "LanguageTable's control frequency");
+    let features = ds.features();
+    for k in COLUMNS {
+        assert!(features.contains_key(k), "feature {k} missing");
+    }
+    assert_eq!(features[DEFAULT_CAMERA].dtype, "video");
+    let appearances = appearance_keys(ds.as_ref());
+    assert!(
+        !appearances.is_empty()
+            && appearances
+                .iter()
+                .all(|k| k.starts_with("observation.images.appearance_")),
+        "appearance cameras: {appearances:?}"
+    );
+    let n = ds.episode_indices().len();
+    assert!((4..=8).contains(&n), "{n} episodes (the sample holds 4-8)");
+    for i in ds.episode_indices() {
+        let ep = ds.read_episode(i).unwrap();
+        assert!(!ep.task.is_empty(), "episode {i} has no instruction");
+        for k in COLUMNS {
+            assert!(
+                ep.columns.column_by_name(k).is_some(),
+                "episode {i}: column {k}"
+            );
+        }
+    }
+    let bytes = dir_bytes(&root());
+    assert!(
+        bytes <= MAX_BYTES,
+        "datasets/language_table is {bytes} bytes (budget {MAX_BYTES})"
+    );
+}
+
+#[test]
+fn language_table_sample_seeds_are_below_1000() {
+    let mut seeds = Vec::new();
+    for batch in episodes_table() {
+        let col = batch
+            .column_by_name("language_table/seed")
+            .expect("episodes table has no language_table/seed column");
+        seeds.extend(col.as_primitive::<Int64Type>().values().iter().copied());
+    }
+    assert_eq!(seeds.len(), open().episode_indices().len());
+    assert!(
+        seeds.iter().all(|s| (0..1000).contains(s)),
+        "seeds {seeds:?}: environment seeds 0-999 only (1000 and up are reserved for acceptance checks)"
+    );
+    let distinct: BTreeSet<_> = seeds.iter().collect();
+    assert_eq!(distinct.len(), seeds.len(), "a seed twice: {seeds:?}");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("meta/info.json")).unwrap())
+            .unwrap();
+    let listed: Vec<i64> = info["language_table"]["seeds"]
+        .as_array()
+        .expect("info.json language_table.seeds")
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(listed, seeds, "info.json's seeds and the episodes table's");
+}
+
+#[test]
+fn language_table_paired_cameras_have_the_same_frames() {
+    let ds = open();
+    let mut keys = vec![DEFAULT_CAMERA.to_string()];
+    keys.extend(appearance_keys(ds.as_ref()));
+    for i in ds.episode_indices() {
+        let ep = ds.read_episode(i).unwrap();
+        let size = ep.cameras[DEFAULT_CAMERA].size();
+        for k in &keys {
+            let frames = ep.cameras[k].decode().unwrap();
+            assert_eq!(
+                frames.len(),
+                ep.len(),
+                "episode {i}: camera {k} has {} frames, the table {} rows",
+                frames.len(),
+                ep.len()
+            );
+            assert_eq!(ep.cameras[k].size(), size, "episode {i}: camera {k} size");
+            // Not black, not flat: a rendered scene.
+            let px = frames[0].as_raw();
+            let mean = px.iter().map(|&v| v as f64).sum::<f64>() / px.len() as f64;
+            let var = px.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / px.len() as f64;
+            assert!(
+                mean > 20.0 && var.sqrt() > 8.0,
+                "episode {i} {k}: mean {mean}, std {}",
+                var.sqrt()
+            );
+        }
+        let flags = |name: &str| -> Vec<bool> {
+            let c = ep.columns.column_by_name(name).unwrap().as_boolean();
+            (0..c.len()).map(|r| c.value(r)).collect()
+        };
+        let (first, last) = (flags("is_first"), flags("is_last"));
+        assert!(
+            first[0] && first.iter().filter(|&&f| f).count() == 1,
+            "episode {i}: is_first"
+        );
+        assert!(
+            last[ep.len() - 1] && last.iter().filter(|&&f| f).count() == 1,
+            "episode {i}: is_last"
+        );
+    }
+}
+
+#[test]
+fn language_table_appearances_are_named() {
+    let ds = open();
+    let keys = appearance_keys(ds.as_ref());
+    let mut all_names = BTreeSet::new();
+    for batch in episodes_table() {
+        for k in &keys {
+            let names = strings(&batch, &format!("appearance/{k}/name"));
+            let params = strings(&batch, &format!("appearance/{k}/params"));
+            for (name, params) in names.iter().zip(&params) {
+                assert!(name.contains(" board, "), "appearance name {name:?}");
+                let p: serde_json::Value = serde_json::from_str(params).unwrap();
+                assert_eq!(p["name"].as_str(), Some(name.as_str()), "{k}: params' name");
+                all_names.insert(name.clone());
+            }
+        }
+    }
+    let drawn = keys.len() * ds.episode_indices().len();
+    assert!(
+        all_names.len() * 10 >= drawn * 9,
+        "appearances are drawn at random: only {} distinct names in {drawn}",
+        all_names.len()
+    );
+}
+
+#[test]
+fn language_table_generator_refuses_reserved_seeds() {
+    // Seeds from 1000 up are reserved for acceptance checks: the generator refuses them before it simulates or
+    // writes anything (the seed check needs no simulator, only Python).
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("lt");
+    let run = std::process::Command::new("python3")
+        .arg(common::repo().join("scripts/language_table/generate.py"))
+        .args(["--out", target.to_str().unwrap(), "--seeds", "998-1001"])
+        .output()
+        .expect("python3 is needed to run scripts/language_table/generate.py");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "seeds 998-1001 accepted; stderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("[1000, 1001]") && stderr.contains("reserved for acceptance checks"),
+        "stderr:\n{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().next().is_none(),
+        "the refused run wrote something"
+    );
+}
