@@ -198,7 +198,7 @@ pub(super) fn select(source: &dyn EpisodeSource, opts: &RunOptions) -> Vec<(usiz
         .collect()
 }
 
-fn output_size(
+pub(super) fn output_size(
     cfg: &PipelineConfig,
     source: &dyn EpisodeSource,
     file: &Path,
@@ -239,6 +239,7 @@ pub fn plan(
 ) -> Result<(Plan, Box<dyn EpisodeSource>)> {
     let source = open_dataset(&opts.input)?;
     let output_size = output_size(cfg, source.as_ref(), file)?;
+    super::variants::check_dataset(cfg, source.as_ref(), file)?;
     let device = opts.compute.device.open()?;
     let mut models = ModelCache::new(device.clone(), opts.compute.precision.dtype());
     let mut targets = Vec::new();
