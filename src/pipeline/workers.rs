@@ -592,7 +592,8 @@ pub(super) fn write(
             let units: Vec<Vec<RgbImage>> =
                 p.units.into_iter().map(|u| u.expect("ready")).collect();
             frames += write_episode(&mut writer, setup, sh.targets, ep, units)?;
-            episodes += 1;
+            // Output episodes (the expanded layout writes several per source episode).
+            episodes = writer.num_episodes();
             Timers::add(&timers.write, t0);
             sh.progress.episode_done();
         }
