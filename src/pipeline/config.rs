@@ -859,6 +859,29 @@ mod tests {
     }
 
     #[test]
+    fn a_config_without_draws_records_as_before_and_ranges_round_trip() {
+        // meta/augmentation.json and .vadapt/state.json hold the config: the new keys stay out of a config that
+        // does not use them, so such outputs keep their bytes.
+        let c = parse("[[target]]\nname = \"a\"\nadapter = \"x\"\nprior = \"p\"\nprior_strength = 0.4\nguidance = 1.0\n")
+            .unwrap();
+        let j = serde_json::to_value(&c).unwrap();
+        for key in ["variants", "prompts", "prior_prompts"] {
+            assert!(j["target"][0].get(key).is_none(), "{key}: {j}");
+        }
+        assert!(
+            j["output"].get("replace_camera").is_none() && j["output"].get("keep_source").is_none()
+        );
+        assert_eq!(j["target"][0]["guidance"], serde_json::json!(1.0));
+        assert_eq!(j["target"][0]["prior_strength"], serde_json::json!(0.4f32));
+        let r = parse("[output]\nlayout = \"expanded\"\n[[target]]\nname = \"a\"\nadapter = \"x\"\nguidance = [1, 2.5]\nvariants = 3\n")
+            .unwrap();
+        assert_eq!(r.targets[0].guidance, Drawn::Range(1.0, 2.5));
+        let back: PipelineConfig =
+            serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn prompt_template() {
         assert_eq!(render_prompt("{task}, clay", "push"), "push, clay");
     }
