@@ -34,19 +34,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let r = regenerate(&args.dataset, args.episode, &args.output, compute)?;
     let d = &r.draw;
+    let mut drawn = vec![format!("variant {}", d.variant)];
+    if let Some(p) = &d.prompt {
+        drawn.push(format!("prompt {p:?}"));
+    }
+    if let Some(p) = &d.prior_prompt {
+        drawn.push(format!("prior prompt {p:?}"));
+    }
+    if let Some(lam) = d.prior_strength {
+        drawn.push(format!("prior strength {lam}"));
+    }
+    drawn.push(format!("guidance {}", d.guidance));
     println!(
-        "wrote {}: episode {} of {} (source episode {}, target {}, variant {}, prompt {:?}, prior prompt {:?}, \
-         prior strength {:?}, guidance {})",
+        "wrote {}: episode {} of {} (source episode {}, target {}, {})",
         args.output.display(),
         args.episode,
         args.dataset.display(),
         r.source_episode,
         r.target,
-        d.variant,
-        d.prompt,
-        d.prior_prompt,
-        d.prior_strength,
-        d.guidance
+        drawn.join(", ")
     );
     Ok(())
 }

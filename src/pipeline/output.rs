@@ -190,7 +190,10 @@ fn provenance(
         "seed_rule": "rng::derive_seed(target seed, source episode index, target name, window index); window u64::MAX seeds ancestral noise",
         "targets": targets.iter().zip(hashes).map(|(t, (ah, ph))| json!({
             "name": t.cfg.name,
-            "camera_key": t.cfg.camera_key(),
+            "camera_key": match cfg.output.layout {
+                Layout::Paired => t.cfg.camera_key(),
+                Layout::Expanded => super::variants::expanded_key(cfg).to_string(),
+            },
             "seed": t.seed(cfg.seed),
             "adapter": {"path": t.cfg.adapter.to_string_lossy(), "hash": ah},
             "priors": t.cfg.all_priors().iter().zip(ph).enumerate().map(|(j, (p, h))| json!({
