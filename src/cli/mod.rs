@@ -9,6 +9,7 @@ mod inspect;
 mod merge;
 mod preview;
 mod progress;
+mod regenerate;
 mod sample;
 mod sample_data;
 mod train;
@@ -44,6 +45,8 @@ pub enum Command {
     Merge(merge::Args),
     /// PNG contact sheet (and side-by-side mp4) of an augmented dataset.
     Preview(preview::Args),
+    /// Sample one episode of an expanded augment output again, alone, from its recorded draws.
+    Regenerate(regenerate::Args),
     /// Metrics of an augmented camera: edge consistency, PSNR/SSIM against a paired ground truth, flicker, colour
     /// statistics, Fréchet distance on fixed features.
     Eval(eval::Args),
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Augment(a) => augment::run(a),
         Command::Merge(a) => merge::run(a),
         Command::Preview(a) => preview::run(a),
+        Command::Regenerate(a) => regenerate::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),

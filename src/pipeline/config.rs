@@ -77,6 +77,22 @@ pub struct OutputConfig {
     /// [height, width] of the generated cameras; default: the source camera's size.
     #[serde(default)]
     pub resolution: Option<[usize; 2]>,
+    /// `expanded` only: each variant is written under the input camera's key, replacing it (default `true`: a
+    /// policy trained on that key reads the new episodes unchanged), or, with `false`, under
+    /// `observation.images.augmented` next to the source camera.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_camera: Option<bool>,
+    /// `expanded` only: every source episode is written too (before its variants, `augmentation.target =
+    /// "source"`), so one dataset holds the originals and their augmentations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_source: bool,
+}
+
+impl OutputConfig {
+    /// Whether the expanded layout writes the generated frames under the input camera's key.
+    pub fn replaces_camera(&self) -> bool {
+        self.layout == Layout::Expanded && self.replace_camera.unwrap_or(true)
+    }
 }
 
 fn d_crf() -> u32 {
@@ -90,6 +106,8 @@ impl Default for OutputConfig {
             codec: Codec::Av1,
             crf: d_crf(),
             resolution: None,
+            replace_camera: None,
+            keep_source: false,
         }
     }
 }
@@ -134,6 +152,85 @@ impl Sampler {
     }
 }
 
+/// A number of a target that is either fixed or drawn per variant from a range: `guidance = 3.0` or
+/// `guidance = [1.0, 4.0]` (`pipeline::variants` draws it). A fixed value serializes as the plain number, so a
+/// config without ranges records exactly as before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Drawn {
+    Fixed(f32),
+    /// `[lo, hi]`, drawn uniformly from `lo <= x < hi`.
+    Range(f32, f32),
+}
+
+impl Drawn {
+    /// The fixed value, or a range's low end.
+    pub fn low(self) -> f32 {
+        match self {
+            Drawn::Fixed(x) | Drawn::Range(x, _) => x,
+        }
+    }
+
+    pub fn is_range(self) -> bool {
+        matches!(self, Drawn::Range(..))
+    }
+}
+
+impl std::fmt::Display for Drawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drawn::Fixed(x) => write!(f, "{x}"),
+            Drawn::Range(lo, hi) => write!(f, "[{lo}, {hi}]"),
+        }
+    }
+}
+
+impl Serialize for Drawn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            Drawn::Fixed(x) => s.serialize_f32(x),
+            Drawn::Range(lo, hi) => [lo, hi].serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Drawn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Drawn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a range [lo, hi]")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Drawn, E> {
+                Ok(Drawn::Fixed(v as f32))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Drawn, E> {
+                Ok(Drawn::Fixed(v as f32))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Drawn, E> {
+                Ok(Drawn::Fixed(v as f32))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Drawn, A::Error> {
+                let mut v: Vec<f32> = Vec::new();
+                while let Some(x) = seq.next_element::<f32>()? {
+                    v.push(x);
+                }
+                match v[..] {
+                    [lo, hi] => Ok(Drawn::Range(lo, hi)),
+                    _ => Err(serde::de::Error::custom(format!(
+                        "a range is [lo, hi], got {} values",
+                        v.len()
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// One prior of a composition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,19 +259,31 @@ pub struct TargetConfig {
     /// Shorthand for one prior: `prior` + `prior_strength` (+ `prior_prompt`).
     #[serde(default)]
     pub prior: Option<PathBuf>,
+    /// λ of the shorthand prior: a number, or a range `[lo, hi]` drawn per variant.
     #[serde(default)]
-    pub prior_strength: Option<f32>,
+    pub prior_strength: Option<Drawn>,
     #[serde(default)]
     pub prior_prompt: Option<String>,
+    /// Prompt templates of the shorthand prior, one drawn per variant (instead of `prior_prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_prompts: Option<Vec<String>>,
     /// Several priors: `[[target.priors]]` with `dir`, `strength`, `prompt`.
     #[serde(default)]
     pub priors: Vec<PriorConfig>,
+    /// w: a number, or a range `[lo, hi]` drawn per variant.
     #[serde(default = "d_guidance")]
-    pub guidance: f32,
+    pub guidance: Drawn,
     /// Prompt template; `{task}` is replaced by the episode's task. Default: `{task}` for models with a text
     /// encoder, empty for models without one.
     #[serde(default)]
     pub prompt: Option<String>,
+    /// Prompt templates, one drawn per variant (instead of `prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Vec<String>>,
+    /// Outputs per source episode (`expanded` layout), each with its own noise and its own draws of `prompts`,
+    /// `prior_prompts` and the ranges (`pipeline::variants`).
+    #[serde(default = "d_variants", skip_serializing_if = "is_one")]
+    pub variants: usize,
     #[serde(default = "d_min_t")]
     pub compose_min_t: usize,
     #[serde(default)]
@@ -227,8 +336,14 @@ fn d_stage_guidance() -> f32 {
     1.0
 }
 
-fn d_guidance() -> f32 {
-    3.0
+fn d_guidance() -> Drawn {
+    Drawn::Fixed(3.0)
+}
+fn d_variants() -> usize {
+    1
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 fn d_min_t() -> usize {
     100
@@ -244,7 +359,8 @@ impl TargetConfig {
         if let Some(dir) = &self.prior {
             out.push(PriorConfig {
                 dir: dir.clone(),
-                strength: self.prior_strength.unwrap_or_else(d_strength),
+                // A range's low end; each variant draws its own (`variants::draw`).
+                strength: self.prior_strength.map_or_else(d_strength, Drawn::low),
                 prompt: self.prior_prompt.clone(),
             });
         }
@@ -361,6 +477,20 @@ impl PipelineConfig {
                 format!("{} is above 63", self.output.crf),
             );
         }
+        if self.output.layout == Layout::Paired {
+            let o = &self.output;
+            for (set, key) in [
+                (o.replace_camera.is_some(), "replace_camera"),
+                (o.keep_source, "keep_source"),
+            ] {
+                if set {
+                    return err(
+                        format!("output.{key}"),
+                        "applies to layout = \"expanded\" only (paired keeps every source episode and adds a camera per target)".into(),
+                    );
+                }
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             let k = |f: &str| format!("target[{i}].{f}");
@@ -369,6 +499,15 @@ impl PipelineConfig {
                 return err(
                     k("name"),
                     format!("{:?} must be letters, digits, '_' or '-' (it names a camera key and files)", t.name),
+                );
+            }
+            if self.output.keep_source && t.name == SOURCE_TARGET {
+                return err(
+                    k("name"),
+                    format!(
+                        "{:?} names the kept source episodes (output.keep_source)",
+                        t.name
+                    ),
                 );
             }
             if !names.insert(t.name.clone()) {
@@ -381,6 +520,7 @@ impl PipelineConfig {
                 );
             }
             check_model_dir(&t.adapter, path, &k("adapter"))?;
+            check_draws(t, &k(""), path, self.output.layout)?;
             if t.prior.is_none() && (t.prior_strength.is_some() || t.prior_prompt.is_some()) {
                 return err(
                     k("prior_strength"),
@@ -422,12 +562,6 @@ impl PipelineConfig {
             if t.rule == Rule::CfgMix && n_priors == 0 {
                 return err(k("rule"), "cfg_mix needs at least one prior".into());
             }
-            if !(t.guidance.is_finite() && t.guidance >= 0.0) {
-                return err(
-                    k("guidance"),
-                    format!("{} must be a finite number >= 0", t.guidance),
-                );
-            }
             check_sampling(path, &k(""), t.steps, t.resolution, t.prompt.as_deref())?;
             for (j, st) in t.stages.iter().enumerate() {
                 let key = k(&format!("stages[{j}]."));
@@ -443,6 +577,117 @@ impl PipelineConfig {
         }
         Ok(())
     }
+}
+
+/// What `augmentation.target` says of a source episode kept by `output.keep_source`.
+pub const SOURCE_TARGET: &str = "source";
+
+/// At most this many variants per source episode and target.
+pub const MAX_VARIANTS: usize = 10_000;
+
+/// A target's drawn values: `variants`, the prompt lists and the ranges. `prefix` is `target[i].`. Every refusal
+/// names the key and the target.
+fn check_draws(t: &TargetConfig, prefix: &str, path: &Path, layout: Layout) -> Result<()> {
+    let err = |key: &str, msg: String| {
+        Err(Error::config(
+            Location::file(path).field(format!("{prefix}{key}")),
+            format!("{msg} (target {:?})", t.name),
+        ))
+    };
+    if t.variants == 0 || t.variants > MAX_VARIANTS {
+        return err(
+            "variants",
+            format!("{} must be in 1..={MAX_VARIANTS}", t.variants),
+        );
+    }
+    let ranges = [
+        ("prior_strength", t.prior_strength),
+        ("guidance", Some(t.guidance)),
+    ];
+    for (key, d) in ranges {
+        match d {
+            Some(Drawn::Fixed(x)) if !(x.is_finite() && x >= 0.0) => {
+                return err(key, format!("{x} must be a finite number >= 0"));
+            }
+            Some(Drawn::Range(lo, hi)) => {
+                if !(lo.is_finite() && hi.is_finite() && lo >= 0.0) {
+                    return err(
+                        key,
+                        format!(
+                            "[{lo}, {hi}] is out of bounds: both ends must be finite numbers >= 0"
+                        ),
+                    );
+                }
+                if lo > hi {
+                    return err(
+                        key,
+                        format!("[{lo}, {hi}] is inverted: lo must be below hi"),
+                    );
+                }
+                if lo == hi {
+                    return err(
+                        key,
+                        format!("[{lo}, {hi}] is empty: lo must be below hi (write {lo} for a fixed value)"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for (list, single, key, single_key) in [
+        (&t.prompts, &t.prompt, "prompts", "prompt"),
+        (
+            &t.prior_prompts,
+            &t.prior_prompt,
+            "prior_prompts",
+            "prior_prompt",
+        ),
+    ] {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
+            return err(key, "is empty: list at least one prompt template".into());
+        }
+        if single.is_some() {
+            return err(key, format!("set {single_key} or {key}, not both"));
+        }
+        for (j, p) in list.iter().enumerate() {
+            check_sampling(path, prefix, 1, None, Some(p)).map_err(|_| {
+                Error::config(
+                    Location::file(path).field(format!("{prefix}{key}[{j}]")),
+                    format!(
+                        "{p:?}: the only placeholder is {{task}} (target {:?})",
+                        t.name
+                    ),
+                )
+            })?;
+        }
+    }
+    if t.prior_prompts.is_some() && t.prior.is_none() {
+        return err(
+            "prior_prompts",
+            "prior_prompts without prior (it draws the shorthand prior's prompt)".into(),
+        );
+    }
+    if layout == Layout::Paired {
+        let randomizing = [
+            (t.variants > 1, "variants"),
+            (t.prompts.is_some(), "prompts"),
+            (t.prior_prompts.is_some(), "prior_prompts"),
+            (
+                t.prior_strength.is_some_and(Drawn::is_range),
+                "prior_strength",
+            ),
+            (t.guidance.is_range(), "guidance"),
+        ];
+        if let Some((_, key)) = randomizing.iter().find(|(on, _)| *on) {
+            return err(
+                key,
+                "draws per variant need [output] layout = \"expanded\" (one episode per variant)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Checks shared by a target and its cascade stages; `prefix` ends in `.` (`target[0].`, `target[0].stages[1].`).
@@ -611,6 +856,29 @@ mod tests {
             let field = e.location().and_then(|l| l.field.clone());
             assert_eq!(field.as_deref(), Some(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_config_without_draws_records_as_before_and_ranges_round_trip() {
+        // meta/augmentation.json and .vadapt/state.json hold the config: the new keys stay out of a config that
+        // does not use them, so such outputs keep their bytes.
+        let c = parse("[[target]]\nname = \"a\"\nadapter = \"x\"\nprior = \"p\"\nprior_strength = 0.4\nguidance = 1.0\n")
+            .unwrap();
+        let j = serde_json::to_value(&c).unwrap();
+        for key in ["variants", "prompts", "prior_prompts"] {
+            assert!(j["target"][0].get(key).is_none(), "{key}: {j}");
+        }
+        assert!(
+            j["output"].get("replace_camera").is_none() && j["output"].get("keep_source").is_none()
+        );
+        assert_eq!(j["target"][0]["guidance"], serde_json::json!(1.0));
+        assert_eq!(j["target"][0]["prior_strength"], serde_json::json!(0.4f32));
+        let r = parse("[output]\nlayout = \"expanded\"\n[[target]]\nname = \"a\"\nadapter = \"x\"\nguidance = [1, 2.5]\nvariants = 3\n")
+            .unwrap();
+        assert_eq!(r.targets[0].guidance, Drawn::Range(1.0, 2.5));
+        let back: PipelineConfig =
+            serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

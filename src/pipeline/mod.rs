@@ -10,9 +10,11 @@ mod options;
 pub mod output;
 pub mod plan;
 pub mod preview;
+pub mod regenerate;
 pub mod run;
 mod target;
 pub mod units;
+pub mod variants;
 mod workers;
 
 pub use config::PipelineConfig;

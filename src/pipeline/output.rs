@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::config::PipelineConfig;
+use super::config::{Layout, PipelineConfig};
 use super::options::{RunOptions, Shard};
 use super::plan::Plan;
 use super::units::WorkDir;
@@ -180,7 +180,7 @@ fn provenance(
         .map(|(_, i)| i.0)
         .filter(|i| !skipped.iter().any(|(s, _)| s == i))
         .collect();
-    json!({
+    let mut prov = json!({
         "vadapt_version": env!("CARGO_PKG_VERSION"),
         "input": opts.input.to_string_lossy(),
         "input_format": plan.format,
@@ -190,11 +190,15 @@ fn provenance(
         "seed_rule": "rng::derive_seed(target seed, source episode index, target name, window index); window u64::MAX seeds ancestral noise",
         "targets": targets.iter().zip(hashes).map(|(t, (ah, ph))| json!({
             "name": t.cfg.name,
-            "camera_key": t.cfg.camera_key(),
+            "camera_key": match cfg.output.layout {
+                Layout::Paired => t.cfg.camera_key(),
+                Layout::Expanded => super::variants::expanded_key(cfg).to_string(),
+            },
             "seed": t.seed(cfg.seed),
             "adapter": {"path": t.cfg.adapter.to_string_lossy(), "hash": ah},
-            "priors": t.cfg.all_priors().iter().zip(ph).map(|(p, h)| json!({
-                "path": p.dir.to_string_lossy(), "hash": h, "strength": p.strength,
+            "priors": t.cfg.all_priors().iter().zip(ph).enumerate().map(|(j, (p, h))| json!({
+                "path": p.dir.to_string_lossy(), "hash": h,
+                "strength": super::variants::strength_json(&t.cfg, j, p.strength),
             })).collect::<Vec<_>>(),
             "stages": t.stages.iter().zip(&ph[t.priors.len()..]).map(|(st, h)| json!({
                 "path": st.cfg.adapter.to_string_lossy(), "hash": h,
@@ -206,5 +210,10 @@ fn provenance(
         })).collect::<Vec<_>>(),
         "source_episodes": written,
         "skipped": skipped.iter().map(|(e, why)| json!({"episode": e, "reason": why})).collect::<Vec<_>>(),
-    })
+    });
+    // The expanded layout: what each output episode is (source, target, variant and what it drew).
+    if cfg.output.layout == Layout::Expanded {
+        prov["episodes"] = json!(super::variants::episode_entries(cfg, &written));
+    }
+    prov
 }

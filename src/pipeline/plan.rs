@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
-use super::config::{EdgeKind, PipelineConfig};
+use super::config::{EdgeKind, Layout, PipelineConfig};
 use super::options::RunOptions;
 use super::target::{LoadedTarget, ModelCache};
 use crate::episode::EpisodeIndex;
@@ -40,6 +40,8 @@ pub struct TargetPlan {
     pub priors: usize,
     /// The super-resolution stages' resolutions.
     pub stages: Vec<(usize, usize)>,
+    /// Outputs per source episode (`variants`).
+    pub variants: usize,
 }
 
 impl Plan {
@@ -60,13 +62,17 @@ impl Plan {
         for t in &self.targets {
             let windows: usize = lens
                 .iter()
-                .map(|&n| window_starts(n, t.frames, t.overlap).len())
+                .map(|&n| window_starts(n, t.frames, t.overlap).len() * t.variants)
                 .sum();
             let stages: String = t
                 .stages
                 .iter()
                 .map(|(h, w)| format!(" -> SR {h}x{w}"))
                 .collect();
+            let stages = match t.variants {
+                1 => stages,
+                n => format!("{stages}, {n} variants per episode"),
+            };
             s.push_str(&format!(
                 "target {:<12} -> {}: {}x{} x {} frames (overlap {}), {} steps, {} prior(s), {} windows in all{stages}\n",
                 t.name,
@@ -198,7 +204,7 @@ pub(super) fn select(source: &dyn EpisodeSource, opts: &RunOptions) -> Vec<(usiz
         .collect()
 }
 
-fn output_size(
+pub(super) fn output_size(
     cfg: &PipelineConfig,
     source: &dyn EpisodeSource,
     file: &Path,
@@ -239,6 +245,7 @@ pub fn plan(
 ) -> Result<(Plan, Box<dyn EpisodeSource>)> {
     let source = open_dataset(&opts.input)?;
     let output_size = output_size(cfg, source.as_ref(), file)?;
+    super::variants::check_dataset(cfg, source.as_ref(), file)?;
     let device = opts.compute.device.open()?;
     let mut models = ModelCache::new(device.clone(), opts.compute.precision.dtype());
     let mut targets = Vec::new();
@@ -254,13 +261,17 @@ pub fn plan(
         check_edges(cfg.edges.kind, &lt, file)?;
         targets.push(TargetPlan {
             name: t.name.clone(),
-            camera_key: t.camera_key(),
+            camera_key: match cfg.output.layout {
+                Layout::Paired => t.camera_key(),
+                Layout::Expanded => super::variants::expanded_key(cfg).to_string(),
+            },
             frames: lt.small.meta.frames,
             overlap: lt.overlap,
             resolution: lt.resolution,
             steps: t.steps,
             priors: lt.priors.len(),
             stages: lt.stages.iter().map(|s| s.resolution).collect(),
+            variants: t.variants,
         });
         loaded.push(lt);
     }

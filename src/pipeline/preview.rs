@@ -5,8 +5,9 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
-use super::config::{Layout, PipelineConfig};
+use super::config::{Layout, PipelineConfig, SOURCE_TARGET};
 use super::units::WorkDir;
+use super::variants;
 use crate::episode::EpisodeIndex;
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
@@ -76,17 +77,32 @@ pub fn preview_rows(out: &Path, episode: u64) -> Result<Vec<(String, Vec<RgbImag
                 if col != Some(episode as i64) {
                     continue;
                 }
-                let name = ep
-                    .columns
-                    .column_by_name("augmentation.target")
-                    .and_then(|c| {
+                let text = |k: &str| {
+                    ep.columns.column_by_name(k).and_then(|c| {
                         c.as_any()
                             .downcast_ref::<arrow::array::StringArray>()
                             .map(|a| a.value(0).to_string())
                     })
-                    .unwrap_or_default();
-                let f = ep.cameras.get(key).ok_or_else(not_found)?.decode()?;
-                rows.push((name, f));
+                };
+                let name = text("augmentation.target").unwrap_or_default();
+                if name == SOURCE_TARGET {
+                    continue; // a kept source episode: the source row already shows it
+                }
+                // A randomized run's row says which variant and which prompt (the prior's, else the target's).
+                let label = match (
+                    text("augmentation.prior_prompt"),
+                    text("augmentation.prompt"),
+                ) {
+                    (Some(p), _) if !p.is_empty() => format!("{name}: {p}"),
+                    (_, Some(p)) if !p.is_empty() => format!("{name}: {p}"),
+                    _ => name,
+                };
+                let f = ep
+                    .cameras
+                    .get(variants::expanded_key(&cfg))
+                    .ok_or_else(not_found)?
+                    .decode()?;
+                rows.push((label, f));
             }
             if rows.len() == 1 {
                 return Err(not_found());

@@ -87,6 +87,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
             plan.episodes.len() as u64,
         ),
         targets: &plan.loaded.targets,
+        units: super::variants::unit_slots(&cfg.targets),
         image_key: &cfg.input.image_key,
         sampled: AtomicU64::new(0),
         reused: AtomicU64::new(0),

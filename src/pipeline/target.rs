@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use image::RgbImage;
 
 use super::config::{render_prompt, StageConfig, TargetConfig};
+use super::variants::{Draw, Record};
 use crate::error::{Error, Location, Result};
 use crate::model_dir::{Conditioning, ModelDir};
 use crate::sampling::ComposeSettings;
@@ -127,6 +128,9 @@ impl LoadedTarget {
             resolution_and_overlap(&small, cfg.resolution, cfg.window_overlap, &loc)?;
         let frames = small.meta.frames;
         check_prompt(&small, cfg.prompt.as_deref(), loc("prompt"))?;
+        for p in cfg.prompts.iter().flatten() {
+            check_prompt(&small, Some(p), loc("prompts"))?;
+        }
         if small.conditioning.contains(&Conditioning::LowRes) {
             return Err(Error::config(
                 loc("adapter"),
@@ -136,7 +140,7 @@ impl LoadedTarget {
                 ),
             ));
         }
-        for (p, _, prompt) in &priors {
+        for (j, (p, _, prompt)) in priors.iter().enumerate() {
             small.check_composes_with(p, loc("prior"))?;
             if !p.any_frames && p.meta.frames != frames {
                 return Err(Error::config(
@@ -153,6 +157,19 @@ impl LoadedTarget {
                 prompt.as_deref().or(cfg.prompt.as_deref()),
                 loc("prior_prompt"),
             )?;
+            // The templates a variant may give this prior: its own list, else the target's (when it has no prompt).
+            let shorthand = cfg.prior.is_some() && j == 0;
+            let drawn = match (&cfg.prior_prompts, prompt) {
+                (Some(list), _) if shorthand => Some((list, "prior_prompts")),
+                (_, None) => cfg.prompts.as_ref().map(|l| (l, "prompts")),
+                _ => None,
+            };
+            for (tpl, key) in drawn
+                .into_iter()
+                .flat_map(|(l, k)| l.iter().map(move |t| (t, k)))
+            {
+                check_prompt(p, Some(tpl), loc(key))?;
+            }
         }
         let mut stages = Vec::new();
         let mut previous = resolution;
@@ -209,11 +226,11 @@ impl LoadedTarget {
     }
 
     /// The sampler of cascade stage `i` (0-based): the stage model alone, seeded as `name/stage<i+1>`.
-    fn stage_sampler(&self, i: usize, task: &str) -> TargetSampler<'_> {
+    fn stage_sampler(&self, i: usize, task: &str, label: &str) -> TargetSampler<'_> {
         let st = &self.stages[i];
         let tpl = Self::template(&st.model, st.cfg.prompt.as_deref());
         let mut s = TargetSampler::alone(
-            format!("{}/stage{}", self.cfg.name, i + 1),
+            format!("{label}/stage{}", i + 1),
             &st.model,
             st.cfg.steps,
             st.overlap,
@@ -224,8 +241,9 @@ impl LoadedTarget {
         s
     }
 
-    /// One episode through the base model and every stage. `frames[i]` are the source frames at
-    /// `self.resolutions()[i]`.
+    /// One episode through the base model and every stage, with the prompts, strengths and guidance of `draw` and
+    /// its label as the noise seeds' salt. `frames[i]` are the source frames at `self.resolutions()[i]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn sample_episode(
         &self,
         frames: &[Arc<Vec<RgbImage>>],
@@ -234,21 +252,24 @@ impl LoadedTarget {
         episode: u64,
         device: &Device,
         check: &dyn Fn(&'static str) -> Result<()>,
+        draw: &Draw,
     ) -> Result<Vec<RgbImage>> {
         let mut out = self
-            .sampler(task)
+            .sampler(task, draw)
             .sample_episode_checked(&frames[0], None, seed, episode, device, check)?;
         for (i, st) in self.stages.iter().enumerate() {
             let (h, w) = st.resolution;
             let low_res = frames_resized(&out, h, w);
-            out = self.stage_sampler(i, task).sample_episode_checked(
-                &frames[i + 1],
-                Some(&low_res),
-                seed,
-                episode,
-                device,
-                check,
-            )?;
+            out = self
+                .stage_sampler(i, task, &draw.label)
+                .sample_episode_checked(
+                    &frames[i + 1],
+                    Some(&low_res),
+                    seed,
+                    episode,
+                    device,
+                    check,
+                )?;
         }
         Ok(out)
     }
@@ -261,12 +282,15 @@ impl LoadedTarget {
         }
     }
 
-    fn sampler(&self, task: &str) -> TargetSampler<'_> {
-        let small_tpl = Self::template(&self.small, self.cfg.prompt.as_deref());
+    /// The base sampler of one variant: `draw` gives the target's prompt, the shorthand prior's (the first prior)
+    /// prompt and λ, the guidance and the seed salt.
+    fn sampler(&self, task: &str, draw: &Draw) -> TargetSampler<'_> {
+        let small_tpl = Self::template(&self.small, draw.prompt.as_deref());
         let mut scheduler = self.small.scheduler.clone();
         scheduler.class_name = Some(self.cfg.sampler.class_name().to_string());
+        let shorthand = self.cfg.prior.is_some();
         TargetSampler {
-            name: self.cfg.name.clone(),
+            name: draw.label.clone(),
             small: ModelUse {
                 model: &self.small,
                 prompt: render_prompt(&small_tpl, task),
@@ -274,26 +298,46 @@ impl LoadedTarget {
             priors: self
                 .priors
                 .iter()
-                .map(|(m, lam, p)| {
-                    let tpl = Self::template(m, p.as_deref().or(self.cfg.prompt.as_deref()));
+                .enumerate()
+                .map(|(j, (m, lam, p))| {
+                    let (p, lam) = match (shorthand && j == 0, draw.prior_strength) {
+                        (true, Some(drawn)) => (&draw.prior_prompt, drawn),
+                        _ => (p, *lam),
+                    };
+                    let tpl = Self::template(m, p.as_deref().or(draw.prompt.as_deref()));
                     (
                         ModelUse {
                             model: m,
                             prompt: render_prompt(&tpl, task),
                         },
-                        *lam,
+                        lam,
                     )
                 })
                 .collect(),
             settings: ComposeSettings {
                 rule: self.cfg.rule,
-                guidance: self.cfg.guidance,
+                guidance: draw.guidance,
                 compose_min_t: self.cfg.compose_min_t,
             },
             scheduler,
             steps: self.cfg.steps,
             frames: self.small.meta.frames,
             overlap: self.overlap,
+        }
+    }
+
+    /// What the `augmentation.*` columns record of `draw` for an episode with `task`: the prompts as the models
+    /// got them, the first prior's λ (0 without one) and the guidance.
+    pub fn record(&self, task: &str, draw: &Draw) -> Record {
+        let s = self.sampler(task, draw);
+        let prior = s.priors.first();
+        Record {
+            target: self.cfg.name.clone(),
+            variant: draw.variant,
+            prompt: s.small.prompt.clone(),
+            prior_prompt: prior.map(|(m, _)| m.prompt.clone()).unwrap_or_default(),
+            prior_strength: prior.map_or(0.0, |(_, lam)| *lam),
+            guidance: s.settings.guidance,
         }
     }
 

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
 use candle_core::Device;
 use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
@@ -26,6 +24,7 @@ use super::options::{FailAt, FailPoint, Progress, INTERRUPTED};
 use super::plan::Plan;
 use super::target::{frames_resized, LoadedTarget};
 use super::units::{UnitRecord, WorkDir};
+use super::variants::{self, Record, Slot, UnitSlot};
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames};
 use crate::error::{Error, Location, Result};
 use crate::io::lerobot::writer::{LeRobotWriter, Numbering, WriterOptions};
@@ -42,7 +41,8 @@ pub(super) enum ReadMsg {
 pub(super) struct Job {
     pos: usize,
     episode: u64,
-    target: usize,
+    /// Index into [`Shared::units`]: which target's which variant.
+    unit: usize,
     task: String,
     /// The source frames at each resolution the target samples at (base, then each cascade stage).
     frames: Vec<Arc<Vec<RgbImage>>>,
@@ -178,7 +178,8 @@ impl ProgressLines {
                 .iter()
                 .map(|t| {
                     let o = progress.map_or_else(silent, |p| p.target(&t.cfg.name));
-                    (line(o), AtomicU64::new(0))
+                    o.start(episodes * t.cfg.variants as u64);
+                    (o, AtomicU64::new(0))
                 })
                 .collect(),
             started: Instant::now(),
@@ -214,6 +215,8 @@ pub(super) struct Shared<'a> {
     pub timers: Timers,
     pub progress: ProgressLines,
     pub targets: &'a [LoadedTarget],
+    /// Every unit of a source episode (each target's variants), in the order the expanded layout writes them.
+    pub units: Vec<UnitSlot>,
     /// The input camera.
     pub image_key: &'a str,
     pub sampled: AtomicU64,
@@ -270,8 +273,10 @@ pub(super) fn prepare(
                 let t0 = Instant::now();
                 let mut at_res: BTreeMap<(usize, usize), Arc<Vec<RgbImage>>> = BTreeMap::new();
                 let mut jobs = Vec::new();
-                for (ti, t) in sh.targets.iter().enumerate() {
-                    let done = finished.get(&(ep.index.0, t.cfg.name.clone())).cloned();
+                for (ui, u) in sh.units.iter().enumerate() {
+                    let t = &sh.targets[u.target];
+                    let unit = variants::label(&t.cfg.name, u.variant);
+                    let done = finished.get(&(ep.index.0, unit)).cloned();
                     let at = if done.is_some() {
                         Vec::new()
                     } else {
@@ -288,7 +293,7 @@ pub(super) fn prepare(
                     jobs.push(Job {
                         pos,
                         episode: ep.index.0,
-                        target: ti,
+                        unit: ui,
                         task: ep.task.clone(),
                         frames: at,
                         done,
@@ -326,7 +331,8 @@ pub(super) fn sample(
     let halt = &sh.halt;
     for job in rx {
         halt.check()?;
-        let t = &sh.targets[job.target];
+        let u = sh.units[job.unit];
+        let t = &sh.targets[u.target];
         let t0 = Instant::now();
         let frames = match &job.done {
             Some(rec) => {
@@ -343,24 +349,27 @@ pub(super) fn sample(
                     };
                     halt.inject(at, job.pos, job.episode)
                 };
+                let seed = t.seed(global_seed);
+                let draw = variants::draw(&t.cfg, seed, job.episode, u.variant);
                 let out = t
                     .sample_episode(
                         &job.frames,
                         &job.task,
-                        t.seed(global_seed),
+                        seed,
                         job.episode,
                         device,
                         &check,
+                        &draw,
                     )
                     .map_err(|e| with_episode(e, job.episode, &t.cfg.name))?;
-                work.save(job.episode, &t.cfg.name, &out)?;
+                work.save(job.episode, &draw.label, &out)?;
                 sh.sampled.fetch_add(1, Ordering::Relaxed);
                 out
             }
         };
         Timers::add(&sh.timers.sample, t0);
-        sh.progress.unit_done(job.target, frames.len());
-        tx.send(WriteMsg::Unit(job.pos, job.target, frames))
+        sh.progress.unit_done(u.target, frames.len());
+        tx.send(WriteMsg::Unit(job.pos, job.unit, frames))
             .map_err(|_| cancelled())?;
     }
     Ok(())
@@ -394,7 +403,11 @@ fn read_one(
     Ok(read_camera(ep, idx, key))
 }
 
-fn read_camera(ep: Episode, idx: EpisodeIndex, key: &str) -> Result<(Episode, Vec<RgbImage>)> {
+pub(super) fn read_camera(
+    ep: Episode,
+    idx: EpisodeIndex,
+    key: &str,
+) -> Result<(Episode, Vec<RgbImage>)> {
     let cam = ep.cameras.get(key).ok_or_else(|| {
         Error::invalid(
             Location::none().episode(idx.0).field(key),
@@ -419,6 +432,8 @@ fn read_camera(ep: Episode, idx: EpisodeIndex, key: &str) -> Result<(Episode, Ve
 
 /// The writer's fixed settings: features and where each target's frames go.
 pub(super) struct WriterSetup {
+    /// The run's config (the expanded layout's slots and draws derive from it).
+    cfg: PipelineConfig,
     layout: Layout,
     fps: f64,
     features: Features,
@@ -431,8 +446,17 @@ pub(super) struct WriterSetup {
 
 impl WriterSetup {
     pub fn new(cfg: &PipelineConfig, source: &dyn EpisodeSource, plan: &Plan) -> Result<Self> {
-        let targets = &plan.loaded.targets;
-        let (oh, ow) = plan.output_size;
+        Self::with(cfg, source, &plan.loaded.targets, plan.output_size)
+    }
+
+    /// The settings for `targets` (loaded from `cfg`) writing cameras of `output_size`.
+    pub fn with(
+        cfg: &PipelineConfig,
+        source: &dyn EpisodeSource,
+        targets: &[LoadedTarget],
+        output_size: (usize, usize),
+    ) -> Result<Self> {
+        let (oh, ow) = output_size;
         let mut features = source.features().clone();
         let video = |h: usize, w: usize| Feature {
             dtype: "video".into(),
@@ -447,25 +471,8 @@ impl WriterSetup {
                 }
             }
             Layout::Expanded => {
-                features.insert(cfg.input.image_key.clone(), video(oh, ow));
-                features.insert(
-                    "augmentation.source_episode_index".into(),
-                    Feature {
-                        dtype: "int64".into(),
-                        shape: vec![1],
-                        names: None,
-                        info: None,
-                    },
-                );
-                features.insert(
-                    "augmentation.target".into(),
-                    Feature {
-                        dtype: "string".into(),
-                        shape: vec![1],
-                        names: None,
-                        info: None,
-                    },
-                );
+                features.insert(variants::expanded_key(cfg).to_string(), video(oh, ow));
+                variants::record_features(&mut features, variants::records_draws(cfg));
             }
         }
         let options = WriterOptions {
@@ -486,17 +493,40 @@ impl WriterSetup {
             ..WriterOptions::default()
         };
         Ok(Self {
+            cfg: cfg.clone(),
             layout: cfg.output.layout,
             fps: source.fps(),
             features,
             options,
             image_key: cfg.input.image_key.clone(),
-            output_size: plan.output_size,
+            output_size,
             targets: targets
                 .iter()
                 .map(|t| (t.cfg.name.clone(), t.cfg.camera_key()))
                 .collect(),
         })
+    }
+}
+
+impl WriterSetup {
+    /// A writer of a dataset with these settings at `root`.
+    pub fn create_writer(&self, root: &Path) -> Result<LeRobotWriter> {
+        LeRobotWriter::create(root, self.fps, &self.features, self.options.clone())
+    }
+
+    /// `frames` at the output size (upsampled when a model sampled them smaller).
+    pub fn at_output_size(&self, frames: Vec<RgbImage>) -> Vec<RgbImage> {
+        let (oh, ow) = self.output_size;
+        if frames
+            .iter()
+            .all(|x| (x.height() as usize, x.width() as usize) == (oh, ow))
+        {
+            return frames;
+        }
+        frames
+            .iter()
+            .map(|x| resize_rgb(x, oh as u32, ow as u32))
+            .collect()
     }
 }
 
@@ -520,15 +550,14 @@ pub(super) fn write(
     setup: &WriterSetup,
     staging: &Path,
 ) -> Result<WriterDone> {
-    let (halt, timers, n_targets) = (&sh.halt, &sh.timers, sh.targets.len());
-    let mut writer =
-        LeRobotWriter::create(staging, setup.fps, &setup.features, setup.options.clone())?;
+    let (halt, timers, n_units) = (&sh.halt, &sh.timers, sh.units.len());
+    let mut writer = setup.create_writer(staging)?;
     let mut pending: BTreeMap<usize, Pending> = BTreeMap::new();
     let mut skipped = Vec::new();
     let (mut episodes, mut frames) = (0u64, 0u64);
     let new_pending = || Pending {
         episode: None,
-        units: (0..n_targets).map(|_| None).collect(),
+        units: (0..n_units).map(|_| None).collect(),
         skip: None,
     };
     for msg in rx {
@@ -562,8 +591,9 @@ pub(super) fn write(
             halt.inject(FailAt::Encode, pos, ep.index.0)?;
             let units: Vec<Vec<RgbImage>> =
                 p.units.into_iter().map(|u| u.expect("ready")).collect();
-            frames += write_episode(&mut writer, setup, ep, units)?;
-            episodes += 1;
+            frames += write_episode(&mut writer, setup, sh.targets, ep, units)?;
+            // Output episodes (the expanded layout writes several per source episode).
+            episodes = writer.num_episodes();
             Timers::add(&timers.write, t0);
             sh.progress.episode_done();
         }
@@ -585,25 +615,16 @@ pub(super) fn write(
     })
 }
 
-/// Write one source episode (paired) or one episode per target (expanded); returns frames written.
+/// Write one source episode (paired) or one episode per slot (expanded: the kept source, then each target's
+/// variants); returns frames written.
 fn write_episode(
     writer: &mut LeRobotWriter,
     setup: &WriterSetup,
+    targets: &[LoadedTarget],
     ep: Episode,
     units: Vec<Vec<RgbImage>>,
 ) -> Result<u64> {
-    let (oh, ow) = setup.output_size;
-    let up = |f: Vec<RgbImage>| -> Vec<RgbImage> {
-        f.iter()
-            .map(|x| {
-                if (x.height() as usize, x.width() as usize) == (oh, ow) {
-                    x.clone()
-                } else {
-                    resize_rgb(x, oh as u32, ow as u32)
-                }
-            })
-            .collect()
-    };
+    let up = |f: Vec<RgbImage>| setup.at_output_size(f);
     match setup.layout {
         Layout::Paired => {
             let mut ep = ep;
@@ -614,35 +635,30 @@ fn write_episode(
             Ok(ep.len() as u64)
         }
         Layout::Expanded => {
-            let n = ep.len();
+            let cfg = &setup.cfg;
+            let (key, draws) = (variants::expanded_key(cfg), variants::records_draws(cfg));
+            let mut units = units.into_iter();
             let mut written = 0;
-            for (ti, ((name, _), f)) in setup.targets.iter().zip(units).enumerate() {
-                let mut e = ep.clone();
-                e.index = EpisodeIndex(ep.index.0 * setup.targets.len() as u64 + ti as u64);
-                e.cameras
-                    .insert(setup.image_key.clone(), Frames::from_images(up(f)));
-                let mut fields: Vec<Field> = ep
-                    .columns
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                let mut cols: Vec<ArrayRef> = ep.columns.columns().to_vec();
-                fields.push(Field::new(
-                    "augmentation.source_episode_index",
-                    DataType::Int64,
-                    false,
-                ));
-                cols.push(Arc::new(Int64Array::from(vec![ep.index.0 as i64; n])));
-                fields.push(Field::new("augmentation.target", DataType::Utf8, false));
-                cols.push(Arc::new(StringArray::from(vec![name.as_str(); n])));
-                e.columns =
-                    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(|err| {
-                        Error::invalid(Location::none().episode(ep.index.0), err.to_string())
-                    })?;
+            for slot in variants::slots(cfg, ep.index.0) {
+                let (frames, rec) = match slot {
+                    Slot::Source => {
+                        let cam = ep.cameras.get(&setup.image_key).ok_or_else(|| {
+                            Error::invalid(
+                                Location::none().episode(ep.index.0).field(&setup.image_key),
+                                "episode has no such camera",
+                            )
+                        })?;
+                        (up(cam.decode()?), Record::source())
+                    }
+                    Slot::Variant { target, draw } => {
+                        let f = units.next().ok_or_else(cancelled)?;
+                        (up(f), targets[target].record(&ep.task, &draw))
+                    }
+                };
+                let index = writer.num_episodes();
+                let e = variants::expanded_episode(&ep, index, key, frames, &rec, draws)?;
                 writer.save_episode(&e)?;
-                written += n as u64;
+                written += ep.len() as u64;
             }
             Ok(written)
         }

@@ -4,7 +4,8 @@ dump every value, so a Rust test can compare them with what vadapt wrote.
 usage: dump_lerobot.py DATASET_ROOT OUT.safetensors
 
 Writes, per episode i and feature key k (non-video): `ep{i}.{k}` (T, ...) in the feature's dtype (bool -> uint8);
-per video key v: `ep{i}.{v}` uint8 (T, H, W, 3); and `ep{i}.task` as uint8 UTF-8 bytes.
+per video key v: `ep{i}.{v}` uint8 (T, H, W, 3); `ep{i}.task` as uint8 UTF-8 bytes, and a string feature's rows
+joined by newlines, as uint8 UTF-8 bytes.
 Prints a JSON summary (episodes, frames, fps, keys) on stdout.
 """
 
@@ -30,6 +31,10 @@ def main() -> None:
         for key, value in item.items():
             if key == "task":
                 continue
+            if isinstance(value, str):
+                # A string column (vadapt's augmentation.target / .prompt): kept as text, saved as UTF-8 below.
+                per_ep[ep][key].append(value)
+                continue
             arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
             if key in ds.meta.video_keys or key in ds.meta.image_keys:
                 # lerobot returns float (C, H, W) in [0, 1]; back to uint8 HWC exactly as its decoder produced it.
@@ -38,6 +43,9 @@ def main() -> None:
     tensors = {}
     for ep, cols in per_ep.items():
         for key, rows in cols.items():
+            if isinstance(rows[0], str):
+                tensors[f"ep{ep}.{key}"] = np.frombuffer("\n".join(rows).encode(), np.uint8).copy()
+                continue
             arr = np.stack(rows)
             if arr.dtype == bool:
                 arr = arr.astype(np.uint8)

@@ -1453,6 +1453,52 @@ fn corpus() -> Vec<Case> {
             pipe!("guidance = -1.0\n"),
             at(PIPE).field("target[0].guidance"),
         ),
+        // ---- randomized targets (pipeline::variants): ranges and lists that cannot be drawn from
+        pipeline_case(
+            "pipeline: empty prior_strength range",
+            pipe!("prior = \"PRIOR\"\nprior_strength = [0.4, 0.4]\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].prior_strength").needle("empty"),
+        ),
+        pipeline_case(
+            "pipeline: inverted prior_strength range",
+            pipe!("prior = \"PRIOR\"\nprior_strength = [0.8, 0.2]\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].prior_strength").needle("inverted"),
+        ),
+        pipeline_case(
+            "pipeline: prior_strength range below 0",
+            pipe!("prior = \"PRIOR\"\nprior_strength = [-0.2, 0.5]\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].prior_strength").needle("out of bounds"),
+        ),
+        pipeline_case(
+            "pipeline: guidance range with inf",
+            pipe!("guidance = [1.0, inf]\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].guidance").needle("out of bounds"),
+        ),
+        pipeline_case(
+            "pipeline: a range of three values",
+            pipe!("guidance = [1.0, 2.0, 3.0]\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].guidance").needle("[lo, hi]"),
+        ),
+        pipeline_case(
+            "pipeline: variants = 0",
+            pipe!("variants = 0\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].variants"),
+        ),
+        pipeline_case(
+            "pipeline: an empty prompt list",
+            pipe!("prior = \"PRIOR\"\nprior_prompts = []\n[output]\nlayout = \"expanded\"\n"),
+            at(PIPE).field("target[0].prior_prompts").needle("empty"),
+        ),
+        pipeline_case(
+            "pipeline: variants in the paired layout",
+            pipe!("variants = 3\n"),
+            at(PIPE).field("target[0].variants").needle("expanded"),
+        ),
+        pipeline_case(
+            "pipeline: keep_source in the paired layout",
+            pipe!("[output]\nkeep_source = true\n"),
+            at(PIPE).field("output.keep_source"),
+        ),
         pipeline_case(
             "pipeline: missing model directory",
             "[input]\nimage_key = \"observation.images.real\"\n[[target]]\nname = \"edge\"\nadapter = \"DIR/no_such_model\"\n",

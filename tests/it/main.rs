@@ -22,4 +22,5 @@ mod stages;
 mod text;
 mod train;
 mod unet3d;
+mod variants;
 mod video;
