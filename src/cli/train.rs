@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use candle_core::Device;
 use vadapt::train::trainer::latest_checkpoint;
 
 use super::progress::{styled, Bar};
@@ -26,6 +25,9 @@ pub struct Args {
     /// Stop (with a checkpoint) after this many steps of this invocation, e.g. to split a run across jobs.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Where training runs: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`). F32 throughout.
+    #[arg(long, default_value = "cpu")]
+    pub device: vadapt::compute::DeviceSpec,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -36,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(s) = args.steps {
         config.steps = s;
     }
-    let device = Device::Cpu;
+    let device = args.device.open()?;
     let existing = latest_checkpoint(&config.output)?;
     let mut trainer = match (&existing, args.resume) {
         (Some(_), true) => Trainer::resume_or_new(config, &device)?,

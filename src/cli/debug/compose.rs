@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 use vadapt::rng::NoiseRng;
 use vadapt::sampling::{sample, ComposeSettings, Conditioned, Prior, Strength};
@@ -47,12 +47,15 @@ pub struct Args {
     pub seed: u64,
     #[arg(long)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub compute: super::forward::ComputeArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = Device::Cpu;
-    let adapter = UNet3DConditionModel::load(&args.adapter, &device)?;
-    let prior = UNet3DConditionModel::load(&args.prior, &device)?;
+    let device = args.compute.device.open()?;
+    let dtype = args.compute.dtype.dtype();
+    let adapter = UNet3DConditionModel::load_with_dtype(&args.adapter, &device, dtype)?;
+    let prior = UNet3DConditionModel::load_with_dtype(&args.prior, &device, dtype)?;
     let mut scheduler = SchedulerConfig::from_file(&args.scheduler_config)?.build()?;
     scheduler.set_timesteps(args.steps)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)

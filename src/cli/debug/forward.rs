@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
+use vadapt::compute::{DeviceSpec, Precision};
 use vadapt::models::unet_3d::UNet3DConditionModel;
 
 #[derive(Debug, clap::Args)]
@@ -20,11 +21,25 @@ pub struct Args {
     /// safetensors to write with `output`.
     #[arg(long)]
     pub output: PathBuf,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// `--device` / `--dtype` of the debug commands (the GPU check runs the fixtures on CUDA in F32, F16 and BF16).
+#[derive(Debug, clap::Args)]
+pub struct ComputeArgs {
+    /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Precision of the weights and compute: f32, f16 or bf16 (CUDA only); outputs are written in F32.
+    #[arg(long, default_value = "f32")]
+    pub dtype: Precision,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let device = Device::Cpu;
-    let model = UNet3DConditionModel::load(&args.model, &device)?;
+    let device = args.compute.device.open()?;
+    let model =
+        UNet3DConditionModel::load_with_dtype(&args.model, &device, args.compute.dtype.dtype())?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
     let get = |k: &str| {
@@ -46,7 +61,10 @@ pub fn write_tensors(path: &std::path::Path, tensors: &[(&str, Tensor)]) -> anyh
     let tmp = path.with_extension("safetensors.tmp");
     let map: std::collections::HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(k, t)| Ok((k.to_string(), t.to_dtype(DType::F32)?.contiguous()?)))
+        .map(|(k, t)| {
+            let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            Ok((k.to_string(), t.contiguous()?))
+        })
         .collect::<anyhow::Result<_>>()?;
     candle_core::safetensors::save(&map, &tmp)
         .with_context(|| format!("writing {}", tmp.display()))?;

@@ -3,6 +3,7 @@
 mod compose;
 mod edges;
 mod forward;
+mod latent;
 
 use clap::Subcommand;
 
@@ -14,6 +15,8 @@ pub enum Command {
     Forward(forward::Args),
     /// A composed sampling run (Video Adapter / CFG-Mix / inverse); writes `x0` and `xs`.
     Compose(compose::Args),
+    /// The VAE and CLIP text encoder on the parity fixtures' inputs; writes their outputs.
+    Latent(latent::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -21,5 +24,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Edges(a) => edges::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Compose(a) => compose::run(a),
+        Command::Latent(a) => latent::run(a),
     }
 }

@@ -10,16 +10,31 @@
 //!   available (lerobot's default `vcodec`), else libaom-av1, else libx264.
 
 use std::path::Path;
+#[cfg(feature = "video")]
 use std::sync::Once;
 
+#[cfg(feature = "video")]
 use ffmpeg::format::Pixel;
+#[cfg(feature = "video")]
 use ffmpeg::{codec, format, media, Rational};
+#[cfg(feature = "video")]
 use ffmpeg_next as ffmpeg;
 
-use crate::error::{Error, Location, Result};
+#[cfg(feature = "video")]
+use crate::error::Result;
+use crate::error::{Error, Location};
 
+#[cfg(feature = "video")]
 mod decode;
+#[cfg(feature = "video")]
 mod encode;
+// Without FFmpeg (cargo feature `video` off): the same API, every mp4 access an error.
+#[cfg(not(feature = "video"))]
+mod disabled;
+#[cfg(not(feature = "video"))]
+use disabled::{decode, encode};
+#[cfg(not(feature = "video"))]
+pub use disabled::{init, probe};
 
 pub use decode::{decode_all, decode_episode, FrameQuery, Mp4Frames, TimedFrame};
 pub use encode::{
@@ -29,8 +44,10 @@ pub use encode::{
 /// lerobot's default `tolerance_s`: a decoded frame matches a query timestamp only if it is closer than this.
 pub const DEFAULT_TOLERANCE_S: f64 = 1e-4;
 
+#[cfg(feature = "video")]
 static INIT: Once = Once::new();
 
+#[cfg(feature = "video")]
 /// Initialise FFmpeg once per process and quiet its logging (errors only): our own errors carry
 /// the file, episode and stream, and FFmpeg's per-frame warnings would flood a batch run.
 pub fn init() {
@@ -42,6 +59,7 @@ pub fn init() {
     });
 }
 
+#[cfg(feature = "video")]
 /// `fps` as an exact rational where it is one (30 -> 30/1, 29.97 -> 2997/100 via av_d2q).
 fn fps_rational(fps: f64) -> Rational {
     if fps.fract() == 0.0 && fps > 0.0 && fps <= i32::MAX as f64 {
@@ -104,6 +122,7 @@ impl VideoInfo {
     }
 }
 
+#[cfg(feature = "video")]
 fn open_input(
     path: &Path,
     episode: Option<u64>,
@@ -121,9 +140,11 @@ fn open_input(
 }
 
 // Small helper so the missing-file error also names episode and camera.
+#[cfg(feature = "video")]
 trait WithEpisode {
     fn in_episode_opt(self, episode: Option<u64>, key: Option<&str>) -> Self;
 }
+#[cfg(feature = "video")]
 impl WithEpisode for Error {
     fn in_episode_opt(mut self, episode: Option<u64>, key: Option<&str>) -> Self {
         if let Some(e) = episode {
@@ -136,6 +157,7 @@ impl WithEpisode for Error {
     }
 }
 
+#[cfg(feature = "video")]
 /// Probe a video file: size, rate, codec, pixel format, frame count and duration.
 pub fn probe(path: impl AsRef<Path>) -> Result<VideoInfo> {
     let path = path.as_ref();
@@ -178,6 +200,7 @@ pub fn probe(path: impl AsRef<Path>) -> Result<VideoInfo> {
     })
 }
 
+#[cfg(feature = "video")]
 fn pixel_name(p: Pixel) -> String {
     p.descriptor()
         .map(|d| d.name().to_string())

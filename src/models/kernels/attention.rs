@@ -3,17 +3,20 @@
 //! projections write them. `attention` picks the path: the fused CPU kernel for f32 inference, candle's batched
 //! matmuls and a softmax (differentiable) otherwise.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use super::activation::exp;
-use super::cpu::{apply3, contiguous_f32, has_avx2_fma, output_buffer, OutPtr};
+use super::cpu::{apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, output_buffer, OutPtr};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
 use super::portable::{max, MulAdd, Plain, LANES};
 
-/// Upper bound of one attention score block of the composed path (see `attention_composed`).
+/// Upper bound of one attention score block of the composed path on the CPU (see `attention_composed`).
 const SCORE_CHUNK_BYTES: usize = 8 << 20;
+/// The same bound on a GPU: there the cost is one matmul / softmax launch per block, and a ModelScope-size spatial
+/// attention (2560 tokens, 13 MB of BF16 scores per head and frame) would otherwise launch one per sequence.
+const DEVICE_SCORE_CHUNK_BYTES: usize = 1 << 30;
 
 /// `softmax(scale · q kᵀ) v` over `heads` interleaved heads: q (b, n, heads · d), k and v (b, m, heads · d); returns
 /// (b, n, heads · d), ready for the output projection. The fused kernel (`fused_attention`) where nothing records a
@@ -25,17 +28,12 @@ pub(crate) fn attention(
     heads: usize,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    if !q.track_op()
-        && !k.track_op()
-        && !v.track_op()
-        && q.device().is_cpu()
-        && q.dtype() == DType::F32
-    {
+    if !q.track_op() && !k.track_op() && !v.track_op() && fused_f32_cpu(q) {
         // One fused pass on the interleaved heads, the scale applied inside, no score matrix and no head
         // split/merge copies.
         return fused_attention(q, k, v, heads, scale as f32);
     }
-    // later: cuda_fwd
+    // Training, F16/BF16 and CUDA: candle's matmuls and softmax, which have CUDA kernels in all three dtypes.
     attention_composed(q, k, v, heads, scale)
 }
 
@@ -66,7 +64,11 @@ fn attention_composed(
     // Chunk over the (batch * heads) sequences so one score block stays under SCORE_CHUNK_BYTES: the full
     // (B*heads, N, M) matrix is hundreds of MB at 24x40 and every fresh allocation of that size costs page faults.
     let per_seq = n * m * std::mem::size_of::<f32>();
-    let chunk = (SCORE_CHUNK_BYTES / per_seq.max(1)).clamp(1, seqs);
+    let budget = match q.device() {
+        candle_core::Device::Cpu => SCORE_CHUNK_BYTES,
+        _ => DEVICE_SCORE_CHUNK_BYTES,
+    };
+    let chunk = (budget / per_seq.max(1)).clamp(1, seqs);
     let mut parts = Vec::with_capacity(seqs.div_ceil(chunk));
     for start in (0..seqs).step_by(chunk) {
         let len = chunk.min(seqs - start);
@@ -92,10 +94,7 @@ fn attention_composed(
 /// being recorded for training (`track_op`) our fused op with a backward is used on CPU (the composed version
 /// elsewhere); inference keeps candle's kernel.
 fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    match (
-        x.track_op(),
-        x.device().is_cpu() && x.dtype() == candle_core::DType::F32,
-    ) {
+    match (x.track_op(), fused_f32_cpu(x)) {
         (true, true) => fused_softmax_last_dim(x),
         (true, false) => candle_nn::ops::softmax(x, candle_core::D::Minus1),
         (false, _) => candle_nn::ops::softmax_last_dim(x),

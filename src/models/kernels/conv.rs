@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
 
-use super::cpu::{apply3, contiguous_f32, cpu_f32_inference, output_buffer, with_f32};
+use super::cpu::{
+    apply3, contiguous_f32, cpu_f32_inference, fused_f32_cpu, output_buffer, with_f32,
+};
 use super::gemm::gemm_accumulate;
 
 /// A candle-nn 2-D convolution of `x`: our im2col + GEMM kernel for CPU f32 inference (`fused_conv2d`), candle's
@@ -17,9 +19,8 @@ pub(crate) fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> candle_core::Resul
     let cfg = conv.config();
     if x.track_op() || conv.weight().track_op() {
         conv2d_im2col(x, conv.weight(), conv.bias(), cfg)
-    } else if let (true, DType::F32, DType::F32, Some(bias), 1, 1) = (
-        x.device().is_cpu(),
-        x.dtype(),
+    } else if let (true, DType::F32, Some(bias), 1, 1) = (
+        fused_f32_cpu(x),
         conv.weight().dtype(),
         conv.bias(),
         cfg.groups,
@@ -27,7 +28,7 @@ pub(crate) fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> candle_core::Resul
     ) {
         fused_conv2d(x, conv.weight(), bias, cfg.stride, cfg.padding)
     } else {
-        // later: cuda_fwd
+        // F16/BF16 and CUDA: candle's convolution (im2col + cuBLAS on CUDA, all three dtypes).
         conv.forward(x)
     }
 }
@@ -126,10 +127,10 @@ pub(crate) fn temporal_conv(
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let inference = !x.track_op() && !weight.track_op();
-    if inference && x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if inference && fused_f32_cpu(x) && weight.dtype() == DType::F32 {
         return fused_temporal_conv(x, weight, bias);
     }
-    // later: cuda_fwd
+    // Training, F16/BF16 and CUDA: one matmul and shifted adds of candle's ops.
     temporal_conv_composed(x, weight, bias)
 }
 

@@ -15,11 +15,48 @@ pub(crate) fn output_buffer(n: usize) -> Vec<f32> {
     v
 }
 
+/// Whether `t` is on the fused kernels' side of an op: f32 on the CPU. Everything else (F16/BF16, a CUDA device)
+/// takes candle's ops, which have CUDA kernels for F32, F16 and BF16; the tests walk that side on the CPU through
+/// `on_candle_path`.
+pub(crate) fn fused_f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !candle_path_forced()
+}
+
 /// Whether these tensors take the fused CPU inference kernels: all f32 on the CPU, none recording a graph (training
 /// takes candle's differentiable ops instead).
 pub(crate) fn cpu_f32_inference<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> bool {
-    ts.into_iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op())
+    ts.into_iter().all(|t| fused_f32_cpu(t) && !t.track_op())
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCE_CANDLE_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(not(test))]
+fn candle_path_forced() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn candle_path_forced() -> bool {
+    FORCE_CANDLE_PATH.with(|f| f.get())
+}
+
+/// Run `f` with every op on this thread taking the path a CUDA device takes (candle's ops), though its tensors are
+/// f32 on the CPU: how the tests check that path without a GPU. The choice is made on the calling thread before an
+/// op fans out, so a thread-local flag covers it.
+#[cfg(test)]
+pub(crate) fn on_candle_path<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE_CANDLE_PATH.with(|f| f.set(false));
+        }
+    }
+    FORCE_CANDLE_PATH.with(|f| f.set(true));
+    let _reset = Reset;
+    f()
 }
 
 /// The f32 data of a contiguous CPU storage under its layout.

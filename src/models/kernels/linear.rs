@@ -23,7 +23,7 @@ pub(crate) fn linear(
     if cpu_f32_inference([x, l.weight()].into_iter().chain(residual)) {
         return fused_linear(x, l.weight(), l.bias(), residual);
     }
-    // later: cuda_fwd
+    // Training, F16/BF16 and CUDA: candle-nn's `Linear` (cuBLAS on CUDA).
     let y = l.forward(x)?;
     match residual {
         Some(r) => y + r,

@@ -5,8 +5,9 @@
 //!   inference kernels below;
 //! * a graph being recorded (training): differentiable ops (candle's, or ours with a backward where candle's CPU
 //!   version has none or is slow: GroupNorm, softmax, the im2col convolution);
-//! * anything else (F16/BF16, CUDA): candle's own ops. A CUDA kernel would go in each op next to the CPU one
-//!   (`// later: cuda_fwd`).
+//! * anything else (F16/BF16, CUDA): candle's own ops, which have CUDA kernels in F32, F16 and BF16. The choice is
+//!   `cpu::fused_f32_cpu`; the tests of `paths` force the CUDA side on the CPU and hold it to the fused kernels.
+//!   A CUDA kernel of our own would go in the op, next to the CPU one.
 //!
 //! The fused kernels replace the ops that dominate a UNet3D forward at our sizes, where candle's composed versions
 //! are memory-bound or call scalar libm:
@@ -36,6 +37,8 @@ mod cpu;
 mod gemm;
 mod linear;
 mod norm;
+#[cfg(test)]
+mod paths;
 mod portable;
 mod tokens;
 #[cfg(target_arch = "x86_64")]

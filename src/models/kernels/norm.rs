@@ -8,7 +8,9 @@ use candle_nn::LayerNorm;
 use rayon::prelude::*;
 
 use super::activation::silu;
-use super::cpu::{apply3, contiguous_f32, has_avx2_fma, norm_operands, output_buffer};
+use super::cpu::{
+    apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands, output_buffer,
+};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
 use super::portable::{squared_deviations, sum, MulAdd, Plain};
@@ -24,10 +26,10 @@ pub(crate) fn group_norm(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if fused_f32_cpu(x) && weight.dtype() == DType::F32 {
         return fused_group_norm(x, weight, bias, groups, eps);
     }
-    // later: cuda_fwd
+    // F16/BF16 and CUDA: candle's ops (CUDA kernels in all three dtypes), statistics in F32.
     group_norm_composed(x, weight, bias, groups, eps)
 }
 
@@ -71,7 +73,7 @@ pub(crate) fn group_norm_silu(
     eps: f64,
 ) -> candle_core::Result<Tensor> {
     let inference = !x.track_op() && !weight.track_op();
-    if inference && x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if inference && fused_f32_cpu(x) && weight.dtype() == DType::F32 {
         return fused_group_norm_silu(x, weight, bias, groups, eps);
     }
     group_norm(x, weight, bias, groups, eps)?.silu()
@@ -84,12 +86,10 @@ pub(crate) fn layer_norm(x: &Tensor, ln: &LayerNorm) -> candle_core::Result<Tens
         Some(b) if x.track_op() || ln.weight().track_op() => {
             candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
         }
-        Some(b)
-            if x.device().is_cpu()
-                && [x.dtype(), ln.weight().dtype(), b.dtype()] == [DType::F32; 3] =>
-        {
+        Some(b) if fused_f32_cpu(x) && [ln.weight().dtype(), b.dtype()] == [DType::F32; 2] => {
             fused_layer_norm(x, ln.weight(), b, ln.eps() as f32)
         }
+        // F16/BF16 and CUDA: candle-nn's LayerNorm (a CUDA kernel in all three dtypes).
         _ => ln.forward(x),
     }
 }
