@@ -34,6 +34,10 @@ pub struct Args {
     /// wooden table, night, ...), its task saying which ("..., claymation style"). The demo prior's corpus.
     #[arg(long)]
     pub styles: bool,
+    /// The styled camera in appearances no demo model saw instead (green felt, magenta light, spotlight; episode i
+    /// in the (i mod 3)-th): held-out evaluation data (scripts/policy_benchmark.sh).
+    #[arg(long, conflicts_with = "styles")]
+    pub held_out_styles: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -44,7 +48,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         size,
         styled: args.styles,
+        held_out: args.held_out_styles,
     };
+    let styled = args.styles || args.held_out_styles;
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let lerobot_root = args.out.join("lerobot");
     if lerobot_root.exists() {
@@ -56,7 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut lerobot = LeRobotWriter::create(
         &lerobot_root,
         synth::FPS,
-        &synth::features_with(size, args.styles),
+        &synth::features_with(size, styled),
         WriterOptions::default(),
     )?;
     let mut mapping = RldsMapping::language_table();
@@ -66,7 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     mapping
         .cameras
         .insert("steps/observation/sim".into(), SIM_KEY.into());
-    if args.styles {
+    if styled {
         mapping
             .cameras
             .insert("steps/observation/styled".into(), STYLED_KEY.into());

@@ -34,6 +34,9 @@ pub struct SampleOptions {
     pub size: (u32, u32),
     /// Add a third camera, [`STYLED_KEY`]: each episode in one of [`Style::ALL`](super::Style::ALL), named in its task.
     pub styled: bool,
+    /// Add [`STYLED_KEY`] in the held-out appearances instead ([`Style::HELD_OUT`](super::Style::HELD_OUT), episode
+    /// `i` in style `i % 3`, named in its task): evaluation data in looks no demo model saw.
+    pub held_out: bool,
 }
 
 impl Default for SampleOptions {
@@ -44,6 +47,7 @@ impl Default for SampleOptions {
             seed: 0,
             size: (360, 640),
             styled: false,
+            held_out: false,
         }
     }
 }
@@ -271,7 +275,10 @@ impl Iterator for SampleGenerator {
         self.next += 1;
         let o = self.options;
         Some(generate(o.seed, index, o.frames, o.size).and_then(|mut s| {
-            if o.styled {
+            if o.held_out {
+                let held_out = &super::Style::HELD_OUT;
+                add_style(&mut s, held_out[index as usize % held_out.len()]);
+            } else if o.styled {
                 add_style(&mut s, style_of(o.seed, index));
             }
             let task_index = match self.tasks.iter().position(|t| *t == s.task) {
@@ -285,5 +292,53 @@ impl Iterator for SampleGenerator {
             self.rows += ep.len() as i64;
             Ok(ep)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Style;
+
+    /// Held-out evaluation data: every episode gets the styled camera in a held-out style (cycling), named in its
+    /// task, while its motion, columns and `sim` / `real` renderings are exactly those of the unstyled episode.
+    #[test]
+    fn held_out_styles_cycle_and_leave_the_rest_unchanged() {
+        let plain = SampleOptions {
+            episodes: 4,
+            frames: 3,
+            seed: 5,
+            size: (24, 40),
+            ..Default::default()
+        };
+        let held = SampleOptions {
+            held_out: true,
+            ..plain
+        };
+        let pairs = SampleGenerator::new(plain).zip(SampleGenerator::new(held));
+        for (i, (a, b)) in pairs.enumerate() {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let style = Style::HELD_OUT[i % Style::HELD_OUT.len()];
+            assert!(!Style::ALL.contains(&style));
+            assert_eq!(b.task, style.prompt(&a.task), "episode {i}");
+            for key in [SIM_KEY, REAL_KEY] {
+                assert_eq!(
+                    a.cameras[key].decode().unwrap(),
+                    b.cameras[key].decode().unwrap(),
+                    "episode {i} {key}"
+                );
+            }
+            let sim = a.cameras[SIM_KEY].decode().unwrap();
+            let styled = b.cameras[STYLED_KEY].decode().unwrap();
+            let want: Vec<_> = sim.iter().map(|f| style.apply(f)).collect();
+            assert_eq!(styled, want, "episode {i}");
+            assert!(!a.cameras.contains_key(STYLED_KEY));
+            for name in ["observation.state", "action"] {
+                assert_eq!(
+                    a.columns.column_by_name(name).unwrap().as_ref(),
+                    b.columns.column_by_name(name).unwrap().as_ref()
+                );
+            }
+        }
     }
 }

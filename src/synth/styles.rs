@@ -20,9 +20,15 @@ pub enum Style {
     BlackAndWhite,
     Blueprint,
     Snowy,
+    // Held out (`Style::HELD_OUT`): no demo model saw these.
+    GreenFelt,
+    MagentaLight,
+    Spotlight,
 }
 
 impl Style {
+    /// The styles of the styled corpus (`sample-data --styles`), which the demo prior learned. The order and count
+    /// fix which style each corpus episode gets (`synth::style_of`), so existing corpora keep their bytes.
     pub const ALL: [Style; 10] = [
         Style::Cartoon,
         Style::Claymation,
@@ -35,6 +41,12 @@ impl Style {
         Style::Blueprint,
         Style::Snowy,
     ];
+
+    /// Appearances that no demo model and no corpus saw (`sample-data --held-out-styles`): the out-of-domain looks
+    /// of the policy benchmark (scripts/policy_benchmark.sh). A new background (green felt), a new light colour
+    /// (magenta) and new lighting (one spotlight, dark elsewhere), the kinds of change Isaac Lab's Cosmos
+    /// augmentation study tested.
+    pub const HELD_OUT: [Style; 3] = [Style::GreenFelt, Style::MagentaLight, Style::Spotlight];
 
     /// The words a prompt uses for it.
     pub fn name(self) -> &'static str {
@@ -49,11 +61,17 @@ impl Style {
             Style::BlackAndWhite => "black and white",
             Style::Blueprint => "blueprint",
             Style::Snowy => "snowy",
+            Style::GreenFelt => "green felt",
+            Style::MagentaLight => "magenta light",
+            Style::Spotlight => "spotlight",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Style> {
-        Style::ALL.into_iter().find(|s| s.name() == name)
+        Style::ALL
+            .into_iter()
+            .chain(Style::HELD_OUT)
+            .find(|s| s.name() == name)
     }
 
     /// `task` with this style named, the way the styled corpus and the demo pipelines phrase it.
@@ -170,6 +188,23 @@ impl Style {
                         c
                     }
                 }
+                Style::GreenFelt => {
+                    if is_board {
+                        // Felt: dark green with a fine fibre noise.
+                        let fibre = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)) % 17;
+                        let v = 0.9 + 0.2 * fibre as f32 / 16.0;
+                        [38.0, 98.0, 58.0].map(|c| c * v)
+                    } else {
+                        c
+                    }
+                }
+                Style::MagentaLight => [c[0] * 1.15 + 10.0, c[1] * 0.6, c[2] * 1.1 + 10.0],
+                Style::Spotlight => {
+                    // One light at a third of the width, falling off to 20% at the far corners.
+                    let (u, v) = (x as f32 / w as f32 - 0.35, y as f32 / h as f32 - 0.4);
+                    let lit = 0.2 + 1.0 * (-(u * u * 3.16 + v * v) * 6.0).exp();
+                    c.map(|v| v * lit)
+                }
             };
             Rgb(v.map(|v| v.round().clamp(0.0, 255.0) as u8))
         });
@@ -233,21 +268,22 @@ mod tests {
             }
             m
         };
-        let means: Vec<[f64; 3]> = Style::ALL.iter().map(|s| mean(&s.apply(&sim))).collect();
+        let all: Vec<Style> = Style::ALL.into_iter().chain(Style::HELD_OUT).collect();
+        let means: Vec<[f64; 3]> = all.iter().map(|s| mean(&s.apply(&sim))).collect();
         for i in 0..means.len() {
             for j in i + 1..means.len() {
                 let d: f64 = (0..3).map(|k| (means[i][k] - means[j][k]).abs()).sum();
                 assert!(
                     d > 8.0,
                     "{} and {} look alike ({d})",
-                    Style::ALL[i].name(),
-                    Style::ALL[j].name()
+                    all[i].name(),
+                    all[j].name()
                 );
             }
-            assert_eq!(Style::from_name(Style::ALL[i].name()), Some(Style::ALL[i]));
+            assert_eq!(Style::from_name(all[i].name()), Some(all[i]));
         }
         // The object stays where it was: its centre differs from the board in every style.
-        for s in Style::ALL {
+        for s in all {
             let img = s.apply(&sim);
             assert_ne!(img.get_pixel(20, 12), img.get_pixel(2, 2), "{}", s.name());
         }

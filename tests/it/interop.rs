@@ -260,3 +260,84 @@ fn tfds_written_rlds_reads_exactly_and_converts_bit_exact() {
         }
     }
 }
+
+/// Feeding a trainer: `pipelines/demo.toml` in the expanded layout (one episode per source episode and target, the
+/// generated video under the source camera's key, every other column the source's) is what a policy trainer reads.
+/// lerobot's own training loop (`lerobot.scripts.lerobot_train.train`, tests/interop/lerobot_train.py: a tiny ACT
+/// reading only that camera, CPU, offline, no pretrained weights) runs a few steps on it with finite losses, and the
+/// checkpoint it saves loads back and acts.
+#[test]
+fn lerobot_training_loop_runs_on_expanded_demo_output() {
+    const CAMERA: &str = "observation.images.real";
+    const STEPS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap();
+    let paired = "layout = \"paired\"";
+    assert!(
+        demo.contains(paired),
+        "pipelines/demo.toml no longer says {paired}; update this test's expanded variant of it"
+    );
+    let pipeline = dir.path().join("demo_expanded.toml");
+    std::fs::write(&pipeline, demo.replace(paired, "layout = \"expanded\"")).unwrap();
+    let out = dir.path().join("augmented");
+    // The first source episode only (4 targets -> 4 episodes), to keep the test short; the model paths in the
+    // pipeline are relative to the repository root.
+    let run = Command::new(crate::common::vadapt_bin())
+        .current_dir(repo())
+        .args(["augment", "--quiet", "--limit", "1", "--pipeline"])
+        .arg(&pipeline)
+        .args(["--input", "datasets/sample/lerobot", "--output"])
+        .arg(&out)
+        .output()
+        .expect("run vadapt augment");
+    assert!(
+        run.status.success(),
+        "vadapt augment failed:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ds = open_dataset(&out).unwrap();
+    assert_eq!(ds.episode_indices().len(), 4, "one episode per target");
+    let mut targets = Vec::new();
+    for index in ds.episode_indices() {
+        let ep = ds.read_episode(index).unwrap();
+        let col = ep.columns.column_by_name("augmentation.target").unwrap();
+        targets.push(col.as_string::<i32>().value(0).to_string());
+        assert_eq!(ep.cameras[CAMERA].decode().unwrap().len(), ep.len());
+    }
+    targets.sort();
+    assert_eq!(targets, ["claymation", "night", "real_aug", "sim_aug"]);
+
+    let train_dir = dir.path().join("train");
+    let steps = STEPS.to_string();
+    let stdout = run_py(
+        "lerobot_train.py",
+        &[
+            &out,
+            &train_dir,
+            Path::new("--camera"),
+            Path::new(CAMERA),
+            Path::new("--steps"),
+            Path::new(&steps),
+        ],
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("lerobot_train.py printed no JSON summary ({e}):\n{stdout}"));
+    eprintln!("lerobot's training loop on the expanded demo output: {summary}");
+    assert_eq!(summary["camera"], CAMERA);
+    assert_eq!(summary["episodes"], 4);
+    let losses: Vec<f64> = summary["losses"]
+        .as_array()
+        .expect("losses")
+        .iter()
+        .map(|v| v.as_f64().expect("a finite loss is a JSON number"))
+        .collect();
+    assert_eq!(losses.len(), STEPS, "{summary}");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    assert!(train_dir
+        .join("run/checkpoints/last/pretrained_model")
+        .is_dir());
+}

@@ -141,6 +141,7 @@ fn sample_data_cli_writes_rlds_and_lerobot_with_the_generated_values() {
         seed: 3,
         size: (64, 96),
         styled: false,
+        held_out: false,
     })
     .map(|e| e.unwrap())
     .collect();
