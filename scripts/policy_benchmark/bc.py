@@ -16,7 +16,8 @@ usage:
 * Every arm gets the same number of optimisation steps and batch size, and the same seeds; an arm with augmented
   data draws each batch `--aug-fraction` from the augmented episodes and the rest from the source episodes.
 * Arms: `source` (a), `source+vadapt` (b) and, for reference, `source+jitter` (classical photometric augmentation:
-  random brightness, contrast, per-channel gain and hue-free colour shifts on the source frames, no model).
+  random brightness, contrast, per-channel gain and colour shifts on the source frames, no model), and
+  `source+vadapt+jitter` (both; not in the default `--arms`).
 * Reported per arm (mean and spread over `--seeds`): action error (root mean squared, in units of the action,
   x1000: mm per step for the sample data) in-domain and out-of-domain, plus the error of always predicting the
   mean action, which a policy that sees nothing reaches.
@@ -199,7 +200,7 @@ def train(arm: str, source: Camera, augmented: Camera | None, args, seed: int, n
         if n_aug:
             parts.append((augmented, rng.integers(0, len(augmented), n_aug)))
         x = torch.cat([inputs(c, i) for c, i in parts])
-        if arm == "source+jitter":
+        if arm.endswith("+jitter"):
             x = jitter(x, gen)
         y = torch.cat([torch.from_numpy((c.actions[i] - mean) / std) for c, i in parts])
         loss = F.mse_loss(policy(x), y)
@@ -260,11 +261,11 @@ def parse_args():
     h, _, w = a.size.partition("x")
     a.size = (int(h), int(w))
     a.arms = a.arms.split(",")
-    unknown = set(a.arms) - {"source", "source+vadapt", "source+jitter"}
+    unknown = set(a.arms) - {"source", "source+vadapt", "source+jitter", "source+vadapt+jitter"}
     if unknown:
         p.error(f"unknown arms {sorted(unknown)}")
-    if "source+vadapt" in a.arms and not a.augmented:
-        p.error("the source+vadapt arm needs --augmented")
+    if any("vadapt" in arm for arm in a.arms) and not a.augmented:
+        p.error("the source+vadapt arms need --augmented")
     if not 0.0 < a.aug_fraction < 1.0:
         p.error("--aug-fraction must lie in (0, 1)")
     return a
@@ -299,7 +300,7 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            policy = train(arm, source, augmented if arm == "source+vadapt" else None, args, seed, norm)
+            policy = train(arm, source, augmented if "vadapt" in arm else None, args, seed, norm)
             p_in, p_out = predict(policy, ev_in, norm), predict(policy, ev_out, norm)
             run = {"seed": seed, "in_domain": rmse(p_in, truth), "out_of_domain": rmse(p_out, truth),
                    "train_s": round(time.perf_counter() - t0, 1)}
