@@ -147,8 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.skipped.len(),
         s.wall_seconds
     );
-    for (ep, why) in &s.skipped {
-        println!("  skipped episode {ep}: {why}");
+    // The reasons go to stderr with the other warnings, at the end where they are seen.
+    if let Some(summary) = pipeline::skips::summary(&s.skipped) {
+        eprintln!("{summary}");
     }
     let workers: Vec<String> = s
         .worker_seconds

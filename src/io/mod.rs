@@ -47,7 +47,8 @@ pub trait EpisodeSource {
 /// directory (`dataset_info.json` in it or in a version directory below it).
 pub fn open_dataset(path: &std::path::Path) -> Result<Box<dyn EpisodeSource>> {
     use crate::error::{Error, Location};
-    if !path.exists() {
+    // A symlink loop (or an unreadable directory on the way) is an error of its own, not "does not exist".
+    if !fs::exists(path)? {
         return Err(Error::invalid(
             Location::file(path),
             "dataset path does not exist",

@@ -11,6 +11,7 @@ pub mod output;
 pub mod plan;
 pub mod preview;
 pub mod run;
+pub mod skips;
 mod target;
 pub mod units;
 mod workers;
