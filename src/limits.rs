@@ -54,7 +54,10 @@ mod tests {
         let e = check_count(1_000_000_000, MAX_MODEL_FRAMES, "frames", Location::none())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("frames 1000000000") && e.contains("1..=1024"), "{e}");
+        assert!(
+            e.contains("frames 1000000000") && e.contains("1..=1024"),
+            "{e}"
+        );
         assert!(check_count(8, MAX_MODEL_FRAMES, "frames", Location::none()).is_ok());
         assert!(check_count(0, MAX_MODEL_FRAMES, "frames", Location::none()).is_err());
         let e = check_fps(1e12, Location::none()).unwrap_err().to_string();

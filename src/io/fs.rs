@@ -39,10 +39,7 @@ pub fn exists(path: &Path) -> Result<bool> {
     match path.try_exists() {
         Ok(there) => Ok(there),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(crate::error::Error::io(
-            std::io::Error::new(
-                e.kind(),
-                "symlink loop: too many levels of symbolic links",
-            ),
+            std::io::Error::new(e.kind(), "symlink loop: too many levels of symbolic links"),
             path,
         )),
         Err(e) => Err(crate::error::Error::io(e, path)),

@@ -41,6 +41,11 @@ pub trait EpisodeSource {
     fn episode_indices(&self) -> Vec<EpisodeIndex>;
     /// Read one episode (frames stay lazily decoded).
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode>;
+    /// An episode's frame count where the metadata says it without reading the episode (LeRobot's episodes
+    /// table); `None` where only reading tells (RLDS).
+    fn episode_len(&self, _index: EpisodeIndex) -> Option<usize> {
+        None
+    }
 }
 
 /// Open a dataset, detecting its format: a LeRobot root (`meta/info.json`, v2.1 or v3.0) or an RLDS builder

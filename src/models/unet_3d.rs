@@ -184,7 +184,10 @@ impl UNet3DConfig {
             ("cross_attention_dim", self.cross_attention_dim),
             ("layers_per_block", self.layers_per_block),
         ];
-        let blocks = self.block_out_channels.iter().map(|&c| ("block_out_channels", c));
+        let blocks = self
+            .block_out_channels
+            .iter()
+            .map(|&c| ("block_out_channels", c));
         for (field, c) in channels.into_iter().chain(blocks) {
             check_count(c, MAX_CHANNELS, field, Location::none().field(field))?;
         }

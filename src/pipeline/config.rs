@@ -354,7 +354,12 @@ impl PipelineConfig {
                     format!("[{h}, {w}]: height and width must be positive and even (video encoders need it)"),
                 );
             }
-            check_side(path, "output.resolution", [h, w], crate::limits::MAX_OUTPUT_SIDE)?;
+            check_side(
+                path,
+                "output.resolution",
+                [h, w],
+                crate::limits::MAX_OUTPUT_SIDE,
+            )?;
         }
         if self.output.crf > 63 {
             return err(
@@ -537,7 +542,10 @@ fn check_model_dir(dir: &Path, file: &Path, key: &str) -> Result<()> {
         dir.join("config.json").exists() || dir.join("unet").join("config.json").exists();
     // A symlink loop is reported as one (naming the key), not as a missing directory.
     let there = crate::io::fs::exists(dir).map_err(|e| {
-        Error::config(Location::file(file).field(key), format!("model directory {e}"))
+        Error::config(
+            Location::file(file).field(key),
+            format!("model directory {e}"),
+        )
     })?;
     if !there || !dir.is_dir() {
         return Err(Error::config(

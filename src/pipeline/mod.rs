@@ -5,6 +5,7 @@
 //! all run by [`run`]; shard merging ([`merge`]) and contact-sheet previews ([`preview`]).
 
 pub mod config;
+pub mod memory;
 pub mod merge;
 mod options;
 pub mod output;

@@ -67,10 +67,16 @@ mod tests {
         let skipped: Vec<(u64, String)> = (0..7).map(|i| (i, format!("reason {i}"))).collect();
         let e = all_skipped(Path::new("ds"), &skipped).to_string();
         assert!(e.contains("all 7 selected episodes were skipped"), "{e}");
-        assert!(e.contains("episode 0: reason 0") && e.contains("episode 4: reason 4"), "{e}");
+        assert!(
+            e.contains("episode 0: reason 0") && e.contains("episode 4: reason 4"),
+            "{e}"
+        );
         assert!(!e.contains("reason 5") && e.contains("and 2 more"), "{e}");
         assert!(summary(&[]).is_none());
         let s = summary(&skipped[..1]).unwrap();
-        assert!(s.contains("1 episode(s) skipped") && s.contains("episode 0: reason 0"), "{s}");
+        assert!(
+            s.contains("1 episode(s) skipped") && s.contains("episode 0: reason 0"),
+            "{s}"
+        );
     }
 }

@@ -1614,6 +1614,7 @@ fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
         strict: false,
         threads: 1,
         progress: None,
+        max_memory: None,
         stop: None,
         fail: None,
     };

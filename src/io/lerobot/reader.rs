@@ -387,6 +387,10 @@ impl EpisodeSource for LeRobotDataset {
             .collect()
     }
 
+    fn episode_len(&self, index: EpisodeIndex) -> Option<usize> {
+        self.episode_meta(index).ok().map(|m| m.length as usize)
+    }
+
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode> {
         let m = self.episode_meta(index)?;
         let ep = m.episode_index;
@@ -472,7 +476,8 @@ impl EpisodeSource for LeRobotDataset {
         }
         for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "video") {
             let path = self.video_path(m, key)?;
-            let there = crate::io::fs::exists(&path).map_err(|e| e.in_episode(ep).with_field(key))?;
+            let there =
+                crate::io::fs::exists(&path).map_err(|e| e.in_episode(ep).with_field(key))?;
             if !there || !path.is_file() {
                 return Err(Error::io(
                     std::io::Error::new(std::io::ErrorKind::NotFound, "video file not found"),

@@ -253,7 +253,10 @@ pub fn count_records(path: &Path) -> Result<u64> {
             ));
         }
         let len = u64::from_le_bytes(len_bytes);
-        let end = at.checked_add(12).and_then(|x| x.checked_add(len)).and_then(|x| x.checked_add(4));
+        let end = at
+            .checked_add(12)
+            .and_then(|x| x.checked_add(len))
+            .and_then(|x| x.checked_add(4));
         match end {
             Some(end) if end <= size => {
                 reader
