@@ -16,7 +16,7 @@ use crate::error::{Error, Location, Result};
 use crate::io::video;
 
 /// A v3.0 episode's span `[from_timestamp, to_timestamp)` of camera `key`'s mp4 must run forwards and hold its
-/// `length` rows at `fps`, within one frame (lerobot writes `to = from + length / fps`).
+/// `length` rows at `fps`, rounded to a frame (lerobot writes `to = from + length / fps`).
 pub fn check_video_span(m: &EpisodeMeta, key: &str, fps: f64) -> Result<()> {
     let Some(v) = m.videos.get(key) else {
         return Ok(());
@@ -43,7 +43,9 @@ pub fn check_video_span(m: &EpisodeMeta, key: &str, fps: f64) -> Result<()> {
     }
     let rows_s = m.length as f64 / fps;
     let span = to - from;
-    if (span - rows_s).abs() > 1.0 / fps + video::DEFAULT_TOLERANCE_S {
+    // Within a frame: the span rounds to the episode's frame count (a span one frame short would otherwise pass,
+    // and its frames be read one frame late, the last from the next episode).
+    if (span * fps).round() != m.length as f64 {
         return Err(Error::invalid(
             loc("to_timestamp"),
             format!(
@@ -80,10 +82,12 @@ pub fn check_video_duration(m: &EpisodeMeta, key: &str, fps: f64, path: &Path) -
     Ok(())
 }
 
-/// Every `task_index` of an episode's rows must be a row of the tasks table `tasks_path`.
+/// Every `task_index` of an episode's rows must be a row of the tasks table `tasks_path`, and where the episodes
+/// table lists the episode's tasks (`listed`, v3.0 and v2.1), its text one of them.
 pub fn check_task_indices(
     rows: &RecordBatch,
     tasks: &BTreeMap<i64, String>,
+    listed: &[String],
     data_path: &Path,
     episode: u64,
     tasks_path: &Path,
@@ -103,7 +107,7 @@ pub fn check_task_indices(
         .enumerate()
         .find_map(|(row, v)| v.filter(|i| !tasks.contains_key(i)).map(|i| (row, i)));
     let Some((row, index)) = bad else {
-        return Ok(());
+        return check_task_texts(&col, tasks, listed, loc, tasks_path);
     };
     let table = tasks_path.display();
     let held = match (tasks.keys().next(), tasks.keys().next_back()) {
@@ -119,4 +123,33 @@ pub fn check_task_indices(
             format!("task_index {index} is not in the tasks table: {table} holds {held}")
         },
     ))
+}
+
+/// The text of every task_index the rows use must be among the tasks the episodes table lists for the episode.
+fn check_task_texts(
+    col: &arrow::array::ArrayRef,
+    tasks: &BTreeMap<i64, String>,
+    listed: &[String],
+    loc: impl Fn() -> Location,
+    tasks_path: &Path,
+) -> Result<()> {
+    if listed.is_empty() {
+        return Ok(());
+    }
+    for (row, index) in col.as_primitive::<Int64Type>().iter().enumerate() {
+        let Some(text) = index.and_then(|i| tasks.get(&i)) else {
+            continue;
+        };
+        if !listed.contains(text) {
+            return Err(Error::invalid(
+                loc().frame(row as u64),
+                format!(
+                    "task_index {} is {text:?} in {}, but the episodes table lists this episode's tasks as {listed:?}",
+                    index.unwrap_or_default(),
+                    tasks_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -412,7 +412,14 @@ impl EpisodeSource for LeRobotDataset {
                 ),
             ));
         }
-        checks::check_task_indices(&batch, &self.tasks, &data_path, ep, &self.tasks_path())?;
+        checks::check_task_indices(
+            &batch,
+            &self.tasks,
+            &m.tasks,
+            &data_path,
+            ep,
+            &self.tasks_path(),
+        )?;
         let mut cameras = BTreeMap::new();
         // Image features leave the table and become frame sources; every other column passes through untouched.
         let mut keep_fields = Vec::new();
