@@ -394,11 +394,6 @@ impl EpisodeSource for LeRobotDataset {
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode> {
         let m = self.episode_meta(index)?;
         let ep = m.episode_index;
-        if self.info.version == Version::V3_0 {
-            for key in m.videos.keys() {
-                checks::check_video_span(m, key, self.info.fps)?;
-            }
-        }
         let data_path = self.data_path(m)?;
         let batch = meta::decoding(&data_path, || self.read_rows(m, &data_path))
             .map_err(|e| e.in_episode(m.episode_index))?;
@@ -411,6 +406,12 @@ impl EpisodeSource for LeRobotDataset {
                     batch.num_rows()
                 ),
             ));
+        }
+        // After the rows: a length that disagrees with them is named as such, not as a span that disagrees.
+        if self.info.version == Version::V3_0 {
+            for key in m.videos.keys() {
+                checks::check_video_span(m, key, self.info.fps)?;
+            }
         }
         checks::check_task_indices(
             &batch,
