@@ -195,3 +195,52 @@ proptest! {
         }
     }
 }
+
+/// `vadapt inspect --check` runs every check over every episode: the sample passes; with episode 2's rows pointing
+/// past the tasks table and episode 1's span inverted it reports both (not only the first) and exits non-zero.
+#[test]
+fn inspect_check_reports_every_failing_episode() {
+    let run = |root: &Path| {
+        let out = std::process::Command::new(crate::common::vadapt_bin())
+            .args(["inspect", "--check"])
+            .arg(root)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stderr) = run(&repo().join("datasets/sample/lerobot"));
+    assert!(
+        ok && stderr.contains("checked 4 episodes: every check passed"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = damaged(dir.path(), (DATA, "task_index"), 2, Change::Set(999.0));
+    let key = "videos/observation.images.sim/from_timestamp";
+    edit_column(&root.join(EPISODES), key, |c| {
+        Some(map_numbers(c, |i, x| if i == 1 { x + 5.0 } else { x }))
+    });
+    let (ok, stderr) = run(&root);
+    assert!(!ok, "inspect --check passed a damaged dataset:\n{stderr}");
+    assert!(
+        stderr.contains("2 of 4 episodes failed the checks"),
+        "{stderr}"
+    );
+    let failed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("check failed: "))
+        .collect();
+    assert_eq!(failed.len(), 2, "{stderr}");
+    assert!(
+        failed[0].contains("episode 1") && failed[0].contains(key),
+        "{stderr}"
+    );
+    assert!(
+        failed[1].contains("episode 2")
+            && failed[1].contains("task_index 999 is past the tasks table"),
+        "{stderr}"
+    );
+}
