@@ -19,10 +19,13 @@ const EPISODES: &str = "meta/episodes/chunk-000/file-000.parquet";
 const DATA: &str = "data/chunk-000/file-000.parquet";
 const TASKS: &str = "meta/tasks.parquet";
 
-/// What reading a dataset gives: per episode its index, task, fps, columns and a CRC of every camera's frames.
+/// One camera as read: key, frame count, CRC-32C of every frame's pixels.
+type Camera = (String, usize, u32);
+
+/// What reading a dataset gives: per episode its index, task, fps (bits), columns and cameras.
 #[derive(Debug, PartialEq)]
 struct Read {
-    episodes: Vec<(u64, String, u64, RecordBatch, Vec<(String, usize, u32)>)>,
+    episodes: Vec<(u64, String, u64, RecordBatch, Vec<Camera>)>,
 }
 
 /// Read every episode and decode every camera; the first error.
