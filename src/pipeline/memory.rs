@@ -107,7 +107,8 @@ pub struct Shapes<'a> {
     pub longest: usize,
     /// The input camera's (height, width).
     pub input_size: (usize, usize),
-    /// Output cameras' (height, width) and whether `[output] resolution` sets them.
+    /// Output cameras' (height, width), and the key that sets them (`output.resolution`, which overrides the
+    /// input camera's size).
     pub output_size: (usize, usize),
     pub output_key: &'static str,
     /// Cameras the writer encodes (source cameras re-encoded, and the targets').
@@ -126,11 +127,8 @@ pub(super) fn estimate(targets: &[LoadedTarget], s: &Shapes) -> Result<Estimate>
     let mut weights = 0u64;
     for (i, t) in targets.iter().enumerate() {
         let mut parts = Vec::new();
-        let res_key = if t.cfg.resolution.is_some() {
-            format!("target[{i}].resolution")
-        } else {
-            format!("{}/vadapt.json height, width", t.small.path.display())
-        };
+        // The key that lowers it: a target's resolution (set, or the model's vadapt.json size it overrides).
+        let res_key = format!("target[{i}].resolution");
         let models = std::iter::once((&t.small, t.resolution, &res_key))
             .chain(t.priors.iter().map(|(m, _, _)| (m, t.resolution, &res_key)));
         let mut act = 0u64;
@@ -162,9 +160,9 @@ pub(super) fn estimate(targets: &[LoadedTarget], s: &Shapes) -> Result<Estimate>
             key: res_key.clone(),
         });
         parts.push(Part {
-            what: "episode state".into(),
+            what: format!("episode state ({} frames)", s.longest),
             bytes: episode,
-            key: format!("the longest episode ({} frames) at {res_key}", s.longest),
+            key: res_key.clone(),
         });
         per_target.push((t.cfg.name.clone(), parts));
     }
@@ -200,7 +198,7 @@ pub(super) fn estimate(targets: &[LoadedTarget], s: &Shapes) -> Result<Estimate>
         Part {
             what: format!("weights of {} model(s)", dirs.len()),
             bytes: weights,
-            key: "target.adapter / target.prior".into(),
+            key: "target.adapter".into(),
         },
         Part {
             what: format!("sampling x {threads} thread(s)"),
@@ -208,12 +206,14 @@ pub(super) fn estimate(targets: &[LoadedTarget], s: &Shapes) -> Result<Estimate>
             key: sampling.1,
         },
         Part {
-            what: "frames in flight".into(),
+            what: format!("frames in flight ({} frames at {ih}x{iw})", s.longest),
             bytes: in_flight + writer,
-            key: format!(
-                "the longest episode ({} frames) of the input camera ({ih}x{iw}) and {}",
-                s.longest, s.output_key
-            ),
+            key: if in_flight > writer {
+                "input.image_key"
+            } else {
+                s.output_key
+            }
+            .to_string(),
         },
         Part {
             what: format!("{} encoder(s) at {oh}x{ow}", s.cameras),
@@ -372,8 +372,8 @@ fn safetensors_elements(path: &Path) -> Result<u64> {
     Ok(n)
 }
 
-/// Memory a run may use: `--max-memory` when given, else `/proc/meminfo`'s MemAvailable (None where the system
-/// does not say).
+/// Memory a run may use: `--max-memory` when given, else `/proc/meminfo`'s MemAvailable, or less where the
+/// process's cgroup (v2: a container, a Slurm job) has a lower limit left (None where the system does not say).
 pub fn available(max_memory: Option<u64>) -> Option<(u64, &'static str)> {
     if let Some(m) = max_memory {
         return Some((m, "--max-memory"));
@@ -387,7 +387,29 @@ pub fn available(max_memory: Option<u64>) -> Option<(u64, &'static str)> {
         .trim()
         .parse()
         .ok()?;
-    Some((kib * 1024, "MemAvailable in /proc/meminfo"))
+    let system = (kib * 1024, "MemAvailable in /proc/meminfo");
+    match cgroup_left() {
+        Some(left) if left < system.0 => {
+            Some((left, "the cgroup's memory.max less memory.current"))
+        }
+        _ => Some(system),
+    }
+}
+
+/// What the cgroup v2 limit of this process leaves (`memory.max - memory.current`), where one is set.
+fn cgroup_left() -> Option<u64> {
+    let rel = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = rel.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let dir = Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/'));
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let max = read("memory.max")?; // "max" (no limit) does not parse
+    Some(max.saturating_sub(read("memory.current").unwrap_or(0)))
 }
 
 /// Refuse a run whose estimate exceeds what is available, naming the key of its largest part and the estimate.

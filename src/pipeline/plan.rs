@@ -316,11 +316,7 @@ pub fn plan(
         longest: longest_episode(source.as_ref(), &episodes),
         input_size: input_size(cfg, source.as_ref()),
         output_size,
-        output_key: if cfg.output.resolution.is_some() {
-            "output.resolution"
-        } else {
-            "input.image_key (the output takes the input camera's size)"
-        },
+        output_key: "output.resolution",
         cameras: output_cameras(cfg, source.as_ref()),
         threads: opts.threads,
         dtype_bytes: opts.compute.precision.dtype().size_in_bytes() as u64,

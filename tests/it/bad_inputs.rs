@@ -1677,6 +1677,15 @@ fn corpus() -> Vec<Case> {
                 .field("output.resolution")
                 .needle("at most 8192 pixels"),
         ),
+        // Inside every limit, but the plan's memory estimate (about 270 GB of UNet activations at 4096x4096) is
+        // past any test machine's MemAvailable: refused before sampling, naming the key that drives it.
+        pipeline_case(
+            "pipeline: target resolution within the limits but past the memory available",
+            pipe!("resolution = [4096, 4096]\n"),
+            at(PIPE)
+                .field("target[0].resolution")
+                .needle("the run needs about"),
+        ),
         Case {
             name: "pipeline: adapter directory is a symlink loop",
             target: Target::Pipeline,
