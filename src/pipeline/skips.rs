@@ -11,7 +11,17 @@ pub const SHOWN: usize = 5;
 
 /// A skipped episode, logged as it happens (stderr at the CLI's default level).
 pub fn warn(episode: u64, reason: &str) {
-    tracing::warn!("skipping episode {episode}: {reason}");
+    tracing::warn!("skipping {}", line(episode, reason));
+}
+
+/// `episode N: reason`, or the reason alone where its location already names the episode first.
+fn line(episode: u64, reason: &str) -> String {
+    let head = format!("episode {episode}");
+    if reason.starts_with(&format!("{head},")) || reason.starts_with(&format!("{head} ")) {
+        reason.to_string()
+    } else {
+        format!("{head}: {reason}")
+    }
 }
 
 /// The lines `episode N: reason` of the first [`SHOWN`] skips, then how many more there were.
@@ -19,7 +29,7 @@ pub fn lines(skipped: &[(u64, String)]) -> Vec<String> {
     let mut out: Vec<String> = skipped
         .iter()
         .take(SHOWN)
-        .map(|(e, why)| format!("episode {e}: {why}"))
+        .map(|(e, why)| line(*e, why))
         .collect();
     if skipped.len() > SHOWN {
         out.push(format!(
@@ -72,6 +82,10 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("reason 5") && e.contains("and 2 more"), "{e}");
+        assert_eq!(
+            line(3, "episode 3, field \"x\" (f): bad"),
+            "episode 3, field \"x\" (f): bad"
+        );
         assert!(summary(&[]).is_none());
         let s = summary(&skipped[..1]).unwrap();
         assert!(
