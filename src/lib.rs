@@ -12,6 +12,7 @@ pub mod episode;
 pub mod error;
 pub mod eval;
 pub mod io;
+pub mod limits;
 pub mod model_dir;
 pub mod models;
 pub mod pipeline;

@@ -79,6 +79,10 @@ pub struct Args {
     /// Precision of the UNets and VAEs: f32 (the CPU default and fast path), f16, or bf16 (CUDA only).
     #[arg(long, default_value = "f32")]
     pub dtype: Precision,
+    /// Memory the run may use (8G, 512M, bytes); default: MemAvailable from /proc/meminfo. A run whose estimate
+    /// (printed by --dry-run) is larger is refused before anything is written.
+    #[arg(long, value_parser = pipeline::memory::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -96,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             device: args.device,
             precision: args.dtype,
         },
+        max_memory: args.max_memory,
         stop: None,
         fail: None,
     };
@@ -147,8 +152,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.skipped.len(),
         s.wall_seconds
     );
-    for (ep, why) in &s.skipped {
-        println!("  skipped episode {ep}: {why}");
+    // The reasons go to stderr with the other warnings, at the end where they are seen.
+    if let Some(summary) = pipeline::skips::summary(&s.skipped) {
+        eprintln!("{summary}");
     }
     let workers: Vec<String> = s
         .worker_seconds

@@ -284,6 +284,7 @@ fn augment_numbers(args: &Args, pipeline: &Path) -> anyhow::Result<Value> {
             threads: 1,
             progress: None,
             compute: Default::default(),
+            max_memory: None,
             stop: None,
             fail: None,
         };

@@ -14,6 +14,10 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Run every check over every episode (metadata cross-checks, and every camera decoded against its declared
+    /// size and the episode's rows), report each failure and exit non-zero if any failed.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -44,8 +48,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut frames, mut min_len, mut max_len) = (0usize, usize::MAX, 0usize);
     let mut tasks: BTreeMap<String, usize> = BTreeMap::new();
     let mut camera_keys = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for index in &indices {
-        let ep = ds.read_episode(*index)?;
+        let ep = if args.check {
+            match check_episode(ds.as_ref(), *index) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    failures.push(e.to_string());
+                    bar.inc(1);
+                    continue;
+                }
+            }
+        } else {
+            ds.read_episode(*index)?
+        };
         frames += ep.len();
         min_len = min_len.min(ep.len());
         max_len = max_len.max(ep.len());
@@ -62,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         fps: ds.fps(),
         episodes: indices.len(),
         frames,
-        min_episode_frames: if indices.is_empty() { 0 } else { min_len },
+        min_episode_frames: if min_len == usize::MAX { 0 } else { min_len },
         max_episode_frames: max_len,
         features: ds
             .features()
@@ -80,9 +96,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         camera_keys,
         tasks,
     };
+    print_summary(&summary, args.json)?;
+    if !args.check {
+        return Ok(());
+    }
+    for f in &failures {
+        eprintln!("check failed: {f}");
+    }
+    if failures.is_empty() {
+        eprintln!("checked {} episodes: every check passed", indices.len());
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} of {} episodes failed the checks; the first: {}",
+        failures.len(),
+        indices.len(),
+        failures[0]
+    )
+}
+
+/// Read one episode and decode every camera: the metadata cross-checks run in `read_episode`, the declared sizes
+/// are checked by each frame source's decode, and the frame count against the rows here.
+fn check_episode(
+    ds: &dyn vadapt::io::EpisodeSource,
+    index: vadapt::episode::EpisodeIndex,
+) -> vadapt::Result<vadapt::episode::Episode> {
+    use vadapt::{Error, Location};
+    let ep = ds.read_episode(index)?;
+    for (key, cam) in &ep.cameras {
+        let frames = cam.decode().map_err(|e| e.in_episode(index.0))?;
+        if frames.len() != ep.len() {
+            return Err(Error::invalid(
+                Location::none().episode(index.0).field(key.clone()),
+                format!("{} frames decoded for {} rows", frames.len(), ep.len()),
+            ));
+        }
+    }
+    Ok(ep)
+}
+
+fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
     // Errors writing stdout (a closed pipe) are returned, not panicked on: main treats BrokenPipe as success.
     let mut out = std::io::stdout().lock();
-    if args.json {
+    if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
         return Ok(());
     }

@@ -54,3 +54,16 @@ pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Whether `path` exists, telling "not there" (`Ok(false)`) apart from "cannot tell": a symlink loop, or a
+/// directory on the way that cannot be read, is an error naming the path, never reported as missing.
+pub fn exists(path: &Path) -> Result<bool> {
+    match path.try_exists() {
+        Ok(there) => Ok(there),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(crate::error::Error::io(
+            std::io::Error::new(e.kind(), "symlink loop: too many levels of symbolic links"),
+            path,
+        )),
+        Err(e) => Err(crate::error::Error::io(e, path)),
+    }
+}

@@ -41,13 +41,19 @@ pub trait EpisodeSource {
     fn episode_indices(&self) -> Vec<EpisodeIndex>;
     /// Read one episode (frames stay lazily decoded).
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode>;
+    /// An episode's frame count where the metadata says it without reading the episode (LeRobot's episodes
+    /// table); `None` where only reading tells (RLDS).
+    fn episode_len(&self, _index: EpisodeIndex) -> Option<usize> {
+        None
+    }
 }
 
 /// Open a dataset, detecting its format: a LeRobot root (`meta/info.json`, v2.1 or v3.0) or an RLDS builder
 /// directory (`dataset_info.json` in it or in a version directory below it).
 pub fn open_dataset(path: &std::path::Path) -> Result<Box<dyn EpisodeSource>> {
     use crate::error::{Error, Location};
-    if !path.exists() {
+    // A symlink loop (or an unreadable directory on the way) is an error of its own, not "does not exist".
+    if !fs::exists(path)? {
         return Err(Error::invalid(
             Location::file(path),
             "dataset path does not exist",

@@ -128,6 +128,19 @@ impl Default for ModelMeta {
     }
 }
 
+impl ModelMeta {
+    /// Refuse sizes past [`crate::limits`] before anything is allocated from them (a `frames` of 10^9 grew past
+    /// 7 GB before it aborted); `path` is the `vadapt.json` named in the error.
+    pub fn check(&self, path: &Path) -> Result<()> {
+        use crate::limits::{check_count, check_fps, MAX_MODEL_FRAMES, MAX_MODEL_SIDE};
+        let at = |k: &str| Location::file(path).field(k);
+        check_count(self.frames, MAX_MODEL_FRAMES, "frames", at("frames"))?;
+        check_count(self.height, MAX_MODEL_SIDE, "height", at("height"))?;
+        check_count(self.width, MAX_MODEL_SIDE, "width", at("width"))?;
+        check_fps(self.fps, at("fps"))
+    }
+}
+
 pub struct ModelDir {
     pub path: PathBuf,
     pub unet: UNet3DConditionModel,
@@ -190,8 +203,10 @@ impl ModelDir {
         let any_frames = pipeline && !meta_path.exists();
         let meta: ModelMeta = if meta_path.exists() {
             let text = std::fs::read_to_string(&meta_path).at(&meta_path)?;
-            serde_json::from_str(&text)
-                .map_err(|e| Error::config(Location::file(&meta_path), e.to_string()))?
+            let meta: ModelMeta = serde_json::from_str(&text)
+                .map_err(|e| Error::config(Location::file(&meta_path), e.to_string()))?;
+            meta.check(&meta_path)?;
+            meta
         } else {
             ModelMeta::default()
         };

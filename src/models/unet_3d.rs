@@ -176,6 +176,21 @@ impl UNet3DConfig {
         if n == 0 {
             return bad("down_block_types", "empty".into());
         }
+        // Sizes past crate::limits are damage, refused before a layer is built from them.
+        use crate::limits::{check_count, MAX_CHANNELS};
+        let channels = [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("cross_attention_dim", self.cross_attention_dim),
+            ("layers_per_block", self.layers_per_block),
+        ];
+        let blocks = self
+            .block_out_channels
+            .iter()
+            .map(|&c| ("block_out_channels", c));
+        for (field, c) in channels.into_iter().chain(blocks) {
+            check_count(c, MAX_CHANNELS, field, Location::none().field(field))?;
+        }
         if self.up_block_types.len() != n {
             return bad(
                 "up_block_types",

@@ -470,6 +470,12 @@ impl PipelineConfig {
                     format!("[{h}, {w}]: height and width must be positive and even (video encoders need it)"),
                 );
             }
+            check_side(
+                path,
+                "output.resolution",
+                [h, w],
+                crate::limits::MAX_OUTPUT_SIDE,
+            )?;
         }
         if self.output.crf > 63 {
             return err(
@@ -704,8 +710,11 @@ fn check_sampling(
             msg,
         ))
     };
-    if steps == 0 || steps > 1000 {
-        return err("steps", format!("{steps} must be in 1..=1000"));
+    if steps == 0 || steps > crate::limits::MAX_STEPS {
+        return err(
+            "steps",
+            format!("{steps} must be in 1..={}", crate::limits::MAX_STEPS),
+        );
     }
     if let Some([h, w]) = resolution {
         // Two UNet downsamplings at least; 8 keeps every demo model valid.
@@ -715,6 +724,8 @@ fn check_sampling(
                 format!("[{h}, {w}]: height and width must be positive multiples of 8"),
             );
         }
+        let key = format!("{prefix}resolution");
+        check_side(path, &key, [h, w], crate::limits::MAX_MODEL_SIDE)?;
     }
     if let Some(p) = prompt {
         if p.contains('{')
@@ -725,6 +736,18 @@ fn check_sampling(
         {
             return err("prompt", format!("{p:?}: the only placeholder is {{task}}"));
         }
+    }
+    Ok(())
+}
+
+/// A resolution's height and width must stay within `max` pixels (crate::limits): 100000x100000 passed every other
+/// check, then aborted on a 120 GB allocation.
+fn check_side(path: &Path, key: &str, [h, w]: [usize; 2], max: usize) -> Result<()> {
+    if h > max || w > max {
+        return Err(Error::config(
+            Location::file(path).field(key),
+            format!("[{h}, {w}]: height and width must be at most {max} pixels"),
+        ));
     }
     Ok(())
 }
@@ -762,7 +785,14 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
 fn check_model_dir(dir: &Path, file: &Path, key: &str) -> Result<()> {
     let has_config =
         dir.join("config.json").exists() || dir.join("unet").join("config.json").exists();
-    if !dir.is_dir() {
+    // A symlink loop is reported as one (naming the key), not as a missing directory.
+    let there = crate::io::fs::exists(dir).map_err(|e| {
+        Error::config(
+            Location::file(file).field(key),
+            format!("model directory {e}"),
+        )
+    })?;
+    if !there || !dir.is_dir() {
         return Err(Error::config(
             Location::file(file).field(key),
             format!("model directory {} does not exist", dir.display()),

@@ -111,6 +111,7 @@ pub fn merge(
         strict: false,
         threads: 1,
         progress,
+        max_memory: None,
         stop: None,
         fail: None,
     };

@@ -5,6 +5,7 @@
 //! all run by [`run`]; shard merging ([`merge`]) and contact-sheet previews ([`preview`]).
 
 pub mod config;
+pub mod memory;
 pub mod merge;
 mod options;
 pub mod output;
@@ -12,6 +13,7 @@ pub mod plan;
 pub mod preview;
 pub mod regenerate;
 pub mod run;
+pub mod skips;
 mod target;
 pub mod units;
 pub mod variants;

@@ -58,6 +58,9 @@ pub struct RunOptions {
     pub progress: Option<Arc<dyn Progress>>,
     /// Device and precision of the models.
     pub compute: Compute,
+    /// The memory the run may use (`--max-memory`); `None`: what `/proc/meminfo` says is available. A run whose
+    /// estimate (`pipeline::memory`) exceeds it is refused at plan time.
+    pub max_memory: Option<u64>,
     /// Set from outside (the CLI's Ctrl-C handler) to stop the run: every worker stops at its next check (a sampler
     /// between denoising steps), in-flight episodes are dropped, nothing unfinished is moved into the output, and
     /// `run` returns [`Error::Cancelled`](crate::error::Error::Cancelled) with [`INTERRUPTED`]. Finished units

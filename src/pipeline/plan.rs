@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::config::{EdgeKind, Layout, PipelineConfig};
+use super::memory::{self, Estimate, Shapes};
 use super::options::RunOptions;
 use super::target::{LoadedTarget, ModelCache};
 use crate::episode::EpisodeIndex;
@@ -25,6 +26,8 @@ pub struct Plan {
     pub episodes: Vec<(usize, EpisodeIndex)>,
     pub targets: Vec<TargetPlan>,
     pub output_size: (usize, usize),
+    /// The memory the run is estimated to need (checked against what is available before anything is written).
+    pub memory: Estimate,
     /// The targets with their models, loaded once; `run` samples with these.
     pub(super) loaded: Loaded,
 }
@@ -86,6 +89,7 @@ impl Plan {
                 windows
             ));
         }
+        s.push_str(&self.memory.describe());
         s
     }
 }
@@ -237,6 +241,48 @@ pub(super) fn output_size(
     }
 }
 
+/// Frames of the longest selected episode: from the metadata where it says (LeRobot), else read from the first
+/// [`LENGTHS_READ`] episodes (an episode that cannot be read counts as empty here; the run skips it).
+fn longest_episode(source: &dyn EpisodeSource, episodes: &[(usize, EpisodeIndex)]) -> usize {
+    let known: Option<Vec<usize>> = episodes
+        .iter()
+        .map(|&(_, i)| source.episode_len(i))
+        .collect();
+    match known {
+        Some(lens) => lens.into_iter().max().unwrap_or(0),
+        None => episodes
+            .iter()
+            .take(LENGTHS_READ)
+            .filter_map(|&(_, i)| source.read_episode(i).ok().map(|e| e.len()))
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+/// Episodes read for their length where the metadata does not give it.
+const LENGTHS_READ: usize = 64;
+
+/// The input camera's (height, width), as the dataset declares it ((0, 0) when it does not: refused elsewhere).
+fn input_size(cfg: &PipelineConfig, source: &dyn EpisodeSource) -> (usize, usize) {
+    match source
+        .features()
+        .get(&cfg.input.image_key)
+        .map(|f| f.shape.as_slice())
+    {
+        Some([h, w, _]) => (*h, *w),
+        _ => (0, 0),
+    }
+}
+
+/// Cameras the writer encodes: every camera of the source, plus one per target in the paired layout.
+fn output_cameras(cfg: &PipelineConfig, source: &dyn EpisodeSource) -> usize {
+    let source_cams = source.features().values().filter(|f| f.is_visual()).count();
+    match cfg.output.layout {
+        Layout::Paired => source_cams + cfg.targets.len(),
+        Layout::Expanded => source_cams,
+    }
+}
+
 /// Load models, open the dataset and work out what the run will do, without writing anything.
 pub fn plan(
     cfg: &PipelineConfig,
@@ -275,12 +321,28 @@ pub fn plan(
         });
         loaded.push(lt);
     }
+    let episodes = select(source.as_ref(), opts);
+    let shapes = Shapes {
+        file,
+        longest: longest_episode(source.as_ref(), &episodes),
+        input_size: input_size(cfg, source.as_ref()),
+        output_size,
+        output_key: "output.resolution",
+        cameras: output_cameras(cfg, source.as_ref()),
+        threads: opts.threads,
+        dtype_bytes: opts.compute.precision.dtype().size_in_bytes() as u64,
+        fused_attention: device.is_cpu()
+            && opts.compute.precision.dtype() == candle_core::DType::F32,
+    };
+    let estimate = memory::estimate(&loaded, &shapes)?;
+    memory::check(&estimate, file, opts.max_memory)?;
     let plan = Plan {
         format: source.format().to_string(),
         fps: source.fps(),
-        episodes: select(source.as_ref(), opts),
+        episodes,
         targets,
         output_size,
+        memory: estimate,
         loaded: Loaded {
             targets: loaded,
             device,

@@ -150,7 +150,8 @@ fn run_workers(
             .collect();
         drop(job_rx);
         drop(write_tx);
-        let writer = s.spawn(|| halt.guard(|| workers::write(sh, write_rx, &setup, &staging)));
+        let writer =
+            s.spawn(|| halt.guard(|| workers::write(sh, write_rx, &setup, &staging, &opts.input)));
 
         let mut errors: Vec<Error> = Vec::new();
         let mut keep = |r: std::thread::Result<Result<()>>| match r {

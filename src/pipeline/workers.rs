@@ -245,7 +245,11 @@ pub(super) fn read(
         Timers::add(&sh.timers.read, t0);
         let msg = match got {
             Ok((ep, frames)) => ReadMsg::Episode(pos, ep, Arc::new(frames)),
-            Err(e) if !strict => ReadMsg::Skip(pos, idx.0, e.to_string()),
+            Err(e) if !strict => {
+                let why = e.to_string();
+                super::skips::warn(idx.0, &why);
+                ReadMsg::Skip(pos, idx.0, why)
+            }
             Err(e) => return Err(e),
         };
         tx.send(msg).map_err(|_| cancelled())?;
@@ -549,6 +553,7 @@ pub(super) fn write(
     rx: Receiver<WriteMsg>,
     setup: &WriterSetup,
     staging: &Path,
+    input: &Path,
 ) -> Result<WriterDone> {
     let (halt, timers, n_units) = (&sh.halt, &sh.timers, sh.units.len());
     let mut writer = setup.create_writer(staging)?;
@@ -604,6 +609,9 @@ pub(super) fn write(
     }
     // Every sender is gone: if that is because a worker failed (or Ctrl-C), write no metadata.
     halt.check()?;
+    if episodes == 0 && !skipped.is_empty() {
+        return Err(super::skips::all_skipped(input, &skipped));
+    }
     halt.inject(FailAt::Write, 0, 0)?;
     let t0 = Instant::now();
     let _ = writer.finalize()?;

@@ -220,7 +220,7 @@ fn truncate(path: &Path, keep: impl FnOnce(usize) -> usize) {
     std::fs::write(path, &bytes[..n]).unwrap();
 }
 
-fn read_parquet(path: &Path) -> RecordBatch {
+pub(crate) fn read_parquet(path: &Path) -> RecordBatch {
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
         std::fs::File::open(path).unwrap(),
     )
@@ -239,7 +239,7 @@ fn write_parquet(path: &Path, batch: &RecordBatch) {
 }
 
 /// Rewrite one column of a parquet file (`None` drops it).
-fn edit_column(path: &Path, column: &str, f: impl Fn(&ArrayRef) -> Option<ArrayRef>) {
+pub(crate) fn edit_column(path: &Path, column: &str, f: impl Fn(&ArrayRef) -> Option<ArrayRef>) {
     let batch = read_parquet(path);
     let mut fields = Vec::new();
     let mut cols = Vec::new();
@@ -270,7 +270,7 @@ fn edit_column(path: &Path, column: &str, f: impl Fn(&ArrayRef) -> Option<ArrayR
 }
 
 /// A numeric column with `f(row, value)` applied, in its own type.
-fn map_numbers(c: &ArrayRef, f: impl Fn(usize, f64) -> f64) -> ArrayRef {
+pub(crate) fn map_numbers(c: &ArrayRef, f: impl Fn(usize, f64) -> f64) -> ArrayRef {
     let v = arrow::compute::cast(c, &DataType::Float64).unwrap();
     let v: Vec<f64> = v
         .as_primitive::<Float64Type>()
@@ -1138,12 +1138,13 @@ fn corpus() -> Vec<Case> {
         case(
             "lerobot: episodes metadata points past the video end",
             |d| {
+                // The span is shifted as a whole (from and to), so only the video's end disagrees.
                 let r = lerobot(d);
-                edit_column(
-                    &r.join(EPISODES),
-                    &format!("videos/{SIM}/from_timestamp"),
-                    |c| Some(map_numbers(c, |i, x| if i == 2 { x + 5.0 } else { x })),
-                );
+                for end in ["from_timestamp", "to_timestamp"] {
+                    edit_column(&r.join(EPISODES), &format!("videos/{SIM}/{end}"), |c| {
+                        Some(map_numbers(c, |i, x| if i == 2 { x + 5.0 } else { x }))
+                    });
+                }
                 r
             },
             E(at(MP4_SIM)
@@ -1604,6 +1605,149 @@ fn corpus() -> Vec<Case> {
             pipe!("resolution = [30, 40]\n"),
             at(PIPE).field("target[0].resolution"),
         ),
+        // ---- Issue 24: metadata that contradicts itself, sizes that would exhaust memory, reasons that got lost.
+        case(
+            "lerobot: video timestamps inverted (from_timestamp after to_timestamp)",
+            |d| {
+                let r = lerobot(d);
+                let (from, to) = (
+                    format!("videos/{SIM}/from_timestamp"),
+                    format!("videos/{SIM}/to_timestamp"),
+                );
+                let batch = read_parquet(&r.join(EPISODES));
+                let old_from = batch.column_by_name(&from).unwrap().clone();
+                let old_to = batch.column_by_name(&to).unwrap().clone();
+                edit_column(&r.join(EPISODES), &from, |_| Some(old_to.clone()));
+                edit_column(&r.join(EPISODES), &to, |_| Some(old_from.clone()));
+                r
+            },
+            E(at(EPISODES)
+                .ep(0)
+                .field("videos/observation.images.sim/from_timestamp")
+                .needle("is not before to_timestamp")),
+        ),
+        case(
+            "lerobot: video span shorter than the episode's rows",
+            |d| {
+                let r = lerobot(d);
+                edit_column(&r.join(EPISODES), &format!("videos/{REAL}/to_timestamp"), |c| {
+                    Some(map_numbers(c, |i, x| if i == 1 { x - 1.2 } else { x }))
+                });
+                r
+            },
+            E(at(EPISODES)
+                .ep(1)
+                .field("videos/observation.images.real/to_timestamp")
+                .needle("length 24 rows")),
+        ),
+        case(
+            "lerobot: task_index past the tasks table (convert must say so, not 'task mismatch')",
+            |d| {
+                let r = lerobot(d);
+                edit_column(&r.join(DATA), "task_index", |c| {
+                    Some(map_numbers(c, |i, x| if i / 24 == 2 { 999.0 } else { x }))
+                });
+                r
+            },
+            E(at(DATA)
+                .ep(2)
+                .field("task_index")
+                .needle("task_index 999 is past the tasks table")),
+        ),
+        case(
+            "lerobot: fps of 10^12",
+            |d| {
+                let r = lerobot(d);
+                edit_info(&r, |v| v["fps"] = json!(1e12));
+                r
+            },
+            E(at("meta/info.json").field("fps").needle("fps 1000000000000 is outside")),
+        ),
+        case(
+            "dataset path is a symlink loop",
+            |d| {
+                let p = d.join("loop");
+                std::os::unix::fs::symlink(&p, &p).unwrap();
+                p
+            },
+            E(at("loop").needle("symlink loop")),
+        ),
+        case(
+            "rlds: shardLengths smaller than the records present",
+            |d| {
+                let r = rlds(d);
+                edit_json(&r.join("0.0.1/dataset_info.json"), |v| {
+                    v["splits"][0]["shardLengths"] = json!(["3"])
+                });
+                r
+            },
+            E(at(shard)
+                .ep(3)
+                .field("shardLengths")
+                .needle("holds 3 records (episodes), the file holds 4")),
+        ),
+        model_case(
+            "model: vadapt.json frames = 10^9",
+            |d| {
+                let m = model(d);
+                std::fs::write(m.join("vadapt.json"), r#"{"frames": 1000000000}"#).unwrap();
+                m
+            },
+            at("vadapt.json")
+                .field("frames")
+                .needle("frames 1000000000 is outside 1..=1024"),
+        ),
+        model_case(
+            "model: vadapt.json height and width = 100000",
+            |d| {
+                let m = model(d);
+                std::fs::write(m.join("vadapt.json"), r#"{"height": 100000, "width": 100000}"#)
+                    .unwrap();
+                m
+            },
+            at("vadapt.json")
+                .field("height")
+                .needle("height 100000 is outside 1..=4096"),
+        ),
+        pipeline_case(
+            "pipeline: target resolution 100000x100000",
+            pipe!("resolution = [100000, 100000]\n"),
+            at(PIPE)
+                .field("target[0].resolution")
+                .needle("at most 4096 pixels"),
+        ),
+        pipeline_case(
+            "pipeline: [output] resolution 100000x100000",
+            pipe!("[output]\nresolution = [100000, 100000]\n"),
+            at(PIPE)
+                .field("output.resolution")
+                .needle("at most 8192 pixels"),
+        ),
+        // Inside every limit, but the plan's memory estimate (about 270 GB of UNet activations at 4096x4096) is
+        // past any test machine's MemAvailable: refused before sampling, naming the key that drives it.
+        pipeline_case(
+            "pipeline: target resolution within the limits but past the memory available",
+            pipe!("resolution = [4096, 4096]\n"),
+            at(PIPE)
+                .field("target[0].resolution")
+                .needle("the run needs about"),
+        ),
+        Case {
+            name: "pipeline: adapter directory is a symlink loop",
+            target: Target::Pipeline,
+            build: Box::new(|d: &Path| {
+                let l = d.join("loop");
+                std::os::unix::fs::symlink(&l, &l).unwrap();
+                let p = d.join(PIPE);
+                let text = format!(
+                    "[input]\nimage_key = \"{REAL}\"\n[[target]]\nname = \"edge\"\nadapter = \"{}\"\n",
+                    l.display()
+                );
+                std::fs::write(&p, text).unwrap();
+                p
+            }),
+            want: Want::Error(at(PIPE).field("target[0].adapter").needle("symlink loop")),
+        },
     ]
 }
 
@@ -1660,6 +1804,7 @@ fn load_pipeline(path: &Path, out: &Path) -> Result<(), Error> {
         strict: false,
         threads: 1,
         progress: None,
+        max_memory: None,
         stop: None,
         fail: None,
     };
@@ -1703,19 +1848,41 @@ fn check_error(e: &Error, want: &Expect) -> Vec<String> {
 struct Cli {
     ok: bool,
     stderr: String,
+    /// Ended by a signal (an abort, e.g. on a failed allocation) rather than an exit code.
+    signalled: bool,
 }
 
+/// The most data memory a CLI run of a case may map (issue 24: no case may allocate more than 2 GB). Enforced with
+/// `RLIMIT_DATA`, which counts what the allocator actually maps writable (not the address space glibc reserves
+/// for its arenas), so an allocation past it fails, the run aborts, and the case fails on any machine, however
+/// much memory it has.
+const CASE_MEMORY: u64 = 2 << 30;
+
 fn cli(args: &[&std::ffi::OsStr]) -> Cli {
-    let out = Command::new(vadapt_bin())
-        .args(args)
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut cmd = Command::new(vadapt_bin());
+    cmd.args(args)
         .env("NO_COLOR", "1")
         // Library backtraces (candle attaches one to its errors when asked) must not reach the user's message.
-        .env("RUST_LIB_BACKTRACE", "1")
-        .output()
-        .expect("run vadapt");
+        .env("RUST_LIB_BACKTRACE", "1");
+    // SAFETY: setrlimit is async-signal-safe and touches only the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: CASE_MEMORY as libc::rlim_t,
+                rlim_max: CASE_MEMORY as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run vadapt");
     Cli {
         ok: out.status.success(),
         stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        signalled: out.status.signal().is_some(),
     }
 }
 
@@ -1861,6 +2028,13 @@ fn run_case(c: &Case, dir: &Path) -> (Vec<String>, bool) {
         if r.stderr.contains("panicked") {
             panicked = true;
             bad.push(format!("vadapt {what} panicked:\n{}", r.stderr));
+        }
+        if r.signalled || r.stderr.contains("memory allocation of") {
+            bad.push(format!(
+                "vadapt {what} aborted (an allocation past {} GiB, or a signal):\n{}",
+                CASE_MEMORY >> 30,
+                r.stderr
+            ));
         }
     }
     for (what, r) in &runs {

@@ -862,18 +862,22 @@ fn bad_datasets_are_errors_naming_file_episode_and_field() {
     assert_error_names(&e, "file-000.mp4", Some(0), Some(CAM));
 
     // Episode metadata pointing past the video end: caught when reading, and when decoding lazily.
+    // The span moves as a whole (from and to), so only the video's end disagrees with it (issue 24: a span that
+    // runs backwards or does not hold the rows is its own error).
     let r = fresh("pastend");
-    let key = format!("videos/{CAM}/from_timestamp");
-    edit_episodes(&r, &key, |c| {
-        let v: Vec<f64> = c
-            .as_primitive::<Float64Type>()
-            .values()
-            .iter()
-            .enumerate()
-            .map(|(i, x)| if i == 2 { x + 0.5 } else { *x })
-            .collect();
-        Some(Arc::new(Float64Array::from(v)))
-    });
+    for end in ["from_timestamp", "to_timestamp"] {
+        let key = format!("videos/{CAM}/{end}");
+        edit_episodes(&r, &key, |c| {
+            let v: Vec<f64> = c
+                .as_primitive::<Float64Type>()
+                .values()
+                .iter()
+                .enumerate()
+                .map(|(i, x)| if i == 2 { x + 0.5 } else { *x })
+                .collect();
+            Some(Arc::new(Float64Array::from(v)))
+        });
+    }
     let ds = LeRobotDataset::open(&r).unwrap();
     ds.read_episode(EpisodeIndex(1)).unwrap();
     assert_error_names(

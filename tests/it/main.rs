@@ -4,6 +4,7 @@ mod bad_inputs;
 mod bench_cli;
 mod common;
 mod compose;
+mod damage_props;
 mod edges;
 mod eval;
 mod fuzz_props;

@@ -56,6 +56,7 @@ pub(crate) fn opts(input: &Path, output: &Path) -> RunOptions {
         strict: false,
         threads: 1,
         progress: None,
+        max_memory: None,
         stop: None,
         fail: None,
     }

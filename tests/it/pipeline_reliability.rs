@@ -293,3 +293,123 @@ fn pipeline_a_failure_in_any_stage_ends_the_run_with_that_error() {
     pipeline::run(&cfg, &toml, &o).unwrap();
     assert_same_dataset(&reference, &out);
 }
+
+/// `vadapt augment` with stderr, stdout and the exit status.
+fn augment_cli(args: &[&Path], extra: &[&str]) -> (bool, String, String) {
+    let [toml, input, output] = args else {
+        panic!("toml, input, output")
+    };
+    let out = Command::new(vadapt_bin())
+        .args(["augment", "--quiet", "--pipeline"])
+        .arg(toml)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    )
+}
+
+/// The small sample with the camera's `to_timestamp` of the episodes in `bad` two frames short: a span that
+/// disagrees with the episode's rows, which the reader refuses for that episode (issue 24).
+fn dataset_with_short_spans(dir: &Path, bad: &[usize]) -> std::path::PathBuf {
+    use crate::bad_inputs::{edit_column, map_numbers};
+    let data = crate::pipeline::small_dataset(dir, 3, 9);
+    let table = data.join("meta/episodes/chunk-000/file-000.parquet");
+    let key = format!("videos/{}/to_timestamp", crate::pipeline::KEY);
+    edit_column(&table, &key, |c| {
+        Some(map_numbers(
+            c,
+            |i, x| if bad.contains(&i) { x - 0.2 } else { x },
+        ))
+    });
+    data
+}
+
+/// Issue 24: every skip reason reaches the user. One bad episode: exit 0, a warning naming the episode, the field
+/// and both values on stderr at the end, the reason in meta/augmentation.json; `--strict` makes it the error.
+/// Every episode bad: the error repeats the reasons, not only "no episodes were saved".
+#[test]
+fn augment_tells_every_skip_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dataset_with_short_spans(&dir.path().join("one"), &[1]);
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let field = format!("videos/{}/to_timestamp", crate::pipeline::KEY);
+
+    let out = dir.path().join("out1");
+    let (ok, _, stderr) = augment_cli(&[&toml, &one, &out], &[]);
+    assert!(ok, "{stderr}");
+    let summary = stderr
+        .split("warning: 1 episode(s) skipped")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no skip summary on stderr:\n{stderr}"));
+    for want in ["episode 1", field.as_str(), "length 9 rows", "0.7000s"] {
+        assert!(summary.contains(want), "summary lacks {want:?}:\n{stderr}");
+    }
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("meta/augmentation.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["skipped"][0]["episode"], 1);
+    let reason = prov["skipped"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&field) && reason.contains("length 9 rows"),
+        "{reason}"
+    );
+
+    let (ok, _, stderr) = augment_cli(&[&toml, &one, &dir.path().join("strict")], &["--strict"]);
+    assert!(!ok, "--strict should fail on the bad episode");
+    assert!(
+        stderr.contains("episode 1") && stderr.contains(&field),
+        "{stderr}"
+    );
+
+    let all = dataset_with_short_spans(&dir.path().join("all"), &[0, 1, 2]);
+    let out = dir.path().join("out_all");
+    let (ok, _, stderr) = augment_cli(&[&toml, &all, &out], &[]);
+    assert!(!ok, "a run that saved nothing must fail");
+    assert!(
+        stderr.contains("no episodes were saved: all 3 selected episodes were skipped"),
+        "{stderr}"
+    );
+    for ep in 0..3 {
+        assert!(stderr.contains(&format!("episode {ep}")), "{stderr}");
+    }
+    assert!(
+        stderr.contains(&field) && stderr.contains("length 9 rows"),
+        "{stderr}"
+    );
+    assert!(!out.join("meta/info.json").exists());
+}
+
+/// Issue 24: the plan-time memory estimate. `--dry-run` prints it per target and for the run; a run whose estimate
+/// exceeds `--max-memory` is refused before anything is written, naming the estimate and the key that drives it.
+#[test]
+fn augment_estimates_memory_and_refuses_a_run_that_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = crate::pipeline::small_dataset(dir.path(), 2, 9);
+    let toml = pipeline_toml(dir.path(), "paired", "");
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = augment_cli(&[&toml, &data, &out], &["--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("memory: target edge_sim") && stdout.contains("memory: run about"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = augment_cli(&[&toml, &data, &out], &["--max-memory", "20M"]);
+    assert!(!ok, "a 20 MiB limit cannot hold the process");
+    assert!(
+        stderr.contains("the run needs about") && stderr.contains("--max-memory is 20 MiB"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    let (ok, _, stderr) = augment_cli(&[&toml, &data, &out], &["--max-memory", "lots"]);
+    assert!(!ok && stderr.contains("8G"), "{stderr}");
+}

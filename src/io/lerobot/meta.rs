@@ -80,6 +80,7 @@ impl Info {
             .as_f64()
             .filter(|f| *f > 0.0)
             .ok_or_else(|| Error::invalid(field("fps"), "must be a positive number"))?;
+        crate::limits::check_fps(fps, field("fps"))?;
         let uint = |k: &str, default: Option<u64>| -> Result<u64> {
             match raw.get(k) {
                 Some(v) => v.as_u64().ok_or_else(|| {
@@ -291,6 +292,8 @@ pub struct EpisodeMeta {
     pub dataset_from_index: u64,
     pub dataset_to_index: u64,
     pub videos: BTreeMap<String, VideoRef>,
+    /// The metadata file this row was read from (named by the cross-checks of `checks`).
+    pub table: PathBuf,
 }
 
 fn col<'a>(batch: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a dyn Array> {
@@ -475,6 +478,7 @@ fn episodes_in_file(path: &Path, video_keys: &[String], out: &mut Vec<EpisodeMet
                 dataset_from_index: int("dataset_from_index")?,
                 dataset_to_index: int("dataset_to_index")?,
                 videos,
+                table: path.to_path_buf(),
             };
             if meta.dataset_to_index < meta.dataset_from_index
                 || meta.dataset_to_index - meta.dataset_from_index != meta.length
@@ -582,6 +586,7 @@ pub fn load_episodes_v2(
                 dataset_from_index: from,
                 dataset_to_index: from + length,
                 videos,
+                table: path.clone(),
             };
             from += length;
             m

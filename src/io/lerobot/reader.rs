@@ -12,11 +12,12 @@ use arrow::datatypes::{DataType, Schema};
 use image::RgbImage;
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
+use super::checks;
 use super::layout::{self, Arg};
 use super::meta::{self, EpisodeMeta, Info, Version};
 use crate::episode::{Episode, EpisodeIndex, Features, FrameSource, Frames, Provenance};
 use crate::error::{Error, Location, Result};
-use crate::io::video::{self, Mp4Frames};
+use crate::io::video::Mp4Frames;
 use crate::io::{stays_inside_root, EpisodeSource};
 
 /// An opened LeRobot dataset. Holds only metadata; episodes are read on demand.
@@ -104,6 +105,14 @@ impl LeRobotDataset {
                     "no such episode in the dataset",
                 )
             })
+    }
+
+    /// The tasks table (`meta/tasks.parquet`, v2.1 `meta/tasks.jsonl`).
+    pub fn tasks_path(&self) -> PathBuf {
+        self.root.join(match self.info.version {
+            Version::V3_0 => layout::DEFAULT_TASKS_PATH,
+            Version::V2_1 => layout::LEGACY_TASKS_PATH,
+        })
     }
 
     /// Path of the data parquet file holding an episode.
@@ -378,6 +387,10 @@ impl EpisodeSource for LeRobotDataset {
             .collect()
     }
 
+    fn episode_len(&self, index: EpisodeIndex) -> Option<usize> {
+        self.episode_meta(index).ok().map(|m| m.length as usize)
+    }
+
     fn read_episode(&self, index: EpisodeIndex) -> Result<Episode> {
         let m = self.episode_meta(index)?;
         let ep = m.episode_index;
@@ -394,6 +407,20 @@ impl EpisodeSource for LeRobotDataset {
                 ),
             ));
         }
+        // After the rows: a length that disagrees with them is named as such, not as a span that disagrees.
+        if self.info.version == Version::V3_0 {
+            for key in m.videos.keys() {
+                checks::check_video_span(m, key, self.info.fps)?;
+            }
+        }
+        checks::check_task_indices(
+            &batch,
+            &self.tasks,
+            &m.tasks,
+            &data_path,
+            ep,
+            &self.tasks_path(),
+        )?;
         let mut cameras = BTreeMap::new();
         // Image features leave the table and become frame sources; every other column passes through untouched.
         let mut keep_fields = Vec::new();
@@ -457,7 +484,9 @@ impl EpisodeSource for LeRobotDataset {
         }
         for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "video") {
             let path = self.video_path(m, key)?;
-            if !path.is_file() {
+            let there =
+                crate::io::fs::exists(&path).map_err(|e| e.in_episode(ep).with_field(key))?;
+            if !there || !path.is_file() {
                 return Err(Error::io(
                     std::io::Error::new(std::io::ErrorKind::NotFound, "video file not found"),
                     &path,
@@ -467,19 +496,8 @@ impl EpisodeSource for LeRobotDataset {
             }
             let v = &m.videos[key];
             if self.info.version == Version::V3_0 && self.check_video_duration {
-                let dur = video::probe(&path)
-                    .map_err(|e| e.in_episode(ep).with_field(key))?
-                    .duration_s;
-                let need = v.from_timestamp + m.length as f64 / self.info.fps;
-                if need > dur + video::DEFAULT_TOLERANCE_S + 0.5 / self.info.fps {
-                    return Err(Error::invalid(
-                        Location::file(&path).episode(ep).field(format!("videos/{key}/to_timestamp")),
-                        format!(
-                            "episode frames reach {need:.4}s (from_timestamp {:.4}s + {} frames at {} fps) but the video lasts {dur:.4}s",
-                            v.from_timestamp, m.length, self.info.fps
-                        ),
-                    ));
-                }
+                checks::check_video_duration(m, key, self.info.fps, &path)
+                    .map_err(|e| e.with_field(key))?;
             }
             let size = meta::visual_size(key, f)?;
             cameras.insert(

@@ -227,3 +227,54 @@ impl TfRecordReader<BufReader<File>> {
         Ok(true)
     }
 }
+
+/// The number of records in the TFRecord file `path`, read from the record headers alone (each length CRC is
+/// checked, and each record's data must lie inside the file): what `dataset_info.json`'s `shardLengths` must say.
+/// Errors name the file and the record (as the episode, like [`TfRecordReader`]).
+pub fn count_records(path: &Path) -> Result<u64> {
+    let file = File::open(path).map_err(|e| Error::io(e, path))?;
+    let size = file.metadata().map_err(|e| Error::io(e, path))?.len();
+    let mut reader = TfRecordReader::new(BufReader::with_capacity(1 << 16, file), path);
+    let mut at = 0u64;
+    loop {
+        let record = reader.record;
+        let loc = || Location::file(path).episode(record);
+        if at == size {
+            return Ok(record);
+        }
+        let mut header = [0u8; 12];
+        reader.read_exact_or_eof(&mut header, false, "header")?;
+        let len_bytes: [u8; 8] = header[..8].try_into().expect("8 bytes");
+        let len_crc = u32::from_le_bytes(header[8..].try_into().expect("4 bytes"));
+        if masked_crc32c(&len_bytes) != len_crc {
+            return Err(Error::invalid(
+                loc(),
+                format!("TFRecord length CRC mismatch in record {record}"),
+            ));
+        }
+        let len = u64::from_le_bytes(len_bytes);
+        let end = at
+            .checked_add(12)
+            .and_then(|x| x.checked_add(len))
+            .and_then(|x| x.checked_add(4));
+        match end {
+            Some(end) if end <= size => {
+                reader
+                    .inner
+                    .seek_relative((len + 4) as i64)
+                    .map_err(|e| Error::io(e, path))?;
+                at = end;
+                reader.record += 1;
+            }
+            _ => {
+                return Err(Error::invalid(
+                    loc(),
+                    format!(
+                        "truncated TFRecord: record {record} declares {len} bytes of data, the file ends {} bytes after its header",
+                        size - at - 12
+                    ),
+                ))
+            }
+        }
+    }
+}

@@ -129,7 +129,7 @@ fn open_input(
     key: Option<&str>,
 ) -> Result<format::context::Input> {
     init();
-    if !path.exists() {
+    if !crate::io::fs::exists(path).map_err(|e| e.in_episode_opt(episode, key))? {
         return Err(Error::io(
             std::io::Error::new(std::io::ErrorKind::NotFound, "video file not found"),
             path,

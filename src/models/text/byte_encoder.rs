@@ -160,6 +160,16 @@ impl ByteEncoderConfig {
                 ),
             );
         }
+        if self.max_position_embeddings > crate::limits::MAX_TOKENS {
+            return bad(
+                "max_position_embeddings",
+                format!(
+                    "{} tokens is past the limit of {}",
+                    self.max_position_embeddings,
+                    crate::limits::MAX_TOKENS
+                ),
+            );
+        }
         Ok(())
     }
 }
