@@ -9,7 +9,10 @@
 # the diffusers wheels for the peer into .whl/ (both ignored by git). Then on the device:
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu", ".whl"], timeout_s=480)
 # Steps can be picked with STEPS (default "parity bench peer train"), e.g. STEPS=peer with carry [".whl"] alone.
-# The working tree plus carried files must stay under 64 MiB; `--prepare` prints the sizes.
+# The working tree plus carried files must stay under 64 MiB; `--prepare` prints the sizes. Measured 2026-12-06:
+# tracked tree 40.7 MiB, .gpu/vadapt.xz 11.0 MiB (83 MB stripped; it needs libcuda.so.1 from the driver and
+# libcudart.so.13, libcublas(Lt).so.13, libcurand.so.10 from PyTorch's site-packages/nvidia/*/lib, found below),
+# .whl 4.5 MiB: 56.2 MiB.
 #
 # Dry run on a CPU machine with the CPU binary (same steps, F32 and F16, small bench shape):
 #   DEVICE=cpu VADAPT=target/release/vadapt PYTHON=.venv/bin/python bash scripts/gpu_check.sh
@@ -77,6 +80,11 @@ RESULTS="$WORK/results.jsonl"
 say() { echo "gpu_check: $*" | tee -a "$OUT/gpu_check.log" >&2; }
 now() { "$PYTHON" -c 'import time; print(f"{time.time():.3f}")'; }
 record() { echo "$1" >> "$RESULTS"; }  # one JSON object per line, merged at the end
+record_report() {  # step file: the step's JSON report, compacted onto one line
+  record "$("$PYTHON" -c 'import json, sys; print(json.dumps({"step": sys.argv[1], "ok": True,
+    "report": json.loads(open(sys.argv[2]).read().strip().splitlines()[-1] if sys.argv[1] == "peer"
+                         else open(sys.argv[2]).read())}))' "$1" "$2")"
+}
 
 # --- the binary and its libraries ------------------------------------------------------------------------------
 if [ -z "${VADAPT:-}" ]; then
@@ -111,7 +119,7 @@ if grep -q "not found" "$WORK/ldd.log"; then
   exit 3
 fi
 say "device $DEVICE, dtypes $DTYPES, binary $VADAPT"
-nvidia-smi >> "$OUT/gpu_check.log" 2>&1 || true
+command -v nvidia-smi >/dev/null && nvidia-smi >> "$OUT/gpu_check.log" 2>&1
 
 # --- comparisons (no safetensors package needed: the format is a JSON header and raw little-endian arrays) -----
 cat > "$WORK/compare.py" <<'EOF'
@@ -217,7 +225,7 @@ CONFIG=benches/configs/modelscope_t2v_unet.json
 if [[ " $STEPS " == *" bench "* ]]; then
   run_logged bench "$VADAPT" bench --unet-config "$CONFIG" --device "$DEVICE" --dtype "$BENCH_DTYPE" \
     --frames "$BENCH_FRAMES" --latent "$BENCH_LATENT" --reps "$REPS" --json "$OUT/bench.json" &&
-    record "{\"step\": \"bench\", \"ok\": true, \"report\": $(cat "$OUT/bench.json")}"
+    record_report bench "$OUT/bench.json"
   say "bench done at $(( $(date +%s) - T0 )) s"
 fi
 
@@ -269,7 +277,7 @@ EOF
   if PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" run_logged peer "$PYTHON" "$WORK/peer_unet.py" "$CONFIG" \
     "$DEVICE" "$BENCH_DTYPE" "$BENCH_FRAMES" "$BENCH_LATENT" "$REPS"; then
     tail -1 "$WORK/peer.log" > "$OUT/peer.json"
-    record "{\"step\": \"peer\", \"ok\": true, \"report\": $(cat "$OUT/peer.json")}"
+    record_report peer "$OUT/peer.json"
   fi
   say "peer done at $(( $(date +%s) - T0 )) s"
 fi
@@ -301,7 +309,7 @@ fi
 
 # --- summary ---------------------------------------------------------------------------------------------------
 ELAPSED=$(( $(date +%s) - T0 ))
-"$PYTHON" - "$RESULTS" "$OUT/gpu_check.json" "$DEVICE" "$DTYPES" "$ELAPSED" "$FAILED" <<'EOF'
+"$PYTHON" - "$RESULTS" "$OUT/gpu_check.json" "$DEVICE" "$DTYPES" "$ELAPSED" "$FAILED" <<'EOF' || FAILED=$((FAILED + 1))
 import json, sys
 res, out, device, dtypes, elapsed, failed = sys.argv[1:7]
 items = [json.loads(l) for l in open(res) if l.strip()]
