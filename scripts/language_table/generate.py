@@ -33,13 +33,13 @@ interrupted run resumes: staged seeds are skipped.
 
 The first training set (2026-12-06, on the development machine: 2 cores shared with four other jobs, load average
 ~12, niced):
-  nohup nice -n 10 ~/.cache/vadapt/langtable-venv/bin/python scripts/language_table/generate.py \
+  nohup nice -n 10 ~/.cache/vadapt/langtable-venv/bin/python scripts/language_table/generate.py \\
       --out /work/data/language_table --seeds 0-299 --size 180x320 --appearances 4 &
-took 152 s per episode (2.6 s per step wall; 15-100 steps, 12 of the first 17 episodes reached their goal) and
-was stopped at the deadline; the staged seeds were laid out with --finalize-only (/work/data/language_table, see
-its meta/info.json for the seeds). Rerunning the same command resumes it. CPU per step: five tiny-renderer images
-(~0.13 s each at 180x320) plus the oracle's pure-Python RRT* when it plans (seconds; every 10 steps while a plan
-fails, which makes cut episodes the slowest).
+ran 95 min until the deadline stopped it: seeds 0-85 staged, 86 episodes, 4372 frames, 66 s per episode on average
+(1.33 s per step wall, 5-300 s per episode; 74 of 86 reached their goal, the rest were cut at 100 steps), 141 MB.
+They were laid out with `... --seeds 0-85 --finalize-only` (3.7 s) into /work/data/language_table. Rerunning the
+same command resumes it. CPU per step: five tiny-renderer images (~0.13 s each at 180x320) plus the oracle's
+pure-Python RRT* when it plans (seconds; every 10 steps while a plan fails, which makes cut episodes the slowest).
 """
 
 import argparse
