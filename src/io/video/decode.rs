@@ -1,7 +1,7 @@
 //! Decoding: whole files, and the frames of one episode inside a (possibly shared) file, matched to their
 //! timestamps within lerobot's tolerance.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -9,16 +9,9 @@ use ffmpeg::{codec, frame, media, Packet};
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
-use super::{open_input, video_err, DEFAULT_TOLERANCE_S};
-use crate::episode::FrameSource;
+use super::types::{FrameQuery, TimedFrame};
+use super::{open_input, video_err};
 use crate::error::{Error, Result};
-
-/// A decoded frame and its presentation time in seconds.
-#[derive(Debug, Clone)]
-pub struct TimedFrame {
-    pub timestamp: f64,
-    pub image: RgbImage,
-}
 
 /// Where the frames go while decoding; the label names the episode and camera in errors.
 struct DecodeTarget<'a> {
@@ -193,20 +186,6 @@ pub fn decode_all(path: impl AsRef<Path>) -> Result<Vec<TimedFrame>> {
     )
 }
 
-/// The `len` frames of one episode inside a (possibly shared) file: frame `i` is the decoded frame
-/// nearest to `from_timestamp + i / fps`, and it must lie within `tolerance_s` of it (lerobot's rule,
-/// `decode_video_frames_torchcodec`). Errors name the file, episode and camera key.
-#[derive(Debug, Clone)]
-pub struct FrameQuery<'a> {
-    pub path: &'a Path,
-    pub from_timestamp: f64,
-    pub fps: f64,
-    pub len: usize,
-    pub tolerance_s: f64,
-    pub episode: Option<u64>,
-    pub key: Option<&'a str>,
-}
-
 pub fn decode_episode(q: &FrameQuery<'_>) -> Result<Vec<RgbImage>> {
     let t = DecodeTarget {
         path: q.path,
@@ -251,88 +230,4 @@ pub fn decode_episode(q: &FrameQuery<'_>) -> Result<Vec<RgbImage>> {
         }
     }
     Ok(out)
-}
-
-/// The frames of one camera of one episode, decoded lazily from an mp4 time range
-/// (LeRobot v3.0: `videos/<key>/from_timestamp`; v2.1: 0). `len` and `size` come from the
-/// dataset metadata, so nothing is decoded until [`FrameSource::decode`] is called.
-#[derive(Debug, Clone)]
-pub struct Mp4Frames {
-    pub path: PathBuf,
-    pub from_timestamp: f64,
-    pub fps: f64,
-    pub len: usize,
-    /// (height, width)
-    pub size: (u32, u32),
-    pub tolerance_s: f64,
-    pub episode: Option<u64>,
-    pub key: Option<String>,
-}
-
-impl Mp4Frames {
-    pub fn new(
-        path: impl Into<PathBuf>,
-        from_timestamp: f64,
-        fps: f64,
-        len: usize,
-        size: (u32, u32),
-    ) -> Self {
-        Self {
-            path: path.into(),
-            from_timestamp,
-            fps,
-            len,
-            size,
-            tolerance_s: DEFAULT_TOLERANCE_S,
-            episode: None,
-            key: None,
-        }
-    }
-    /// Name the episode and camera in errors.
-    pub fn labelled(mut self, episode: u64, key: impl Into<String>) -> Self {
-        self.episode = Some(episode);
-        self.key = Some(key.into());
-        self
-    }
-    pub fn with_tolerance(mut self, tolerance_s: f64) -> Self {
-        self.tolerance_s = tolerance_s;
-        self
-    }
-}
-
-impl FrameSource for Mp4Frames {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn size(&self) -> (u32, u32) {
-        self.size
-    }
-    fn decode(&self) -> Result<Vec<RgbImage>> {
-        let frames = decode_episode(&FrameQuery {
-            path: &self.path,
-            from_timestamp: self.from_timestamp,
-            fps: self.fps,
-            len: self.len,
-            tolerance_s: self.tolerance_s,
-            episode: self.episode,
-            key: self.key.as_deref(),
-        })?;
-        if let Some(f) = frames.first() {
-            if (f.height(), f.width()) != self.size {
-                return Err(video_err(
-                    &self.path,
-                    self.episode,
-                    self.key.as_deref(),
-                    format!(
-                        "frames are {}x{} (h x w) but the metadata says {}x{}",
-                        f.height(),
-                        f.width(),
-                        self.size.0,
-                        self.size.1
-                    ),
-                ));
-            }
-        }
-        Ok(frames)
-    }
 }

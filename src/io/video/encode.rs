@@ -9,18 +9,12 @@ use ffmpeg::{codec, encoder, format, frame, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 use image::RgbImage;
 
-use super::{fps_rational, init, probe, video_err, VideoInfo};
+use super::types::{EncodedVideo, EncoderOptions, EpisodeSpan, VideoCodec};
+use super::{fps_rational, init, probe, video_err};
 use crate::error::{Error, Result};
 use crate::io::fs::temp_path_for;
 
-/// Video codec for encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VideoCodec {
-    Av1,
-    H264,
-}
-
+/// What FFmpeg offers for each codec.
 impl VideoCodec {
     /// FFmpeg encoders to try, best first.
     fn encoder_names(self) -> &'static [&'static str] {
@@ -43,53 +37,6 @@ impl VideoCodec {
             .into_iter()
             .find_map(|c| c.find_encoder().map(|n| (c, n)))
     }
-}
-
-/// Encoder settings (lerobot defaults: AV1, crf 30, g 2, yuv420p).
-#[derive(Debug, Clone, PartialEq)]
-pub struct EncoderOptions {
-    /// `None`: AV1 if available, else H.264.
-    pub codec: Option<VideoCodec>,
-    /// Constant rate factor (lower is better quality). libaom-av1 and libx264 read it too.
-    pub crf: u32,
-    /// Keyframe interval (GOP size) in frames.
-    pub gop: u32,
-    /// Encoder speed preset: libsvtav1 0..13 (lerobot uses 12), libaom-av1 `cpu-used` 0..8.
-    /// libx264 uses "veryfast" whatever the value.
-    pub preset: Option<u32>,
-    /// Encoder threads (0: let the encoder decide).
-    pub threads: usize,
-}
-
-impl Default for EncoderOptions {
-    fn default() -> Self {
-        Self {
-            codec: None,
-            crf: 30,
-            gop: 2,
-            preset: Some(12),
-            threads: 0,
-        }
-    }
-}
-
-/// Half-open time range of one episode inside a shared mp4.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EpisodeSpan {
-    pub from_timestamp: f64,
-    pub to_timestamp: f64,
-    pub first_frame: u64,
-    pub frames: u64,
-}
-
-/// A finished mp4.
-#[derive(Debug, Clone)]
-pub struct EncodedVideo {
-    pub path: PathBuf,
-    pub frames: u64,
-    pub bytes: u64,
-    pub encoder: &'static str,
-    pub info: VideoInfo,
 }
 
 // swscale contexts are plain heap state with no thread affinity; the encoder owns its context

@@ -28,6 +28,7 @@ use crate::error::{Error, Location};
 mod decode;
 #[cfg(feature = "video")]
 mod encode;
+mod types;
 // Without FFmpeg (cargo feature `video` off): the same API, every mp4 access an error.
 #[cfg(not(feature = "video"))]
 mod disabled;
@@ -36,9 +37,10 @@ use disabled::{decode, encode};
 #[cfg(not(feature = "video"))]
 pub use disabled::{init, probe};
 
-pub use decode::{decode_all, decode_episode, FrameQuery, Mp4Frames, TimedFrame};
-pub use encode::{
-    encode_frames, EncodedVideo, EncoderOptions, EpisodeSpan, Mp4Encoder, VideoCodec,
+pub use decode::{decode_all, decode_episode};
+pub use encode::{encode_frames, Mp4Encoder};
+pub use types::{
+    EncodedVideo, EncoderOptions, EpisodeSpan, FrameQuery, Mp4Frames, TimedFrame, VideoCodec,
 };
 
 /// lerobot's default `tolerance_s`: a decoded frame matches a query timestamp only if it is closer than this.
