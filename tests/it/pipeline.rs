@@ -240,39 +240,8 @@ fn pipeline_paired_output_resume_after_kill_and_shards_merge_are_byte_identical(
 
     // kill -9 at several points, then --resume: same bytes (with two sampler threads, too).
     let killed = dir.path().join("killed");
-    let args = |resume: bool| {
-        let mut a = vec![
-            "augment".to_string(),
-            "--pipeline".into(),
-            toml.to_str().unwrap().into(),
-            "--input".into(),
-            data.to_str().unwrap().into(),
-            "--output".into(),
-            killed.to_str().unwrap().into(),
-            "--threads".into(),
-            "2".into(),
-            "--quiet".into(),
-        ];
-        if resume {
-            a.push("--resume".into());
-        }
-        a
-    };
-    let mut kills = 0;
-    for (i, delay_ms) in [700u64, 2500, 5000, 9000].into_iter().enumerate() {
-        let mut child = std::process::Command::new(vadapt_bin())
-            .args(args(i > 0))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let args = |resume: bool| augment_args(&toml, &data, &killed, resume);
+    let kills = kill_runs(&args, &[700, 2500, 5000, 9000]);
     assert!(
         kills >= 1,
         "no run was interrupted; the test proves nothing"
@@ -795,4 +764,40 @@ fn demo_prior_warns_about_style_words_it_never_saw() {
             && warned.contains("models/demo/prior"),
         "{warned}"
     );
+}
+
+/// `vadapt augment` of `toml` over `data` into `out` with two sampler threads, quiet (`--resume` when asked).
+pub fn augment_args(toml: &Path, data: &Path, out: &Path, resume: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["augment", "--pipeline"].map(String::from).to_vec();
+    a.push(toml.to_str().unwrap().into());
+    a.push("--input".into());
+    a.push(data.to_str().unwrap().into());
+    a.push("--output".into());
+    a.push(out.to_str().unwrap().into());
+    a.extend(["--threads", "2", "--quiet"].map(String::from));
+    if resume {
+        a.push("--resume".into());
+    }
+    a
+}
+
+/// Start the CLI once per delay (every start after the first with `args(true)`, i.e. resuming) and SIGKILL it after
+/// that many milliseconds if it is still running. Returns how many runs were killed (a test must see at least one).
+pub fn kill_runs(args: &dyn Fn(bool) -> Vec<String>, delays_ms: &[u64]) -> usize {
+    let mut kills = 0;
+    for (i, &delay_ms) in delays_ms.iter().enumerate() {
+        let mut child = std::process::Command::new(vadapt_bin())
+            .args(args(i > 0))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    kills
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use arrow::array::{Array, Float32Array, Int64Array, StringArray};
 use vadapt::compute::Compute;
@@ -18,8 +17,10 @@ use vadapt::pipeline::regenerate::regenerate;
 use vadapt::pipeline::units::WorkDir;
 use vadapt::pipeline::{self, PipelineConfig, Shard};
 
-use crate::common::{repo, vadapt, vadapt_bin, vadapt_fails};
-use crate::pipeline::{assert_same_dataset, opts, run_py, small_dataset, KEY};
+use crate::common::{repo, vadapt, vadapt_fails};
+use crate::pipeline::{
+    assert_same_dataset, augment_args, kill_runs, opts, run_py, small_dataset, KEY,
+};
 
 const PROMPTS: [&str; 3] = [
     "{task}, claymation style",
@@ -127,39 +128,8 @@ fn variants_are_recorded_and_byte_identical_under_kill_resume_and_shards_merge()
 
     // kill -9 at several points, then --resume, with two sampler threads: the same bytes.
     let killed = dir.path().join("killed");
-    let args = |resume: bool| {
-        let mut a = vec![
-            "augment".to_string(),
-            "--pipeline".into(),
-            toml.to_str().unwrap().into(),
-            "--input".into(),
-            data.to_str().unwrap().into(),
-            "--output".into(),
-            killed.to_str().unwrap().into(),
-            "--threads".into(),
-            "2".into(),
-            "--quiet".into(),
-        ];
-        if resume {
-            a.push("--resume".into());
-        }
-        a
-    };
-    let mut kills = 0;
-    for (i, delay_ms) in [500u64, 1200, 2500, 4000].into_iter().enumerate() {
-        let mut child = std::process::Command::new(vadapt_bin())
-            .args(args(i > 0))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
-    }
+    let args = |resume: bool| augment_args(&toml, &data, &killed, resume);
+    let kills = kill_runs(&args, &[500, 1200, 2500, 4000]);
     assert!(
         kills >= 1,
         "no run was interrupted; the test proves nothing"
