@@ -8,7 +8,8 @@
 //! [data]
 //! dataset = "datasets/sample/lerobot"           # anything `vadapt inspect` reads (LeRobot v2.1/v3.0, RLDS)
 //! target_key = "observation.images.sim"         # the video the model learns to generate
-//! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key)
+//! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
+//!                                               # a list pairs the target with each camera in turn
 //! prompt = "{task}"                             # text template; {task} is the episode's task
 //! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
 //!
@@ -79,8 +80,10 @@ pub struct DataConfig {
     #[serde(deserialize_with = "one_or_many")]
     pub dataset: Vec<PathBuf>,
     pub target_key: String,
+    /// The camera(s) whose edges and first frame condition the model. Several keys (e.g. every randomized
+    /// appearance of a LanguageTable episode) pair the target with each of them: one training episode per key.
     #[serde(default)]
-    pub condition_key: Option<String>,
+    pub condition_key: Option<CameraKeys>,
     #[serde(default = "d_prompt")]
     pub prompt: String,
     #[serde(default)]
@@ -88,6 +91,23 @@ pub struct DataConfig {
     /// Take every n-th source frame (source fps / model fps).
     #[serde(default = "d_one")]
     pub frame_stride: usize,
+}
+
+/// One camera key or a list of them; written back the way it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CameraKeys {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl CameraKeys {
+    pub fn keys(&self) -> &[String] {
+        match self {
+            CameraKeys::One(k) => std::slice::from_ref(k),
+            CameraKeys::Many(v) => v,
+        }
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(
@@ -543,6 +563,22 @@ impl TrainConfig {
         }
         if self.data.frame_stride == 0 {
             return bad("data.frame_stride", "must be at least 1".into());
+        }
+        if let Some(keys) = &self.data.condition_key {
+            let keys = keys.keys();
+            if keys.is_empty() || keys.iter().any(|k| k.is_empty()) {
+                return bad(
+                    "data.condition_key",
+                    "name one camera key or a non-empty list of them".into(),
+                );
+            }
+            if let Some(k) = keys
+                .iter()
+                .enumerate()
+                .find_map(|(i, k)| keys[..i].contains(k).then_some(k))
+            {
+                return bad("data.condition_key", format!("{k:?} is listed twice"));
+            }
         }
         Ok(())
     }

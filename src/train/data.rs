@@ -3,7 +3,9 @@
 //!
 //! The target video is `data.target_key`; the conditioning (Sobel-x edges, first frame) comes from
 //! `data.condition_key`, so paired renderings of the same motion (sample data's `sim` and `real`) train a
-//! translation model: edges of the real video in, the sim video out. Edges are computed after resizing to the model
+//! translation model: edges of the real video in, the sim video out. A list of condition cameras (the randomized
+//! appearances of a LanguageTable episode) makes one training episode per camera, all with the same target: the
+//! model learns to reach the target look from whatever surface the edges come from. Edges are computed after resizing to the model
 //! resolution, exactly as sampling and `vadapt augment` compute them.
 //!
 //! A super-resolution recipe (`model.low_res`) also gets each target frame resized down to the previous stage's
@@ -78,17 +80,22 @@ impl ClipSet {
         let d = &config.data;
         let m = &config.model;
         let span = (m.frames - 1) * d.frame_stride + 1;
-        let condition_key = d.condition_key.as_deref().unwrap_or(&d.target_key);
+        let target_only = [d.target_key.clone()];
+        let condition_keys = d
+            .condition_key
+            .as_ref()
+            .map_or(&target_only[..], |k| k.keys());
         let downscale = config
             .vae_config(Path::new("the recipe"))?
             .map_or(1, |(_, v)| v.downscale());
         let low_res = m
             .low_res
             .filter(|_| m.conditioning.contains(&Conditioning::LowRes));
-        let mut all = Vec::new();
+        // One entry per (source episode, condition camera); held-out episodes go whole, with all their cameras.
+        let mut all: Vec<Vec<EpisodeClips>> = Vec::new();
         for root in &d.dataset {
             let source = open_dataset(root)?;
-            for key in [d.target_key.as_str(), condition_key] {
+            for key in std::iter::once(&d.target_key).chain(condition_keys) {
                 if !source.features().get(key).is_some_and(|f| f.is_visual()) {
                     let cams: Vec<&String> = source
                         .features()
@@ -125,27 +132,7 @@ impl ClipSet {
                     );
                     continue;
                 }
-                let condition = if condition_key == d.target_key {
-                    target.clone()
-                } else {
-                    decode(condition_key)?
-                };
-                if condition.len() != target.len() {
-                    return Err(Error::invalid(
-                        loc().field(condition_key),
-                        format!(
-                            "{} frames, but {} has {}",
-                            condition.len(),
-                            d.target_key,
-                            target.len()
-                        ),
-                    ));
-                }
-                let edges = condition
-                    .iter()
-                    .map(|f| edge_channel(std::slice::from_ref(f)))
-                    .collect();
-                let low_res = match low_res {
+                let low_res: Vec<RgbImage> = match low_res {
                     Some([lh, lw]) => target
                         .iter()
                         .map(|f| {
@@ -155,14 +142,43 @@ impl ClipSet {
                         .collect(),
                     None => Vec::new(),
                 };
-                all.push(EpisodeClips {
-                    name: format!("{}#{}", root.display(), index.0),
-                    prompt: d.prompt.replace("{task}", &ep.task),
-                    target,
-                    condition,
-                    edges,
-                    low_res,
-                });
+                let mut per_camera = Vec::with_capacity(condition_keys.len());
+                for key in condition_keys {
+                    let condition = if *key == d.target_key {
+                        target.clone()
+                    } else {
+                        decode(key)?
+                    };
+                    if condition.len() != target.len() {
+                        return Err(Error::invalid(
+                            loc().field(key),
+                            format!(
+                                "{} frames, but {} has {}",
+                                condition.len(),
+                                d.target_key,
+                                target.len()
+                            ),
+                        ));
+                    }
+                    let edges = condition
+                        .iter()
+                        .map(|f| edge_channel(std::slice::from_ref(f)))
+                        .collect();
+                    let name = if condition_keys.len() == 1 {
+                        format!("{}#{}", root.display(), index.0)
+                    } else {
+                        format!("{}#{} ({key})", root.display(), index.0)
+                    };
+                    per_camera.push(EpisodeClips {
+                        name,
+                        prompt: d.prompt.replace("{task}", &ep.task),
+                        target: target.clone(),
+                        condition,
+                        edges,
+                        low_res: low_res.clone(),
+                    });
+                }
+                all.push(per_camera);
             }
         }
         let holdout = d.holdout_episodes.min(all.len().saturating_sub(1));
@@ -178,8 +194,8 @@ impl ClipSet {
         }
         let holdout_eps = all.split_off(train_n);
         Ok(Self {
-            train: all,
-            holdout: holdout_eps,
+            train: all.into_iter().flatten().collect(),
+            holdout: holdout_eps.into_iter().flatten().collect(),
             frames: m.frames,
             stride: d.frame_stride,
             height: m.height,

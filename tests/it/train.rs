@@ -265,6 +265,20 @@ fn bad_recipes_name_the_key() {
             base.replace("holdout_episodes = 1", "holdout_episodes = 1\nprompt = 3"),
             "prompt",
         ),
+        (
+            base.replace(
+                "condition_key = \"observation.images.real\"",
+                "condition_key = []",
+            ),
+            "data.condition_key",
+        ),
+        (
+            base.replace(
+                "condition_key = \"observation.images.real\"",
+                "condition_key = [\"observation.images.real\", \"observation.images.real\"]",
+            ),
+            "data.condition_key",
+        ),
     ];
     for (text, key) in cases {
         let err = TrainConfig::from_toml(&text, Path::new("bad.toml"))
@@ -285,6 +299,56 @@ fn bad_recipes_name_the_key() {
         err.contains("observation.images.wrist") && err.contains("no such camera"),
         "{err}"
     );
+}
+
+/// A list of condition cameras makes one training episode per (episode, camera), every one with the same target
+/// frames and its own camera's edges and first frame; held-out episodes go whole, with all their cameras.
+#[test]
+fn condition_key_list_pairs_the_target_with_each_camera() {
+    use vadapt::train::data::ClipSet;
+    let dir = tempfile::tempdir().unwrap();
+    let text = recipe(dir.path(), "").replace(
+        "condition_key = \"observation.images.real\"",
+        "condition_key = [\"observation.images.real\", \"observation.images.sim\"]",
+    );
+    let c = config(&text);
+    assert_eq!(
+        c.data.condition_key.as_ref().map(|k| k.keys().len()),
+        Some(2)
+    );
+    let single = ClipSet::load(&config(&recipe(dir.path(), ""))).unwrap();
+    let set = ClipSet::load(&c).unwrap();
+    // The sample has 4 episodes, one held out.
+    assert_eq!((single.train.len(), single.holdout.len()), (3, 1));
+    assert_eq!((set.train.len(), set.holdout.len()), (6, 2));
+    for (i, pair) in set.train.chunks(2).enumerate() {
+        let one = &single.train[i];
+        let (real, sim) = (&pair[0], &pair[1]);
+        assert!(
+            real.name.contains("observation.images.real")
+                && sim.name.contains("observation.images.sim")
+        );
+        assert!(
+            real.target == one.target && sim.target == one.target,
+            "same target frames"
+        );
+        assert!(
+            real.condition == one.condition && real.edges == one.edges,
+            "the real camera's conditioning"
+        );
+        assert!(
+            sim.condition == one.target,
+            "the sim camera conditions its own entry"
+        );
+        assert!(
+            sim.edges != real.edges,
+            "each entry has its own camera's edges"
+        );
+    }
+    assert!(set
+        .holdout
+        .iter()
+        .all(|e| e.target == single.holdout[0].target));
 }
 
 /// Train `config` to its `steps` with the full loop (checkpoints, model export, sample sheet at the end); the
