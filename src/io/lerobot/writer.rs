@@ -2,6 +2,7 @@
 //! `save_episode`, `finalize`) and its file layout: episodes appended to shared data parquet files and
 //! shared mp4s, each rolled over by size (`data_files_size_in_mb`, `video_files_size_in_mb`) into
 //! `chunk-XXX/file-YYY` with `chunks_size` files per chunk (`_save_episode_data`, `_save_episode_video`).
+//! With [`CameraStorage::Images`] the cameras are PNG columns of the data files instead (`images.rs`).
 //!
 //! Every file is written under a hidden temporary name in its final directory and renamed once complete;
 //! `meta/info.json` is written last, by [`LeRobotWriter::finalize`], so a crashed or abandoned write never
