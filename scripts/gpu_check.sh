@@ -8,7 +8,8 @@
 # libraries, 165 MB of them, see src/io/video/disabled.rs) into target-cuda, strips it into .gpu/vadapt.xz and puts
 # the diffusers wheels for the peer into .whl/ (both ignored by git). Then on the device:
 #   run(command="bash scripts/gpu_check.sh", carry=[".gpu", ".whl"], timeout_s=480)
-# Steps can be picked with STEPS (default "parity bench peer train"), e.g. STEPS=peer with carry [".whl"] alone.
+# Steps can be picked with STEPS (default "parity bench peer train pipeline"), e.g. STEPS=peer with carry [".whl"]
+# alone.
 # The working tree plus carried files must stay under 64 MiB; `--prepare` prints the sizes. Measured 2026-12-06:
 # tracked tree 40.7 MiB, .gpu/vadapt.xz 11.0 MiB (83 MB stripped; it needs libcuda.so.1 from the driver and
 # libcudart.so.13, libcublas(Lt).so.13, libcurand.so.10 from PyTorch's site-packages/nvidia/*/lib, found below),
@@ -16,6 +17,7 @@
 #
 # Dry run on a CPU machine with the CPU binary (same steps, F32 and F16, small bench shape):
 #   DEVICE=cpu VADAPT=target/release/vadapt PYTHON=.venv/bin/python bash scripts/gpu_check.sh
+# (a `--no-default-features` build runs every step too: the pipeline step writes no video).
 #
 # Checks and their tolerances (max |ours - reference| over max |reference|, except F32 which uses the test suite's
 # absolute tolerances: UNet3D 1e-4, composition 1e-3, VAE/CLIP 1e-4):
@@ -28,6 +30,17 @@
 # guided step, 16 frames at 40x64 latents) in BF16, next to diffusers' UNet3DConditionModel with the same config,
 # dtype, shapes and timing rule (best of REPS after a warm-up, synchronised) on PyTorch; and `vadapt train` steps
 # per second on the bundled RLDS sample (JPEG frames, no FFmpeg needed). Target: under 6 minutes on an H100.
+# The pipeline step: `vadapt augment` of pipelines/demo.toml (4 targets: 2 edge models, 2 compositions with the demo
+# prior; 6 DDIM steps, 4 overlapping windows per 24-frame episode) on the RLDS sample (4 episodes, 90x160), the
+# cameras written as PNG (`[output] storage = "images"`: the GPU binary has no video I/O), once on $DEVICE and once
+# on the CPU, same seeds, F32; wall seconds and episodes per hour of each; every generated camera compared GPU vs CPU
+# with `vadapt eval --reference-dataset` (PSNR, SSIM, max abs pixel difference). Bound: PSNR >= 40 dB per camera
+# (identical = infinite passes). Why 40: both sides run F32 and draw the same noise (drawn on the host, then moved),
+# so they differ only by summation order (cuBLAS and candle's CUDA kernels vs the CPU kernels), ~1e-6 relative per
+# op, carried through 6 steps and the window averaging; after quantizing to 8 bits that flips some pixel values by
+# 1, and even every value off by 1 is 48.1 dB. 40 dB (MSE 6.5) leaves room for a few sensitive pixels drifting
+# further, while any wrong op (a kernel path, a layout, a mask) moves whole frames and lands far below 30 dB (two
+# different renderings of the same motion score 5-30 dB, tests/it/eval.rs). max abs diff is recorded, not bounded.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,7 +68,7 @@ OUT="${OUT:-out/gpu_check}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PYTHON="${PYTHON:-python3}"
-STEPS="${STEPS:-parity bench peer train}"
+STEPS="${STEPS:-parity bench peer train pipeline}"
 REPS="${REPS:-3}"
 if [ "$DEVICE" = cpu ]; then
   DTYPES="${DTYPES:-f32 f16}"        # candle has no BF16 matmul on the CPU
@@ -305,6 +318,71 @@ if [[ " $STEPS " == *" train "* ]]; then
     record "{\"step\": \"train\", \"ok\": true, \"steps\": [$S1, $S2], \"seconds\": [${SECS[$S1]}, ${SECS[$S2]}], \"steps_per_s\": $sps}"
     say "train: $sps steps/s ($S1 steps ${SECS[$S1]} s, $S2 steps ${SECS[$S2]} s)"
   fi
+fi
+
+# --- the demo pipeline on the device and on the CPU, same seeds (RLDS in: JPEG; images out: PNG; no FFmpeg) ------
+if [[ " $STEPS " == *" pipeline "* ]]; then
+  # The demo's real camera is observation.images.real in the LeRobot sample and observation.images.rgb in the RLDS
+  # one; `codec` gives way to `storage` (model paths stay relative to the repository root, the working directory).
+  sed -e 's|^image_key = .*|image_key = "observation.images.rgb"|' \
+    -e 's|^codec = .*|storage = "images"   # PNG in the data parquet: no video I/O needed|' \
+    pipelines/demo.toml > "$WORK/demo_images.toml"
+  if ! grep -q '^storage = "images"' "$WORK/demo_images.toml" ||
+    ! grep -q '^image_key = "observation.images.rgb"' "$WORK/demo_images.toml"; then
+    say "FAILED: pipelines/demo.toml no longer has the image_key / codec lines this step rewrites"
+    record '{"step": "pipeline", "ok": false, "error": "demo.toml changed"}'
+    FAILED=$((FAILED + 1))
+  else
+    PIPE_EPISODES="${PIPE_EPISODES:-4}"
+    # The CPU side samples 4 episodes at once (its output is the same bytes under any --threads), to keep it short.
+    PIPE_CPU_THREADS="${PIPE_CPU_THREADS:-4}"
+    declare -A PSECS=()
+    for side in device cpu; do
+      dev=$DEVICE threads=1; [ "$side" = cpu ] && dev=cpu threads=$PIPE_CPU_THREADS
+      rm -rf "$WORK/pipeline_$side"
+      t=$(now)
+      run_logged "pipeline_$side" "$VADAPT" augment --pipeline "$WORK/demo_images.toml" \
+        --input datasets/sample/rlds --output "$WORK/pipeline_$side" --limit "$PIPE_EPISODES" \
+        --device "$dev" --dtype f32 --threads "$threads" --quiet || break
+      PSECS[$side]=$("$PYTHON" -c "print(round($(now) - $t, 3))")
+      say "pipeline on $dev ($threads sampler threads): ${PSECS[$side]} s for $PIPE_EPISODES episodes"
+    done
+    if [ -n "${PSECS[cpu]:-}" ]; then
+      CAMS=$(sed -n 's|^name = "\(.*\)"|observation.images.\1|p' "$WORK/demo_images.toml")
+      : > "$WORK/pipeline_cmp.jsonl"
+      for cam in $CAMS; do
+        run_logged "pipeline_eval_${cam##*.}" "$VADAPT" eval "$WORK/pipeline_device" --key "$cam" \
+          --reference-dataset "$WORK/pipeline_cpu" --json "$WORK/cmp_${cam##*.}.json" &&
+          "$PYTHON" -c 'import json, sys; r = json.load(open(sys.argv[2])); t = r["total"]
+print(json.dumps({"camera": sys.argv[1], "psnr_db": t["psnr"], "ssim": t["ssim"],
+                  "max_abs_diff": t["max_abs_diff"], "identical": t["identical"], "frames": t["frames"]}))' \
+            "$cam" "$WORK/cmp_${cam##*.}.json" >> "$WORK/pipeline_cmp.jsonl"
+      done
+      line=$("$PYTHON" - "$WORK/pipeline_cmp.jsonl" "$DEVICE" "$PIPE_EPISODES" "${PSECS[device]}" \
+        "${PSECS[cpu]}" "$(echo $CAMS | wc -w)" "$PIPE_CPU_THREADS" <<'EOF'
+import json, sys
+path, device, episodes, dev_s, cpu_s, n_cams, cpu_threads = sys.argv[1:8]
+MIN_PSNR_DB = 40.0
+cams = [json.loads(l) for l in open(path) if l.strip()]
+for c in cams:
+    c["ok"] = c["identical"] or (c["psnr_db"] is not None and c["psnr_db"] >= MIN_PSNR_DB)
+eph = lambda s: round(int(episodes) * 3600.0 / float(s), 1)
+ok = len(cams) == int(n_cams) and all(c["ok"] for c in cams)
+print(json.dumps({"step": "pipeline", "ok": ok, "pipeline": "pipelines/demo.toml, storage = images",
+                  "input": "datasets/sample/rlds", "episodes": int(episodes), "frames_per_episode": 24,
+                  "dtype": "f32", "device": device, "seconds": {"device": float(dev_s), "cpu": float(cpu_s)},
+                  "episodes_per_hour": {"device": eph(dev_s), "cpu": eph(cpu_s)},
+                  "sampler_threads": {"device": 1, "cpu": int(cpu_threads)},
+                  "min_psnr_db": MIN_PSNR_DB, "cameras": cams}))
+sys.exit(0 if ok else 1)
+EOF
+) || FAILED=$((FAILED + 1))
+      [ -n "$line" ] || line='{"step": "pipeline", "ok": false, "error": "comparison failed"}'
+      record "$line"
+      say "$line"
+    fi
+  fi
+  say "pipeline done at $(( $(date +%s) - T0 )) s"
 fi
 
 # --- summary ---------------------------------------------------------------------------------------------------

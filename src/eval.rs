@@ -236,6 +236,53 @@ pub fn video_metrics(
     }
 }
 
+/// How closely two renderings of the same frames agree (one camera of two runs: GPU and CPU, two builds), frame by
+/// frame at the same size.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Agreement {
+    pub frames: usize,
+    /// PSNR over all frames and channels; `None` when every pixel is equal (infinite PSNR, which JSON cannot hold).
+    pub psnr: Option<f64>,
+    /// Mean SSIM over the frames.
+    pub ssim: f64,
+    /// Largest |a - b| of any pixel channel, 0..255.
+    pub max_abs_diff: u8,
+    /// Pixel channels compared, and how many of them differ at all.
+    pub values: u64,
+    pub differing_values: u64,
+    /// Mean squared difference of the pixel channels (0..255 scale): what PSNR and a total over videos derive from.
+    pub mse: f64,
+}
+
+/// PSNR in dB of a mean squared error on the 0..255 scale; `None` for 0 (identical).
+pub fn psnr_of_mse(mse: f64) -> Option<f64> {
+    (mse > 0.0).then(|| 10.0 * (255.0f64 * 255.0 / mse).log10())
+}
+
+/// [`Agreement`] of two videos with the same frame count and frame size (the caller checks both).
+pub fn agreement(a: &[RgbImage], b: &[RgbImage]) -> Agreement {
+    let (mut max_abs_diff, mut values, mut differing_values, mut se) = (0u8, 0u64, 0u64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        for (p, q) in x.as_raw().iter().zip(y.as_raw()) {
+            let d = p.abs_diff(*q);
+            max_abs_diff = max_abs_diff.max(d);
+            values += 1;
+            differing_values += u64::from(d != 0);
+            se += f64::from(d) * f64::from(d);
+        }
+    }
+    let mse = se / values.max(1) as f64;
+    Agreement {
+        frames: a.len().min(b.len()),
+        psnr: psnr_of_mse(mse),
+        ssim: ssim(a, b),
+        max_abs_diff,
+        values,
+        differing_values,
+        mse,
+    }
+}
+
 /// The fixed frame feature of the Fréchet distance: for each cell of a 4x4 grid, the mean of R, G, B and the mean
 /// absolute Sobel-x edge (64 values), plus the frame's per-channel std (3): 67 numbers in roughly unit scale.
 pub fn frame_feature(frame: &RgbImage) -> Vec<f64> {
@@ -350,6 +397,28 @@ mod tests {
             histogram_distance(&truth, &same) == 0.0
                 && histogram_distance(&truth, &recoloured) > 0.0
         );
+    }
+
+    #[test]
+    fn agreement_of_equal_videos_is_exact_and_one_changed_value_shows() {
+        let a = video(0, [200, 40, 40]);
+        let same = agreement(&a, &a.clone());
+        assert_eq!(
+            (same.psnr, same.max_abs_diff, same.differing_values),
+            (None, 0, 0)
+        );
+        assert!((same.ssim - 1.0).abs() < 1e-12);
+        let mut b = a.clone();
+        b[2].get_pixel_mut(5, 7).0[1] = b[2].get_pixel(5, 7).0[1].wrapping_add(9);
+        let one = agreement(&a, &b);
+        assert_eq!(
+            (one.max_abs_diff, one.differing_values, one.frames),
+            (9, 1, 4)
+        );
+        // One value off by 9 among 4 * 40 * 24 * 3: MSE 81 / 11520.
+        let expect = 10.0 * (255.0f64 * 255.0 / (81.0 / 11520.0)).log10();
+        assert!((one.psnr.unwrap() - expect).abs() < 1e-9, "{:?}", one.psnr);
+        assert!(one.ssim < 1.0);
     }
 
     #[test]

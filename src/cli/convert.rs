@@ -1,4 +1,4 @@
-//! `vadapt convert IN OUT [--to lerobot|rlds]`: RLDS -> LeRobot v3.0, LeRobot v2.1 -> v3.0, LeRobot -> RLDS.
+//! `vadapt convert IN OUT [--to lerobot|rlds] [--storage video|images]`: RLDS -> LeRobot v3.0, LeRobot v2.1 -> v3.0, LeRobot -> RLDS.
 //! Frames are re-encoded; every non-image column is carried over bit-exact (RLDS sources get fresh LeRobot
 //! indices, since lerobot needs `episode_index` from 0 and `index` equal to the row number).
 
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use vadapt::io::lerobot::writer::Numbering;
-use vadapt::io::lerobot::{LeRobotWriter, WriterOptions};
+use vadapt::io::lerobot::{CameraStorage, LeRobotWriter, WriterOptions};
 use vadapt::io::open_dataset;
 use vadapt::io::rlds::{RldsWriteOptions, RldsWriter};
 
@@ -18,6 +18,15 @@ pub enum Target {
     Rlds,
 }
 
+/// How a LeRobot output stores its cameras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    /// One mp4 per camera (lerobot `dtype: "video"`; needs video I/O)
+    Video,
+    /// PNG frames in the data parquet (lerobot `dtype: "image"`; lossless, no FFmpeg)
+    Images,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Input dataset (LeRobot root or RLDS builder directory).
@@ -27,9 +36,15 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "lerobot")]
     pub to: Target,
+    /// LeRobot output only: the cameras as mp4 videos (default) or as PNG images in the data parquet.
+    #[arg(long, value_enum)]
+    pub storage: Option<Storage>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.to == Target::Rlds && args.storage.is_some() {
+        bail!("--storage applies to --to lerobot (RLDS stores JPEG frames)");
+    }
     if args.output.exists() {
         bail!(
             "{}: output already exists; choose a new directory",
@@ -55,6 +70,10 @@ fn convert(args: &Args) -> anyhow::Result<()> {
                     Numbering::Reindex
                 } else {
                     Numbering::Source
+                },
+                storage: match args.storage {
+                    Some(Storage::Images) => CameraStorage::Images,
+                    Some(Storage::Video) | None => CameraStorage::Video,
                 },
                 ..WriterOptions::default()
             };

@@ -1,5 +1,6 @@
 //! `vadapt eval`: metrics of an augmented camera against the condition it was made from and, where one exists, a
-//! paired ground truth. Markdown on stdout; `--json` writes every number.
+//! paired ground truth. Markdown on stdout; `--json` writes every number. Without `--condition-key`, but with
+//! `--reference-dataset`, it compares the camera with another dataset's frame by frame instead (`eval_compare`).
 
 use std::path::PathBuf;
 
@@ -17,13 +18,17 @@ pub struct Args {
     /// The camera to evaluate (e.g. `observation.images.sim_aug`).
     #[arg(long)]
     pub key: String,
-    /// The camera the output was conditioned on (edge consistency is measured against its edges).
+    /// The camera the output was conditioned on (edge consistency is measured against its edges). Leave it out,
+    /// with `--reference-dataset`, to compare `--key` with the reference dataset's camera frame by frame (PSNR,
+    /// SSIM, max abs pixel difference; the same episodes, frame counts and sizes are required).
     #[arg(long)]
-    pub condition_key: String,
+    pub condition_key: Option<String>,
     /// A paired ground-truth camera (same motion, target rendering): enables PSNR, SSIM, histogram and Fréchet.
+    /// When comparing two datasets: the reference dataset's camera (default: `--key`).
     #[arg(long)]
     pub reference_key: Option<String>,
-    /// Read the condition and reference cameras from this dataset instead (same episode indices).
+    /// Read the condition and reference cameras from this dataset instead (same episode indices); without
+    /// `--condition-key`, the dataset to compare `--key` with.
     #[arg(long)]
     pub reference_dataset: Option<PathBuf>,
     /// Evaluate at this size HxW (default: the output camera's size).
@@ -68,6 +73,9 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let Some(condition_key) = args.condition_key.clone() else {
+        return super::eval_compare::run(&args);
+    };
     let ds = open_dataset(&args.dataset)?;
     let refs = match &args.reference_dataset {
         Some(p) => Some(open_dataset(p)?),
@@ -126,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .collect()
         };
         let output = fit(output);
-        let condition = fit(frames(side, &args.condition_key)?);
+        let condition = fit(frames(side, &condition_key)?);
         let reference = match &args.reference_key {
             Some(k) => Some(fit(frames(side, k)?)),
             None => None,
@@ -181,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let report = Report {
             dataset: args.dataset.display().to_string(),
             key: args.key.clone(),
-            condition_key: args.condition_key.clone(),
+            condition_key,
             reference_key: args.reference_key.clone(),
             episodes,
             mean: summary,

@@ -5,6 +5,7 @@ mod bench;
 mod convert;
 mod debug;
 mod eval;
+mod eval_compare;
 mod inspect;
 mod merge;
 mod preview;

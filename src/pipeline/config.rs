@@ -64,11 +64,33 @@ pub enum Codec {
     H264,
 }
 
+/// How the output dataset stores its cameras (generated and copied source cameras alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Storage {
+    /// One mp4 per camera under `videos/` (lerobot `dtype: "video"`), encoded with `codec` and `crf`.
+    #[default]
+    Video,
+    /// PNG frames in the data parquet (lerobot `dtype: "image"`, `use_videos=False`): lossless and needs no video
+    /// I/O, so a `--no-default-features` build (the GPU check's) can write it.
+    Images,
+}
+
+impl Storage {
+    fn is_video(&self) -> bool {
+        *self == Storage::Video
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     #[serde(default)]
     pub layout: Layout,
+    /// `video` (default) or `images`. Left out of the recorded config when `video`, so the state and provenance
+    /// of configs written before this key existed stay byte-identical.
+    #[serde(default, skip_serializing_if = "Storage::is_video")]
+    pub storage: Storage,
     #[serde(default)]
     pub codec: Codec,
     /// Constant rate factor of the encoded cameras.
@@ -103,6 +125,7 @@ impl Default for OutputConfig {
     fn default() -> Self {
         Self {
             layout: Layout::Paired,
+            storage: Storage::Video,
             codec: Codec::Av1,
             crf: d_crf(),
             resolution: None,
@@ -477,6 +500,14 @@ impl PipelineConfig {
                 crate::limits::MAX_OUTPUT_SIDE,
             )?;
         }
+        if self.output.storage == Storage::Video && !cfg!(feature = "video") {
+            return err(
+                "output.storage".into(),
+                "\"video\" needs video I/O, and this vadapt was built without it (no cargo feature `video`): \
+                 set `[output] storage = \"images\"` to write the cameras as PNG frames in the data parquet"
+                    .into(),
+            );
+        }
         if self.output.crf > 63 {
             return err(
                 "output.crf".into(),
@@ -816,6 +847,38 @@ mod tests {
 
     fn parse(s: &str) -> Result<PipelineConfig> {
         PipelineConfig::parse(s, Path::new("p.toml"))
+    }
+
+    #[test]
+    fn storage_parses_is_recorded_only_when_images_and_video_needs_a_video_build() {
+        let c =
+            parse("[output]\nstorage = \"images\"\n[[target]]\nname = \"a\"\nadapter = \"x\"\n")
+                .unwrap();
+        assert_eq!(c.output.storage, Storage::Images);
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["output"]["storage"], "images");
+        // The default is left out of the recorded config: older state files and provenance keep their bytes.
+        let d = parse("[[target]]\nname = \"a\"\nadapter = \"x\"\n").unwrap();
+        assert_eq!(d.output.storage, Storage::Video);
+        assert!(serde_json::to_value(&d).unwrap()["output"]
+            .get("storage")
+            .is_none());
+        let e = parse("[output]\nstorage = \"png\"\n[[target]]\nname = \"a\"\nadapter = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage") && e.contains("p.toml"), "{e}");
+        // Validation (the adapter "x" is no model dir, so validation fails on it after the storage check).
+        let video = d.validate(Path::new("p.toml")).unwrap_err().to_string();
+        let images = c.validate(Path::new("p.toml")).unwrap_err().to_string();
+        assert!(images.contains("adapter"), "{images}");
+        if cfg!(feature = "video") {
+            assert!(video.contains("adapter"), "{video}");
+        } else {
+            assert!(
+                video.contains("output.storage") && video.contains("storage = \"images\""),
+                "{video}"
+            );
+        }
     }
 
     #[test]

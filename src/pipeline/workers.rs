@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use image::RgbImage;
 use serde_json::json;
 
-use super::config::{Codec, Layout, PipelineConfig};
+use super::config::{Codec, Layout, PipelineConfig, Storage};
 use super::options::{FailAt, FailPoint, Progress, INTERRUPTED};
 use super::plan::Plan;
 use super::target::{frames_resized, LoadedTarget};
@@ -28,6 +28,7 @@ use super::variants::{self, Record, Slot, UnitSlot};
 use crate::episode::{Episode, EpisodeIndex, Feature, Features, Frames};
 use crate::error::{Error, Location, Result};
 use crate::io::lerobot::writer::{LeRobotWriter, Numbering, WriterOptions};
+use crate::io::lerobot::CameraStorage;
 use crate::io::video::{EncoderOptions, VideoCodec};
 use crate::io::{open_dataset, EpisodeSource};
 use crate::progress::{Observer, Silent};
@@ -487,6 +488,10 @@ impl WriterSetup {
                 },
                 crf: cfg.output.crf,
                 ..EncoderOptions::default()
+            },
+            storage: match cfg.output.storage {
+                Storage::Video => CameraStorage::Video,
+                Storage::Images => CameraStorage::Images,
             },
             // Expanded episodes are new episodes. Paired keeps every source column bit-exact but the episode, row
             // and task numbers, which the writer renumbers like lerobot expects of a dataset.

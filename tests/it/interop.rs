@@ -184,6 +184,44 @@ fn vadapt_written_dataset_loads_in_lerobot() {
     }
 }
 
+/// lerobot 0.4.4 loads a dataset vadapt wrote with its cameras as images (`convert --storage images`: lerobot's
+/// `use_videos=False` layout, PNG in the data parquet), and every frame it returns equals vadapt's exactly.
+#[test]
+fn vadapt_image_storage_dataset_loads_in_lerobot_with_equal_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    vadapt(&[
+        "convert",
+        repo().join("datasets/sample/rlds").to_str().unwrap(),
+        ours.to_str().unwrap(),
+        "--storage",
+        "images",
+    ]);
+    let dump = dir.path().join("dump.safetensors");
+    let summary: serde_json::Value =
+        serde_json::from_str(run_py("dump_lerobot.py", &[&ours, &dump]).trim()).unwrap();
+    assert_eq!(summary["episodes"], 4, "{summary}");
+    assert_eq!(summary["video_keys"], serde_json::json!([]), "{summary}");
+    let got = load_f32(&dump);
+    let ds = open_dataset(&ours).unwrap();
+    for (i, index) in ds.episode_indices().into_iter().enumerate() {
+        let ep = ds.read_episode(index).unwrap();
+        for cam in ["observation.images.rgb", "observation.images.sim"] {
+            let (shape, values) = &got[&format!("ep{i}.{cam}")];
+            assert_eq!(shape, &[ep.len(), 90, 160, 3], "episode {i} {cam}");
+            assert!(
+                values == &frames_flat(&ep, cam),
+                "episode {i} {cam}: lerobot's frames differ from vadapt's"
+            );
+        }
+        assert_eq!(
+            as_f64(&got[&format!("ep{i}.action")].1),
+            column(&ep, "action"),
+            "episode {i} action"
+        );
+    }
+}
+
 #[test]
 fn tfds_written_rlds_reads_exactly_and_converts_bit_exact() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ mod fuzz_props;
 mod interop;
 mod language_table_sample;
 mod lerobot;
+mod lerobot_images;
 mod parity_latent;
 mod pipeline;
 mod pipeline_reliability;

@@ -2,6 +2,7 @@
 //! `save_episode`, `finalize`) and its file layout: episodes appended to shared data parquet files and
 //! shared mp4s, each rolled over by size (`data_files_size_in_mb`, `video_files_size_in_mb`) into
 //! `chunk-XXX/file-YYY` with `chunks_size` files per chunk (`_save_episode_data`, `_save_episode_video`).
+//! With [`CameraStorage::Images`] the cameras are PNG columns of the data files instead (`images.rs`).
 //!
 //! Every file is written under a hidden temporary name in its final directory and renamed once complete;
 //! `meta/info.json` is written last, by [`LeRobotWriter::finalize`], so a crashed or abandoned write never
@@ -23,6 +24,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Value};
 
+use super::images::{self, CameraStorage};
 use super::layout::{self, CODEBASE_VERSION};
 use super::meta;
 use super::stats::{self, FeatureStats, Stats};
@@ -66,6 +68,8 @@ pub struct WriterOptions {
     /// An mp4 is closed when the next episode would take it past this size.
     pub video_files_size_in_mb: f64,
     pub video: EncoderOptions,
+    /// How cameras are stored: mp4 videos, or PNG images in the data parquet.
+    pub storage: CameraStorage,
     /// How `episode_index`, `index` and `task_index` are numbered.
     pub numbering: Numbering,
     pub robot_type: Option<String>,
@@ -78,6 +82,7 @@ impl Default for WriterOptions {
             data_files_size_in_mb: layout::DEFAULT_DATA_FILE_SIZE_IN_MB,
             video_files_size_in_mb: layout::DEFAULT_VIDEO_FILE_SIZE_IN_MB,
             video: EncoderOptions::default(),
+            storage: CameraStorage::Video,
             numbering: Numbering::Source,
             robot_type: None,
         }
@@ -190,8 +195,8 @@ fn hf_feature(t: &DataType) -> Value {
 
 impl LeRobotWriter {
     /// Start a dataset at `root` (which must not exist or be empty). `features` are the info.json
-    /// features of the table columns and cameras; camera features (`video`, or `image`, which is
-    /// written as video) need shape [height, width, 3]. lerobot's default columns (`timestamp`,
+    /// features of the table columns and cameras; camera features (`video` or `image`, each written as
+    /// `options.storage` says) need shape [height, width, 3]. lerobot's default columns (`timestamp`,
     /// `frame_index`, `episode_index`, `index`, `task_index`) are added when missing.
     pub fn create(
         root: impl AsRef<Path>,
@@ -236,9 +241,10 @@ impl LeRobotWriter {
             let mut f = f.clone();
             if f.is_visual() {
                 meta::visual_size(k, &f)?;
-                if f.dtype == "image" {
-                    tracing::info!(feature = %k, "image feature written as video");
-                    f.dtype = "video".into();
+                let dtype = options.storage.dtype();
+                if f.dtype != dtype {
+                    tracing::info!(feature = %k, from = %f.dtype, "camera feature written as {dtype}");
+                    f.dtype = dtype.into();
                 }
                 f.info = None;
                 if f.names.is_none() {
@@ -405,7 +411,9 @@ impl LeRobotWriter {
         // 3. Videos.
         let mut videos = Vec::new();
         for (key, fr) in &frames {
-            videos.push(self.write_video(key, fr, src)?);
+            if self.videos.contains_key(key) {
+                videos.push(self.write_video(key, fr, src)?);
+            }
         }
         self.total_frames += n as u64;
         stats::merge_into(&mut self.stats, &ep_stats);
@@ -436,6 +444,29 @@ impl LeRobotWriter {
             first_row: self.total_frames,
         };
         let (batch, ep_tasks) = table::episode_table(&spec, &mut self.tasks, ep, episode_index)?;
+        let mut frames = Vec::new();
+        for (key, f) in self.features.iter().filter(|(_, f)| f.is_visual()) {
+            let loc = Location::none().episode(ep.index.0).field(key);
+            let cam = ep.cameras.get(key).ok_or_else(|| {
+                Error::invalid(loc.clone(), "the episode has no frames for this camera")
+            })?;
+            let (h, w) = meta::visual_size(key, f)?;
+            if cam.len() != n || cam.size() != (h, w) {
+                return Err(Error::invalid(
+                    loc,
+                    format!("camera has {} frames of {:?} (h, w); the episode has {n} rows and the feature is {:?}", cam.len(), cam.size(), (h, w)),
+                ));
+            }
+            let decoded = cam.decode().map_err(|e| e.in_episode(ep.index.0))?;
+            if decoded.len() != n {
+                return Err(Error::invalid(
+                    loc,
+                    format!("decoded {} frames, expected {n}", decoded.len()),
+                ));
+            }
+            frames.push((key.clone(), decoded));
+        }
+        let batch = self.with_image_columns(batch, &frames, ep.index.0)?;
         if let Some(s) = &self.schema {
             let same = s.fields().len() == batch.schema().fields().len()
                 && s.fields()
@@ -460,36 +491,53 @@ impl LeRobotWriter {
                 ));
             }
         }
-        let mut frames = Vec::new();
-        for (key, f) in self.features.iter().filter(|(_, f)| f.dtype == "video") {
-            let loc = Location::none().episode(ep.index.0).field(key);
-            let cam = ep.cameras.get(key).ok_or_else(|| {
-                Error::invalid(loc.clone(), "the episode has no frames for this camera")
-            })?;
-            let (h, w) = meta::visual_size(key, f)?;
-            if cam.len() != n || cam.size() != (h, w) {
-                return Err(Error::invalid(
-                    loc,
-                    format!("camera has {} frames of {:?} (h, w); the episode has {n} rows and the feature is {:?}", cam.len(), cam.size(), (h, w)),
-                ));
-            }
-            let decoded = cam.decode().map_err(|e| e.in_episode(ep.index.0))?;
-            if decoded.len() != n {
-                return Err(Error::invalid(
-                    loc,
-                    format!("decoded {} frames, expected {n}", decoded.len()),
-                ));
-            }
-            frames.push((key.clone(), decoded));
-        }
         Ok((batch, ep_tasks, frames))
+    }
+
+    /// The table with one PNG column per `image` camera in front (lerobot puts cameras first), in feature order.
+    fn with_image_columns(
+        &self,
+        batch: RecordBatch,
+        frames: &[(String, Vec<RgbImage>)],
+        episode: u64,
+    ) -> Result<RecordBatch> {
+        let mut fields: Vec<Field> = Vec::new();
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for (key, fr) in frames {
+            if self
+                .features
+                .iter()
+                .any(|(k, f)| k == key && f.dtype == "image")
+            {
+                fields.push(Field::new(key, images::image_type(), true));
+                cols.push(images::image_column(fr, episode, key)?);
+            }
+        }
+        if cols.is_empty() {
+            return Ok(batch);
+        }
+        fields.extend(batch.schema().fields().iter().map(|f| f.as_ref().clone()));
+        cols.extend(batch.columns().iter().cloned());
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| Error::table(Location::none().episode(episode), e))
     }
 
     fn data_props(&self, schema: &Schema) -> Result<(SchemaRef, WriterProperties)> {
         let features: serde_json::Map<String, Value> = schema
             .fields()
             .iter()
-            .map(|f| (f.name().clone(), hf_feature(f.data_type())))
+            .map(|f| {
+                let image = self
+                    .features
+                    .iter()
+                    .any(|(k, g)| k == f.name() && g.dtype == "image");
+                let hf = if image {
+                    images::hf_image_feature()
+                } else {
+                    hf_feature(f.data_type())
+                };
+                (f.name().clone(), hf)
+            })
             .collect();
         let hf = json!({"info": {"features": features}});
         let mut md = std::collections::HashMap::new();

@@ -5,8 +5,8 @@
 //! Why such a build exists: the GPU machines have the NVIDIA driver and PyTorch but not Debian's FFmpeg shared
 //! libraries (134 of them, 165 MB, 51 MB xz-compressed: more than the 64 MiB a GPU check can carry), so
 //! `scripts/gpu_check.sh` runs a `--no-default-features --features cuda` binary: the UNet, composition, VAE/CLIP
-//! parity, the benchmarks and training on RLDS (JPEG frames, no FFmpeg) all work there; LeRobot (mp4) input and
-//! every output dataset do not. CI checks that this build compiles, so the API below cannot drift from the real
+//! parity, the benchmarks, training on RLDS (JPEG frames, no FFmpeg) and `augment` writing its cameras as PNG
+//! (`[output] storage = "images"`) all work there; LeRobot mp4 input and output do not. CI checks that this build compiles, so the API below cannot drift from the real
 //! one (`decode.rs`, `encode.rs`) without failing there.
 
 use std::path::{Path, PathBuf};
