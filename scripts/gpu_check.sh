@@ -6,14 +6,16 @@
 #   bash scripts/gpu_check.sh --prepare
 # which builds `--no-default-features --features cuda` (no video I/O: the GPU machine lacks Debian's FFmpeg
 # libraries, 165 MB of them, see src/io/video/disabled.rs) into target-cuda, strips it into .gpu/vadapt.xz and puts
-# the diffusers wheels for the peer into .whl/ (both ignored by git). Then on the device:
-#   run(command="bash scripts/gpu_check.sh", carry=[".gpu", ".whl"], timeout_s=480)
-# Steps can be picked with STEPS (default "parity bench peer train pipeline"), e.g. STEPS=peer with carry [".whl"]
+# the peer's Python packages into .peer/peer.tar.xz (both ignored by git). Then on the device:
+#   run(command="bash scripts/gpu_check.sh", carry=[".gpu", ".peer"], timeout_s=480)
+# Steps can be picked with STEPS (default "parity bench peer train pipeline"), e.g. STEPS=peer with carry [".peer"]
 # alone.
 # The working tree plus carried files must stay under 64 MiB; `--prepare` prints the sizes. Measured 2026-12-06:
 # tracked tree 40.7 MiB, .gpu/vadapt.xz 11.0 MiB (83 MB stripped; it needs libcuda.so.1 from the driver and
 # libcudart.so.13, libcublas(Lt).so.13, libcurand.so.10 from PyTorch's site-packages/nvidia/*/lib, found below),
-# .whl 4.5 MiB: 56.2 MiB.
+# .whl 4.5 MiB: 56.2 MiB. The peer's wheels are now unpacked without diffusers/pipelines/ (12 MB of pipeline code
+# that `from diffusers import UNet3DConditionModel` never imports: its __init__ is lazy) and packed as one tar.xz,
+# 0.9 MiB instead of 4.5 (2026-12-06: tree 45.6 MiB + 11.0 + 0.9 = 57.5 MiB).
 #
 # Dry run on a CPU machine with the CPU binary (same steps, F32 and F16, small bench shape):
 #   DEVICE=cpu VADAPT=target/release/vadapt PYTHON=.venv/bin/python bash scripts/gpu_check.sh
@@ -51,14 +53,18 @@ if [ "${1:-}" = "--prepare" ]; then
   bash scripts/setup_cuda.sh >/dev/null
   source "${VADAPT_CUDA_ENV:-$HOME/.cache/vadapt/cuda-env.sh}"
   CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target-cuda}" cargo build --release --no-default-features --features cuda
-  mkdir -p .gpu .whl
+  mkdir -p .gpu .peer
   strip -o .gpu/vadapt "${CARGO_TARGET_DIR:-target-cuda}/release/vadapt"
   xz -T2 -6 -f .gpu/vadapt
   # The peer: diffusers as our venv pins it, and huggingface_hub < 1.0 (the GPU image has 1.x, which diffusers 0.35
   # predates). Everything else diffusers imports is in the GPU image (numpy, pillow, regex, requests, safetensors...).
-  rm -f .whl/diffusers-* .whl/huggingface_hub-*
-  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl diffusers==0.35.2 huggingface_hub==0.35.3
-  du -b .gpu/* .whl/* | awk '{s+=$1; print} END {printf "carried: %.1f MiB\n", s/1048576}'
+  wheels=$(mktemp -d) site=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$wheels" diffusers==0.35.2 huggingface_hub==0.35.3
+  for w in "$wheels"/*.whl; do python3 -m zipfile -e "$w" "$site"; done
+  rm -rf "$site/diffusers/pipelines"
+  tar -C "$site" -cJf .peer/peer.tar.xz diffusers huggingface_hub
+  rm -rf "$wheels" "$site"
+  du -b .gpu/* .peer/* | awk '{s+=$1; print} END {printf "carried: %.1f MiB\n", s/1048576}'
   git ls-files -z | xargs -0 du -cb | tail -1 | awk '{printf "tracked tree: %.1f MiB\n", $1/1048576}'
   exit 0
 fi
@@ -245,9 +251,10 @@ fi
 # --- diffusers on PyTorch, same config and shapes --------------------------------------------------------------
 if [[ " $STEPS " == *" peer "* ]]; then
   SITE=/tmp/gpu_check_site
-  if ls .whl/diffusers-*.whl >/dev/null 2>&1; then
-    run_logged peer_install "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-      --upgrade --target "$SITE" .whl/*.whl
+  if [ -f .peer/peer.tar.xz ]; then
+    rm -rf "$SITE" && mkdir -p "$SITE"
+    run_logged peer_install "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      .peer/peer.tar.xz "$SITE"
   fi
   cat > "$WORK/peer_unet.py" <<'EOF'
 import json, sys, time
