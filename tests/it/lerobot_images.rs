@@ -11,11 +11,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use vadapt::io::lerobot::writer::{LeRobotWriter, Numbering, WriterOptions};
 use vadapt::io::lerobot::CameraStorage;
 use vadapt::io::open_dataset;
-use vadapt::pipeline::{self, PipelineConfig, Shard};
+use vadapt::pipeline::{self, PipelineConfig};
 
 use crate::common::{repo, vadapt, vadapt_fails};
 use crate::pipeline::{
-    assert_same_dataset, augment_args, kill_runs, opts, pipeline_toml, small_dataset, KEY,
+    assert_same_dataset, killed_then_resumed, opts, pipeline_toml, sharded_then_merged,
+    small_dataset, KEY,
 };
 
 /// Every `*.parquet` under `dir`, sorted.
@@ -240,34 +241,14 @@ fn pipeline_image_storage_is_lossless_and_byte_identical_under_threads_resume_an
 
     // Two sampler threads, killed and resumed: the same bytes.
     let killed = dir.path().join("killed");
-    let args = |resume: bool| augment_args(&toml, &data, &killed, resume);
-    let kills = kill_runs(&args, &[600, 1800]);
-    assert!(
-        kills >= 1,
-        "no run was interrupted; the test proves nothing"
-    );
-    vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    killed_then_resumed(&toml, &data, &killed, &[600, 1800]);
     assert_same_dataset(&reference, &killed);
 
     // --shard 0/2 + --shard 1/2 + merge == one run.
-    let mut parts = Vec::new();
-    for i in 0..2 {
-        let part = dir.path().join(format!("part{i}"));
-        let mut o = opts(&data, &part);
-        o.shard = Shard { index: i, count: 2 };
-        pipeline::run(&cfg, &toml, &o).unwrap();
-        assert_image_layout(&part, &cams, (24, 40));
-        parts.push(part);
-    }
-    let merged = dir.path().join("merged");
-    vadapt(&[
-        "merge",
-        merged.to_str().unwrap(),
-        parts[0].to_str().unwrap(),
-        parts[1].to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert_same_dataset(&reference, &merged);
+    sharded_then_merged(dir.path(), &cfg, &toml, &data, &|_, part, _| {
+        assert_image_layout(part, &cams, (24, 40))
+    });
+    assert_same_dataset(&reference, &dir.path().join("merged"));
 
     // preview and eval read the images dataset through the reader.
     let png = dir.path().join("sheet.png");

@@ -240,40 +240,21 @@ fn pipeline_paired_output_resume_after_kill_and_shards_merge_are_byte_identical(
 
     // kill -9 at several points, then --resume: same bytes (with two sampler threads, too).
     let killed = dir.path().join("killed");
-    let args = |resume: bool| augment_args(&toml, &data, &killed, resume);
-    let kills = kill_runs(&args, &[700, 2500, 5000, 9000]);
-    assert!(
-        kills >= 1,
-        "no run was interrupted; the test proves nothing"
-    );
-    vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    let resume = killed_then_resumed(&toml, &data, &killed, &[700, 2500, 5000, 9000]);
     assert_same_dataset(&reference, &killed);
     // Resuming a finished output does nothing; a plain rerun refuses to overwrite.
-    let again = vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    let again = vadapt(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(again.contains("already complete"), "{again}");
-    let refused = vadapt_fails(&args(false).iter().map(String::as_str).collect::<Vec<_>>()[..]);
+    let plain = augment_args(&toml, &data, &killed, false);
+    let refused = vadapt_fails(&plain.iter().map(String::as_str).collect::<Vec<_>>()[..]);
     assert!(refused.contains("--resume"), "{refused}");
 
     // --shard 0/2 + --shard 1/2 + merge == one run.
-    let mut parts = Vec::new();
-    for i in 0..2 {
-        let part = dir.path().join(format!("part{i}"));
-        let mut o = opts(&data, &part);
-        o.shard = Shard { index: i, count: 2 };
-        let s = pipeline::run(&cfg, &toml, &o).unwrap();
+    let (parts, stdout) = sharded_then_merged(dir.path(), &cfg, &toml, &data, &|i, _, s| {
         assert_eq!(s.episodes_written, [2, 1][i]);
-        parts.push(part);
-    }
-    let merged = dir.path().join("merged");
-    let stdout = vadapt(&[
-        "merge",
-        merged.to_str().unwrap(),
-        parts[1].to_str().unwrap(),
-        parts[0].to_str().unwrap(),
-        "--quiet",
-    ]);
+    });
     assert!(stdout.contains("3 episodes"), "{stdout}");
-    assert_same_dataset(&reference, &merged);
+    assert_same_dataset(&reference, &dir.path().join("merged"));
     // A missing shard is refused.
     let err = vadapt_fails(&[
         "merge",
@@ -779,6 +760,49 @@ pub fn augment_args(toml: &Path, data: &Path, out: &Path, resume: bool) -> Vec<S
         a.push("--resume".into());
     }
     a
+}
+
+/// `augment_args` killed (SIGKILL) after each of `delays_ms`, then resumed to the end into `out`. Fails when no run
+/// was interrupted (the comparison would prove nothing). Returns the resuming arguments.
+pub fn killed_then_resumed(toml: &Path, data: &Path, out: &Path, delays_ms: &[u64]) -> Vec<String> {
+    let args = |resume: bool| augment_args(toml, data, out, resume);
+    let kills = kill_runs(&args, delays_ms);
+    assert!(
+        kills >= 1,
+        "no run was interrupted; the test proves nothing"
+    );
+    let resume = args(true);
+    vadapt(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    resume
+}
+
+/// `--shard 0/2` and `--shard 1/2` into `dir/part0`, `dir/part1` (`check` sees each shard's output and summary),
+/// then merged, the parts named in reverse order, into `dir/merged`. Returns the parts and merge's stdout.
+pub fn sharded_then_merged(
+    dir: &Path,
+    cfg: &PipelineConfig,
+    toml: &Path,
+    data: &Path,
+    check: &dyn Fn(usize, &Path, &pipeline::RunSummary),
+) -> (Vec<PathBuf>, String) {
+    let mut parts = Vec::new();
+    for i in 0..2 {
+        let part = dir.join(format!("part{i}"));
+        let mut o = opts(data, &part);
+        o.shard = Shard { index: i, count: 2 };
+        let s = pipeline::run(cfg, toml, &o).unwrap();
+        check(i, &part, &s);
+        parts.push(part);
+    }
+    let merged = dir.join("merged");
+    let stdout = vadapt(&[
+        "merge",
+        merged.to_str().unwrap(),
+        parts[1].to_str().unwrap(),
+        parts[0].to_str().unwrap(),
+        "--quiet",
+    ]);
+    (parts, stdout)
 }
 
 /// Start the CLI once per delay (every start after the first with `args(true)`, i.e. resuming) and SIGKILL it after

@@ -15,11 +15,11 @@ use vadapt::io::open_dataset;
 use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
 use vadapt::pipeline::regenerate::regenerate;
 use vadapt::pipeline::units::WorkDir;
-use vadapt::pipeline::{self, PipelineConfig, Shard};
+use vadapt::pipeline::{self, PipelineConfig};
 
 use crate::common::{repo, vadapt, vadapt_fails};
 use crate::pipeline::{
-    assert_same_dataset, augment_args, kill_runs, opts, run_py, small_dataset, KEY,
+    assert_same_dataset, killed_then_resumed, opts, run_py, sharded_then_merged, small_dataset, KEY,
 };
 
 const PROMPTS: [&str; 3] = [
@@ -128,33 +128,12 @@ fn variants_are_recorded_and_byte_identical_under_kill_resume_and_shards_merge()
 
     // kill -9 at several points, then --resume, with two sampler threads: the same bytes.
     let killed = dir.path().join("killed");
-    let args = |resume: bool| augment_args(&toml, &data, &killed, resume);
-    let kills = kill_runs(&args, &[500, 1200, 2500, 4000]);
-    assert!(
-        kills >= 1,
-        "no run was interrupted; the test proves nothing"
-    );
-    vadapt(&args(true).iter().map(String::as_str).collect::<Vec<_>>());
+    killed_then_resumed(&toml, &data, &killed, &[500, 1200, 2500, 4000]);
     assert_same_dataset(&reference, &killed);
 
     // --shard 0/2 + --shard 1/2 + merge: the same bytes.
-    let mut parts = Vec::new();
-    for i in 0..2 {
-        let part = dir.path().join(format!("part{i}"));
-        let mut o = opts(&data, &part);
-        o.shard = Shard { index: i, count: 2 };
-        pipeline::run(&cfg, &toml, &o).unwrap();
-        parts.push(part);
-    }
-    let merged = dir.path().join("merged");
-    vadapt(&[
-        "merge",
-        merged.to_str().unwrap(),
-        parts[0].to_str().unwrap(),
-        parts[1].to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert_same_dataset(&reference, &merged);
+    sharded_then_merged(dir.path(), &cfg, &toml, &data, &|_, _, _| {});
+    assert_same_dataset(&reference, &dir.path().join("merged"));
 
     // Each recorded draw regenerates its episode alone: the run's unit frame for frame, the same table and the
     // same decoded camera.
