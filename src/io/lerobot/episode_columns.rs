@@ -126,8 +126,8 @@ pub fn check_same(first: &EpisodeColumns, cols: &EpisodeColumns, ep: u64) -> Res
 
 /// The extra columns of `rows` (episodes in table order, all agreeing as [`check_same`] requires), as fields
 /// and arrays in the first row's column order.
-pub fn concat<'a>(
-    rows: &[&'a EpisodeColumns],
+pub fn concat(
+    rows: &[&EpisodeColumns],
     loc: impl Fn() -> Location,
 ) -> Result<Vec<(Field, ArrayRef)>> {
     let Some(first) = rows.first() else {
