@@ -110,6 +110,7 @@ fn table_episode(ep: u64, n: usize) -> (Episode, Features) {
         fps: 10.0,
         cameras: BTreeMap::new(),
         columns: batch,
+        episode_columns: Default::default(),
         provenance: Provenance::default(),
     };
     (ep, features)

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef};
+use arrow::datatypes::FieldRef;
 use arrow::record_batch::RecordBatch;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -139,7 +141,40 @@ pub struct Episode {
     /// Every non-image column, one row per frame, exactly as read. For LeRobot sources this includes
     /// `timestamp`, `frame_index`, `episode_index`, `index` and `task_index`.
     pub columns: RecordBatch,
+    /// Values the source keeps per episode rather than per frame, beyond its format's own (LeRobot v3.0: the
+    /// extra columns of `meta/episodes/…`); written back unchanged. Empty for formats without them.
+    pub episode_columns: EpisodeColumns,
     pub provenance: Provenance,
+}
+
+/// One episode's row of extra per-episode columns: each column's field (name, arrow type, nullability,
+/// metadata) and its value as a one-row arrow array, in the source's column order. Kept as arrow so the value
+/// comes back bit-exact, whatever its type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpisodeColumns(Vec<(FieldRef, ArrayRef)>);
+
+impl EpisodeColumns {
+    /// Append a column; `value` must hold exactly one row.
+    pub fn push(&mut self, field: FieldRef, value: ArrayRef) {
+        assert_eq!(value.len(), 1, "one value per episode column");
+        self.0.push((field, value));
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &(FieldRef, ArrayRef)> {
+        self.0.iter()
+    }
+    /// The value of column `name`.
+    pub fn get(&self, name: &str) -> Option<&ArrayRef> {
+        self.0
+            .iter()
+            .find(|(f, _)| f.name() == name)
+            .map(|(_, v)| v)
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Episode {

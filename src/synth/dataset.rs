@@ -233,6 +233,7 @@ pub fn to_episode(
         fps: FPS,
         cameras,
         columns,
+        episode_columns: Default::default(),
         provenance: Provenance {
             source: "vadapt sample-data".into(),
             format: "sample".into(),

@@ -143,6 +143,7 @@ fn make_episode(ep: u64, n: usize, first_index: u64, task: usize) -> Episode {
         fps: FPS,
         cameras,
         columns: batch,
+        episode_columns: Default::default(),
         provenance: Provenance {
             source: "test".into(),
             format: "synthetic".into(),

@@ -6,6 +6,7 @@ mod common;
 mod compose;
 mod damage_props;
 mod edges;
+mod episode_columns;
 mod eval;
 mod fuzz_props;
 mod interop;

@@ -308,6 +308,7 @@ fn episode(index: u64, n: usize, task: &str, size: (u32, u32)) -> Episode {
         fps: 10.0,
         cameras,
         columns,
+        episode_columns: Default::default(),
         provenance: Provenance::default(),
     }
 }

@@ -12,8 +12,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde_json::Value;
 
+use super::episode_columns;
 use super::layout::{self, CODEBASE_VERSION, LEGACY_CODEBASE_VERSION};
-use crate::episode::{Feature, Features};
+use crate::episode::{EpisodeColumns, Feature, Features};
 use crate::error::{Error, IoResultExt, Location, Result};
 
 /// Which on-disk layout a dataset uses.
@@ -292,6 +293,8 @@ pub struct EpisodeMeta {
     pub dataset_from_index: u64,
     pub dataset_to_index: u64,
     pub videos: BTreeMap<String, VideoRef>,
+    /// v3.0: the columns of this row beyond lerobot's own (see [`episode_columns`]).
+    pub columns: EpisodeColumns,
     /// The metadata file this row was read from (named by the cross-checks of `checks`).
     pub table: PathBuf,
 }
@@ -397,7 +400,8 @@ pub fn decoding<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T>
     })
 }
 
-/// v3.0 episodes table (every `meta/episodes/chunk-*/file-*.parquet`), without the `stats/` columns.
+/// v3.0 episodes table (every `meta/episodes/chunk-*/file-*.parquet`), without the `stats/` columns; every
+/// episode must have the same extra columns.
 pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<EpisodeMeta>> {
     let dir = root.join(layout::EPISODES_DIR);
     let files = nested_parquet_files(&dir)?;
@@ -412,6 +416,10 @@ pub fn load_episodes_v3(root: &Path, video_keys: &[String]) -> Result<Vec<Episod
         decoding(&path, || episodes_in_file(&path, video_keys, &mut out))?;
     }
     out.sort_by_key(|m| m.episode_index);
+    episode_columns::check_consistent(
+        out.iter()
+            .map(|m| (m.table.as_path(), m.episode_index, &m.columns)),
+    )?;
     Ok(out)
 }
 
@@ -478,6 +486,7 @@ fn episodes_in_file(path: &Path, video_keys: &[String], out: &mut Vec<EpisodeMet
                 dataset_from_index: int("dataset_from_index")?,
                 dataset_to_index: int("dataset_to_index")?,
                 videos,
+                columns: episode_columns::from_row(&batch, row, path, ep)?,
                 table: path.to_path_buf(),
             };
             if meta.dataset_to_index < meta.dataset_from_index
@@ -586,6 +595,7 @@ pub fn load_episodes_v2(
                 dataset_from_index: from,
                 dataset_to_index: from + length,
                 videos,
+                columns: EpisodeColumns::default(),
                 table: path.clone(),
             };
             from += length;

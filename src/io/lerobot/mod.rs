@@ -1,6 +1,7 @@
 //! LeRobot datasets: read v3.0 and v2.1, write v3.0 (the layout of lerobot's `datasets/` package).
 
 pub mod checks;
+pub mod episode_columns;
 pub mod images;
 pub mod layout;
 pub mod meta;

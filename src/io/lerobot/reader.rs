@@ -531,6 +531,7 @@ impl EpisodeSource for LeRobotDataset {
             fps: self.info.fps,
             cameras,
             columns,
+            episode_columns: m.columns.clone(),
             provenance: Provenance {
                 source: self.root.display().to_string(),
                 format: self.info.version.format_name().to_string(),

@@ -24,12 +24,13 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde_json::{json, Value};
 
+use super::episode_columns;
 use super::images::{self, CameraStorage};
 use super::layout::{self, CODEBASE_VERSION};
 use super::meta;
 use super::stats::{self, FeatureStats, Stats};
 use super::table::{self, renumber, TableSpec, Tasks};
-use crate::episode::{Episode, Feature, Features};
+use crate::episode::{Episode, EpisodeColumns, Feature, Features};
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::io::fs::{temp_path_for, write_atomic};
 use crate::io::video::{EncoderOptions, Mp4Encoder};
@@ -126,6 +127,8 @@ struct EpisodeRow {
     from_index: u64,
     videos: Vec<(String, u64, u64, f64, f64)>,
     stats: Stats,
+    /// The source's extra episodes-table columns, written back after lerobot's.
+    columns: EpisodeColumns,
 }
 
 /// Writes a LeRobot v3.0 dataset one episode at a time.
@@ -382,6 +385,9 @@ impl LeRobotWriter {
             ));
         }
         // 1. Validate and prepare everything before touching any file.
+        if let Some(first) = self.rows.first() {
+            episode_columns::check_same(&first.columns, &ep.episode_columns, src)?;
+        }
         let task_snapshot = self.tasks.clone();
         let prepared = self.prepare(ep, episode_index);
         let (batch, ep_tasks, frames) = match prepared {
@@ -426,6 +432,7 @@ impl LeRobotWriter {
             from_index,
             videos,
             stats: ep_stats,
+            columns: ep.episode_columns.clone(),
         });
         Ok(())
     }
@@ -676,7 +683,7 @@ impl LeRobotWriter {
     }
 
     /// The episodes table, lerobot's column order: episode_index, tasks, length, data/…, dataset_from/to_index,
-    /// videos/<key>/…, stats/<feature>/…, meta/episodes/….
+    /// videos/<key>/…, stats/<feature>/…, meta/episodes/…; then the source's extra columns, as they were.
     fn episodes_batch(&self, rows: &[&EpisodeRow], meta_pos: (u64, u64)) -> Result<RecordBatch> {
         let loc = || Location::file(self.root.join(layout::EPISODES_DIR));
         let mut fields: Vec<Field> = Vec::new();
@@ -775,6 +782,11 @@ impl LeRobotWriter {
         }
         push("meta/episodes/chunk_index", ints(&|_| meta_pos.0));
         push("meta/episodes/file_index", ints(&|_| meta_pos.1));
+        let extra: Vec<&EpisodeColumns> = rows.iter().map(|r| &r.columns).collect();
+        for (field, col) in episode_columns::concat(&extra, loc)? {
+            fields.push(field);
+            cols.push(col);
+        }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
             .map_err(|e| Error::table(loc(), e))
     }

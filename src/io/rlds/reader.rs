@@ -616,6 +616,7 @@ impl EpisodeSource for RldsDataset {
             fps,
             cameras,
             columns,
+            episode_columns: Default::default(),
             provenance: Provenance {
                 source: self.dir.display().to_string(),
                 format: "rlds".into(),

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Replays the LanguageTable models from scratch: simulator data, training, export, evaluation. Development-time only
+# (CI never runs it: it needs the simulator venv and hours of CPU). Environment seeds 0-999 only (1000+ are reserved
+# for acceptance checks): training seeds 0-85, evaluation seeds 900-907.
+#
+#   bash scripts/language_table/train_models.sh            # every stage; each resumes where it stopped
+#   STOP_AFTER=300 bash scripts/language_table/train_models.sh   # train at most 300 more steps, then export + eval
+#
+# Time on 2 cores (2026-12-06, beside builds): data 86 episodes x 5 cameras at 180x320 ~50 min with --jobs 2
+# (66 s an episode alone); edge_to_sim 8-12 s a step at 40x72 (batch 2, 8 frames, 1.7 M parameters; 2 threads),
+# so its recipe's 3000 steps take 7-10 hours: the run is split across sessions and resumes bit-exactly from
+# out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
+# model.init_from: a warm restart with fresh AdamW moments). Evaluation: 8 episodes ~3 min with --threads 2.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY="${PY:-$HOME/.cache/vadapt/langtable-venv/bin/python}"
+VADAPT="${VADAPT:-target/release/vadapt}"
+DATA=out/language_table
+[ -x "$VADAPT" ] || cargo build --release
+
+# 1. Data from the real simulator (scripts/language_table/README.md).
+bash scripts/language_table/setup.sh >/dev/null
+[ -d "$DATA/train/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/train" --seeds 0-85 \
+    --size 180x320 --appearances 4 --jobs 2
+[ -d "$DATA/eval/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/eval" --seeds 900-907 \
+    --size 180x320 --appearances 4 --jobs 2
+
+# 2. edge_to_sim: any appearance (and the default look itself) -> the default look, 40x72.
+RUN=out/train/lt_edge_to_sim
+args=(--config pipelines/train_lt_edge_to_sim.toml)
+[ -n "${STOP_AFTER:-}" ] && args+=(--stop-after "$STOP_AFTER")
+if [ -d "$RUN/checkpoints" ]; then
+    "$VADAPT" train "${args[@]}" --resume
+elif [ -d models/language_table/edge_to_sim ] && [ -z "${FROM_SCRATCH:-}" ]; then
+    sed 's|^\[model\]$|[model]\ninit_from = "models/language_table/edge_to_sim"|' pipelines/train_lt_edge_to_sim.toml \
+        > "$DATA/train_lt_edge_to_sim.continue.toml"
+    "$VADAPT" train --config "$DATA/train_lt_edge_to_sim.continue.toml" ${STOP_AFTER:+--stop-after "$STOP_AFTER"}
+else
+    "$VADAPT" train "${args[@]}"
+fi
+
+# 3. Export: the newest checkpoint's EMA model, weights stored as F16 (half the bytes; loaded as F32).
+latest=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -1)
+rm -rf models/language_table/edge_to_sim.tmp
+"$PY" scripts/language_table/to_f16.py "$latest" models/language_table/edge_to_sim.tmp
+rm -rf models/language_table/edge_to_sim
+mv models/language_table/edge_to_sim.tmp models/language_table/edge_to_sim
+echo "exported $latest"
+
+# 4. Evaluation at 90x160 on the unseen seeds: reconstruction (default look in) and real-to-sim (appearance_0 in).
+for input in rgb appearance_0; do
+    out="$DATA/eval_$input"
+    rm -rf "$out"
+    sed "s|^image_key = .*|image_key = \"observation.images.$input\"|" pipelines/language_table.toml \
+        > "$DATA/eval_$input.toml"
+    "$VADAPT" augment --pipeline "$DATA/eval_$input.toml" --input "$DATA/eval" --output "$out" --threads 2 --quiet
+    echo "== sim_aug from $input, against the default look"
+    "$VADAPT" eval "$out" --key observation.images.sim_aug --condition-key "observation.images.$input" \
+        --reference-key observation.images.rgb --size 90x160
+done
+"$VADAPT" preview "$DATA/eval_appearance_0" --out "$DATA/eval_appearance_0.png"
