@@ -104,3 +104,39 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// Every column of `a` equals `b`'s, bit for bit, except the index columns lerobot needs renumbered
+/// (`episode_index`, `index`, `task_index`); `what` names the episode in a failure.
+pub fn assert_columns_equal_but_indices(
+    a: &vadapt::episode::Episode,
+    b: &vadapt::episode::Episode,
+    what: &str,
+) {
+    for f in a.columns.schema().fields() {
+        if ["episode_index", "index", "task_index"].contains(&f.name().as_str()) {
+            continue;
+        }
+        assert_eq!(
+            a.columns.column_by_name(f.name()),
+            b.columns.column_by_name(f.name()),
+            "{what}: column {}",
+            f.name()
+        );
+    }
+}
+
+/// The values of a fixed-size-list float32 column (e.g. `action`), flattened over the episode's rows.
+pub fn f32_list_column(ep: &vadapt::episode::Episode, name: &str) -> Vec<f32> {
+    use arrow::array::{Array, FixedSizeListArray, Float32Array};
+    let c = ep
+        .columns
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name:?}"));
+    let l = c.as_any().downcast_ref::<FixedSizeListArray>().unwrap();
+    l.values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .unwrap()
+        .values()
+        .to_vec()
+}

@@ -428,22 +428,9 @@ fn pipeline_paired_output_with_a_skipped_episode_is_renumbered_and_loads_in_lero
     assert_eq!(summary["episodes"], 2, "{summary}");
     assert_eq!(summary["frames"], row, "{summary}");
     let got = crate::common::load_f32(&dump);
-    let action = |ep: &vadapt::episode::Episode| -> Vec<f32> {
-        let c = ep.columns.column_by_name("action").unwrap();
-        let l = c
-            .as_any()
-            .downcast_ref::<arrow::array::FixedSizeListArray>()
-            .unwrap();
-        l.values()
-            .as_any()
-            .downcast_ref::<arrow::array::Float32Array>()
-            .unwrap()
-            .values()
-            .to_vec()
-    };
     assert_eq!(
         got["ep1.action"].1,
-        action(&src.read_episode(EpisodeIndex(2)).unwrap()),
+        crate::common::f32_list_column(&src.read_episode(EpisodeIndex(2)).unwrap(), "action"),
         "lerobot's episode 1 is source episode 2"
     );
     assert_eq!(

@@ -17,7 +17,9 @@ use vadapt::pipeline::regenerate::regenerate;
 use vadapt::pipeline::units::WorkDir;
 use vadapt::pipeline::{self, PipelineConfig};
 
-use crate::common::{repo, vadapt, vadapt_fails};
+use crate::common::{
+    assert_columns_equal_but_indices, f32_list_column, repo, vadapt, vadapt_fails,
+};
 use crate::pipeline::{
     assert_same_dataset, killed_then_resumed, opts, run_py, sharded_then_merged, small_dataset, KEY,
 };
@@ -180,17 +182,7 @@ fn variants_are_recorded_and_byte_identical_under_kill_resume_and_shards_merge()
                 .read_episode(EpisodeIndex(0))
                 .unwrap(),
         );
-        for f in a.columns.schema().fields() {
-            if ["episode_index", "index", "task_index"].contains(&f.name().as_str()) {
-                continue;
-            }
-            assert_eq!(
-                a.columns.column_by_name(f.name()),
-                b.columns.column_by_name(f.name()),
-                "episode {k}: column {}",
-                f.name()
-            );
-        }
+        assert_columns_equal_but_indices(&a, &b, &format!("episode {k}"));
         assert!(
             a.cameras[KEY].decode().unwrap() == b.cameras[KEY].decode().unwrap(),
             "episode {k}: the regenerated camera decodes to other frames"
@@ -298,17 +290,7 @@ fn replace_camera_writes_variants_under_the_source_key_with_recomputed_stats_and
         let source_frames = a.cameras[KEY].decode().unwrap();
         let written = if slot == 0 {
             // keep_source: every source column bit-exact (the index columns renumbered), the camera re-encoded.
-            for f in a.columns.schema().fields() {
-                if ["episode_index", "index", "task_index"].contains(&f.name().as_str()) {
-                    continue;
-                }
-                assert_eq!(
-                    a.columns.column_by_name(f.name()),
-                    b.columns.column_by_name(f.name()),
-                    "kept source episode {k}: column {}",
-                    f.name()
-                );
-            }
+            assert_columns_equal_but_indices(&a, &b, &format!("kept source episode {k}"));
             let got = b.cameras[KEY].decode().unwrap();
             assert!(
                 got == roundtrip(&source_frames, &dir.path().join(format!("s{k}.mp4"))),
@@ -383,20 +365,11 @@ fn replace_camera_writes_variants_under_the_source_key_with_recomputed_stats_and
             diff < 1.5,
             "episode {k}: lerobot's frames are {diff} from vadapt's"
         );
-        let action: Vec<f32> = {
-            let c = a.columns.column_by_name("action").unwrap();
-            let l = c
-                .as_any()
-                .downcast_ref::<arrow::array::FixedSizeListArray>()
-                .unwrap();
-            l.values()
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        assert_eq!(got[&format!("ep{k}.action")].1, action, "episode {k}");
+        assert_eq!(
+            got[&format!("ep{k}.action")].1,
+            f32_list_column(&a, "action"),
+            "episode {k}"
+        );
     }
 
     // replace_camera = false: the source camera stays, the variants go under observation.images.augmented.
