@@ -27,17 +27,16 @@ bash scripts/language_table/setup.sh >/dev/null
 
 # 2. edge_to_sim: any appearance (and the default look itself) -> the default look, 40x72.
 RUN=out/train/lt_edge_to_sim
-args=(--config pipelines/train_lt_edge_to_sim.toml)
-[ -n "${STOP_AFTER:-}" ] && args+=(--stop-after "$STOP_AFTER")
+recipe=pipelines/train_lt_edge_to_sim.toml
+more=(${STOP_AFTER:+--stop-after "$STOP_AFTER"})
 if [ -d "$RUN/checkpoints" ]; then
-    "$VADAPT" train "${args[@]}" --resume
+    more+=(--resume)
 elif [ -d models/language_table/edge_to_sim ] && [ -z "${FROM_SCRATCH:-}" ]; then
+    recipe="$DATA/train_lt_edge_to_sim.continue.toml"
     sed 's|^\[model\]$|[model]\ninit_from = "models/language_table/edge_to_sim"|' pipelines/train_lt_edge_to_sim.toml \
-        > "$DATA/train_lt_edge_to_sim.continue.toml"
-    "$VADAPT" train --config "$DATA/train_lt_edge_to_sim.continue.toml" ${STOP_AFTER:+--stop-after "$STOP_AFTER"}
-else
-    "$VADAPT" train "${args[@]}"
+        > "$recipe"
 fi
+"$VADAPT" train --config "$recipe" "${more[@]}"
 
 # 3. Export: the newest checkpoint's EMA model, weights stored as F16 (half the bytes; loaded as F32).
 latest=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -1)
