@@ -16,6 +16,7 @@
 //! trainer encodes it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -35,13 +36,14 @@ pub struct EpisodeClips {
     /// Where it came from, for messages: "dataset#episode".
     pub name: String,
     pub prompt: String,
-    pub target: Vec<RgbImage>,
+    /// Shared by the entries of one source episode (one per condition camera).
+    pub target: Arc<Vec<RgbImage>>,
     pub condition: Vec<RgbImage>,
     /// `sobel_dx / 4` of each condition frame, (H * W) each.
     pub edges: Vec<Vec<f32>>,
     /// Each target frame through `model.low_res` and back to the model resolution; empty unless the recipe
     /// conditions on low_res.
-    pub low_res: Vec<RgbImage>,
+    pub low_res: Arc<Vec<RgbImage>>,
 }
 
 /// A batch of clips, ready for the model.
@@ -132,7 +134,7 @@ impl ClipSet {
                     );
                     continue;
                 }
-                let low_res: Vec<RgbImage> = match low_res {
+                let low_res: Arc<Vec<RgbImage>> = Arc::new(match low_res {
                     Some([lh, lw]) => target
                         .iter()
                         .map(|f| {
@@ -141,11 +143,12 @@ impl ClipSet {
                         })
                         .collect(),
                     None => Vec::new(),
-                };
+                });
+                let target = Arc::new(target);
                 let mut per_camera = Vec::with_capacity(condition_keys.len());
                 for key in condition_keys {
                     let condition = if *key == d.target_key {
-                        target.clone()
+                        target.to_vec()
                     } else {
                         decode(key)?
                     };

@@ -337,7 +337,7 @@ fn condition_key_list_pairs_the_target_with_each_camera() {
             "the real camera's conditioning"
         );
         assert!(
-            sim.condition == one.target,
+            sim.condition == *one.target,
             "the sim camera conditions its own entry"
         );
         assert!(
