@@ -2,6 +2,7 @@
 
 mod bad_inputs;
 mod bench_cli;
+mod candle_patch;
 mod common;
 mod compose;
 mod damage_props;
