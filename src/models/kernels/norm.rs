@@ -7,9 +7,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor, D
 use candle_nn::LayerNorm;
 use rayon::prelude::*;
 
-use super::activation::silu;
+use super::activation::{exp, silu};
 use super::cpu::{
-    apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands, output_buffer,
+    apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands, output_buffer, with_f32,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -72,22 +72,22 @@ pub(crate) fn group_norm_silu(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    let inference = !x.track_op() && !weight.track_op();
-    if inference && fused_f32_cpu(x) && weight.dtype() == DType::F32 {
+    if fused_f32_cpu(x) && weight.dtype() == DType::F32 {
+        // One pass, and while training one backward for both (the SiLU's own backward was seven full-size ops).
         return fused_group_norm_silu(x, weight, bias, groups, eps);
     }
     group_norm(x, weight, bias, groups, eps)?.silu()
 }
 
-/// LayerNorm over the last axis: our kernel for CPU f32 inference, composed of differentiable ops while training
-/// (candle-nn's fused kernel has no backward), candle-nn's `LayerNorm` otherwise.
+/// LayerNorm over the last axis: our kernel (with its own backward) for f32 on the CPU, composed of differentiable
+/// ops while training elsewhere (candle-nn's fused kernel has no backward), candle-nn's `LayerNorm` otherwise.
 pub(crate) fn layer_norm(x: &Tensor, ln: &LayerNorm) -> candle_core::Result<Tensor> {
     match ln.bias() {
-        Some(b) if x.track_op() || ln.weight().track_op() => {
-            candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
-        }
         Some(b) if fused_f32_cpu(x) && [ln.weight().dtype(), b.dtype()] == [DType::F32; 2] => {
             fused_layer_norm(x, ln.weight(), b, ln.eps() as f32)
+        }
+        Some(b) if x.track_op() || ln.weight().track_op() => {
+            candle_nn::ops::layer_norm_slow(x, ln.weight(), b, ln.eps() as f32)
         }
         // F16/BF16 and CUDA: candle-nn's LayerNorm (a CUDA kernel in all three dtypes).
         _ => ln.forward(x),
@@ -99,7 +99,7 @@ pub(crate) fn layer_norm(x: &Tensor, ln: &LayerNorm) -> candle_core::Result<Tens
 struct GroupNormOp {
     groups: usize,
     eps: f64,
-    /// Apply SiLU to the output in the same pass (inference only: the backward does not cover it).
+    /// Apply SiLU to the output in the same pass (the backward covers it too).
     silu: bool,
 }
 
@@ -163,13 +163,10 @@ impl CustomOp3 for GroupNormOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if self.silu {
-            candle_core::bail!("group_norm_silu has no backward (inference only)");
-        }
         let c = weight.dim(0)?;
         let n = x.elem_count();
         let packed = apply3(
@@ -179,6 +176,7 @@ impl CustomOp3 for GroupNormOp {
             &GroupNormGrad {
                 groups: self.groups,
                 eps: self.eps,
+                silu_bias: self.silu.then(|| bias.contiguous()).transpose()?,
             },
         )?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
@@ -190,9 +188,12 @@ impl CustomOp3 for GroupNormOp {
 
 /// The GroupNorm backward, packed as [dx (all of x), dγ (c), dβ (c)]:
 /// `dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂))` with `dx̂ = dy · γ`, per block; `dγ_c = Σ dy · x̂`, `dβ_c = Σ dy`.
+/// After a fused SiLU, `dy` is first taken through it: `dy · σ(z)(1 + z(1 − σ(z)))` at `z = x̂ · γ + β`.
 struct GroupNormGrad {
     groups: usize,
     eps: f64,
+    /// β, when the forward applied SiLU (its input z is recomputed from x̂).
+    silu_bias: Option<Tensor>,
 }
 
 impl CustomOp3 for GroupNormGrad {
@@ -211,10 +212,18 @@ impl CustomOp3 for GroupNormGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "group_norm_grad x")?;
         let w = contiguous_f32(s2, l2, "group_norm_grad weight")?;
-        let dy = contiguous_f32(s3, l3, "group_norm_grad grad")?;
+        let dy_out = contiguous_f32(s3, l3, "group_norm_grad grad")?;
         let (_, c, s) = geometry(l1.shape(), self.groups)?;
         let cg = c / self.groups;
         let block = cg * s;
+        let dz = with_f32(
+            [self.silu_bias.as_ref()],
+            "group_norm_grad bias",
+            |[beta]| {
+                Ok(beta.map(|beta| silu_grad(x, w, beta, dy_out, (cg, s, self.groups), self.eps)))
+            },
+        )?;
+        let dy = dz.as_deref().unwrap_or(dy_out);
         let mut dx = vec![0f32; x.len()];
         // Per block: the per-channel partial sums of dy·x̂ and dy, reduced over the batch afterwards.
         let partials: Vec<Vec<(f32, f32)>> = dx
@@ -269,6 +278,44 @@ impl CustomOp3 for GroupNormGrad {
     }
 }
 
+/// `dy · silu'(z)` with `z = x̂ · γ + β` the GroupNorm output, per block (the SiLU step of a fused GroupNorm + SiLU
+/// backward): `silu'(z) = σ(z) · (1 + z · (1 − σ(z)))`.
+fn silu_grad(
+    x: &[f32],
+    w: &[f32],
+    beta: &[f32],
+    dy: &[f32],
+    (cg, s, groups): (usize, usize, usize),
+    eps: f64,
+) -> Vec<f32> {
+    let block = cg * s;
+    let mut dz = output_buffer(x.len());
+    dz.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .zip(dy.par_chunks(block))
+        .enumerate()
+        .for_each(|(i, ((dzb, xb), dyb))| {
+            let (mean, rstd) = block_stats(xb, eps);
+            let c0 = (i % groups) * cg;
+            for k in 0..cg {
+                // z = x·a + b per channel.
+                let a = rstd * w[c0 + k];
+                let b = beta[c0 + k] - mean * a;
+                let range = k * s..(k + 1) * s;
+                for ((d, &xv), &g) in dzb[range.clone()]
+                    .iter_mut()
+                    .zip(&xb[range.clone()])
+                    .zip(&dyb[range])
+                {
+                    let z = xv * a + b;
+                    let sig = 1.0 / (1.0 + exp(-z));
+                    *d = g * sig * (1.0 + z * (1.0 - sig));
+                }
+            }
+        });
+    dz
+}
+
 /// GroupNorm of a contiguous f32 CPU tensor (batch, channels, ...), differentiable.
 pub(crate) fn fused_group_norm(
     x: &Tensor,
@@ -288,7 +335,7 @@ pub(crate) fn fused_group_norm(
     )
 }
 
-/// `silu(GroupNorm(x))` in one pass, for inference (no backward).
+/// `silu(GroupNorm(x))` in one pass, differentiable.
 fn fused_group_norm_silu(
     x: &Tensor,
     weight: &Tensor,
@@ -296,11 +343,10 @@ fn fused_group_norm_silu(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    apply3(
-        x,
-        weight,
-        bias,
-        &GroupNormOp {
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        GroupNormOp {
             groups,
             eps,
             silu: true,
@@ -308,16 +354,112 @@ fn fused_group_norm_silu(
     )
 }
 
-/// LayerNorm over the last axis of an f32 CPU tensor (inference only): parallel over rows, the output not
-/// zeroed first. candle-nn's kernel zeroed it single-threaded and computed the row statistics with scalar loops:
-/// 4% of a composed step.
+/// LayerNorm over the last axis of an f32 CPU tensor, differentiable: parallel over rows, the output not zeroed
+/// first. candle-nn's kernel zeroed it single-threaded and computed the row statistics with scalar loops: 4% of a
+/// composed step; its composed training form (`layer_norm_slow`) is a dozen ops each way.
 pub fn fused_layer_norm(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     eps: f32,
 ) -> candle_core::Result<Tensor> {
-    apply3(x, weight, bias, &LayerNormOp { eps })
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp { eps },
+    )
+}
+
+/// The LayerNorm backward, packed as [dx (all of x), dγ (d), dβ (d)], per row as GroupNorm's per block:
+/// `dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂))` with `dx̂ = dy · γ`; `dγ = Σ_rows dy · x̂`, `dβ = Σ_rows dy`.
+struct LayerNormGrad {
+    eps: f32,
+}
+
+/// Rows per task of the LayerNorm backward: a fixed count, so that the partial dγ / dβ sums (and the result) do
+/// not depend on the number of threads.
+const LAYER_NORM_GRAD_ROWS: usize = 64;
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "vadapt-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer_norm_grad x")?;
+        let g = contiguous_f32(s2, l2, "layer_norm_grad weight")?;
+        let dy = contiguous_f32(s3, l3, "layer_norm_grad grad")?;
+        let d = g.len();
+        if d == 0 || x.len() % d != 0 || dy.len() != x.len() {
+            candle_core::bail!(
+                "layer_norm_grad: x {:?}, weight {d}, grad {:?}",
+                l1.shape(),
+                l3.shape()
+            );
+        }
+        let block = LAYER_NORM_GRAD_ROWS * d;
+        let mut dx = output_buffer(x.len());
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .zip(dy.par_chunks(block))
+            .map(|((dxb, xb), dyb)| layer_norm_grad_rows(xb, dyb, dxb, g, self.eps))
+            .collect();
+        // [dγ, dβ] summed over the tasks in order.
+        let mut sums = vec![0f32; 2 * d];
+        for p in &partials {
+            sums.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+        }
+        let mut out = dx;
+        out.extend_from_slice(&sums);
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
+    }
+}
+
+/// `dx` of some rows into `dx`; returns their `[Σ dy · x̂, Σ dy]` per column.
+fn layer_norm_grad_rows(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    gamma: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let d = gamma.len();
+    let mut sums = vec![0f32; 2 * d];
+    let (dgamma, dbeta) = sums.split_at_mut(d);
+    let mut xhat = vec![0f32; d];
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(d)
+        .zip(dy.chunks_exact(d))
+        .zip(dx.chunks_exact_mut(d))
+    {
+        let mean = sum(xr) / d as f32;
+        let rstd = 1.0 / (squared_deviations::<Plain>(xr, mean) / d as f32 + eps).sqrt();
+        let (mut m1, mut m2) = (0f32, 0f32);
+        for j in 0..d {
+            let xh = (xr[j] - mean) * rstd;
+            xhat[j] = xh;
+            let dxh = dyr[j] * gamma[j];
+            m1 += dxh;
+            m2 += dxh * xh;
+            dgamma[j] += dyr[j] * xh;
+            dbeta[j] += dyr[j];
+        }
+        let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+        for j in 0..d {
+            dxr[j] = rstd * (dyr[j] * gamma[j] - m1 - xhat[j] * m2);
+        }
+    }
+    sums
 }
 
 /// LayerNorm over the last axis (`LayerNormOp`).
@@ -365,6 +507,23 @@ impl CustomOp3 for LayerNormOp {
                 layer_norm_rows_impl::<Plain>(xb, yb, g, b, self.eps)
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = weight.dim(0)?;
+        let n = x.elem_count();
+        let packed = apply3(x, weight, grad, &LayerNormGrad { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, d)?;
+        let db = packed.narrow(0, n + d, d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
     }
 }
 
@@ -476,6 +635,13 @@ mod tests {
     /// The fused GroupNorm equals the composed one, forward and all three gradients.
     #[test]
     fn group_norm_matches_composed_ops() {
+        for silu in [false, true] {
+            group_norm_matches_composed_ops_with(silu);
+        }
+    }
+
+    /// GroupNorm (then SiLU where `silu`, as `group_norm_silu` fuses them) against candle's composed ops.
+    fn group_norm_matches_composed_ops_with(silu: bool) {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (3, 8, 4, 5), &dev).unwrap()).unwrap();
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.5, 8, &dev).unwrap()).unwrap();
@@ -495,7 +661,13 @@ mod tests {
                 .broadcast_add(&b.as_tensor().reshape((1, 8, 1, 1)).unwrap())
                 .unwrap()
         };
-        let fused = fused_group_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 2, 1e-5).unwrap();
+        let (x_, w_, b_) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let (composed, fused) = if silu {
+            let fused = fused_group_norm_silu(x_, w_, b_, 2, 1e-5).unwrap();
+            (composed.silu().unwrap(), fused)
+        } else {
+            (composed, fused_group_norm(x_, w_, b_, 2, 1e-5).unwrap())
+        };
         assert!(
             max_abs_diff(&composed, &fused) < 1e-5,
             "forward {}",
@@ -534,6 +706,32 @@ mod tests {
                 .unwrap();
             let diff = max_abs_diff(&reference, &fused_layer_norm(&x, &w, &b, 1e-5).unwrap());
             assert!(diff < 2e-6, "d {d}: {diff}");
+        }
+    }
+
+    /// The LayerNorm backward (the training path) against candle's autograd through `layer_norm_slow`, over more
+    /// rows than one task takes.
+    #[test]
+    fn layer_norm_backward_matches_composed_ops() {
+        let dev = Device::Cpu;
+        for d in [48, 13] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (3, 37, d), &dev).unwrap()).unwrap();
+            let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, d, &dev).unwrap()).unwrap();
+            let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, d, &dev).unwrap()).unwrap();
+            let probe = Tensor::randn(0f32, 1.0, (3, 37, d), &dev).unwrap();
+            let (x_, w_, b_) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+            let composed = candle_nn::ops::layer_norm_slow(x_, w_, b_, 1e-5).unwrap();
+            let fused = fused_layer_norm(x_, w_, b_, 1e-5).unwrap();
+            let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (grads(composed), grads(fused));
+            for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+                let diff = max_abs_diff(
+                    ga.get(v.as_tensor()).unwrap(),
+                    gb.get(v.as_tensor()).unwrap(),
+                );
+                assert!(diff < 1e-4, "d {d}, d{name}: {diff}");
+            }
         }
     }
 }
