@@ -786,7 +786,7 @@ unsafe fn attention_dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Var, D};
 
     use crate::models::max_abs_diff;
 
