@@ -37,7 +37,8 @@ def learning_rate(step, total, lr, warmup, min_ratio):
         return lr * (step + 1) / warmup
     span = max(total - warmup, 1)
     progress = min((step - warmup) / span, 1.0)
-    return lr * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr * (min_ratio + (1.0 - min_ratio) * cosine)
 
 
 def main():
