@@ -41,6 +41,19 @@ def learning_rate(step, total, lr, warmup, min_ratio):
     return lr * (min_ratio + (1.0 - min_ratio) * cosine)
 
 
+def peak_rss_mib():
+    """This process's peak RSS: VmHWM of its own address space. (getrusage's ru_maxrss would not do: Linux carries
+    it over fork and exec, so it reports the parent's peak when that was larger.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     for k in ["unet", "batches", "settings"]:
@@ -104,8 +117,7 @@ def main():
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
-        # ru_maxrss is KiB on Linux.
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mib": peak_rss_mib(),
     })
     print(json.dumps(out))
 
