@@ -272,7 +272,7 @@ pub fn run(args: &Args, recipe: &Path) -> anyhow::Result<Value> {
     let peer_dir = if args.peer {
         let dir = match &args.keep {
             Some(d) => d.clone(),
-            None => tempfile_dir()?.join("train"),
+            None => tempfile_dir()?,
         };
         write_peer_inputs(&s, &dir)?;
         Some(dir)
