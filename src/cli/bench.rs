@@ -10,6 +10,8 @@
 //! * `edges`, `video`: Sobel edge and decode / encode frames per second on the bundled sample videos;
 //! * `peak_rss_mib`: the process's peak resident memory (getrusage), after everything above.
 //!
+//! `--train [RECIPE]` times training steps instead (`bench_train.rs`), `--unet-config` one random-weight UNet.
+//!
 //! Ratios, not absolute times, are what to compare across machines: both sides run on the same cores in one run.
 
 use std::path::{Path, PathBuf};
@@ -99,6 +101,16 @@ pub struct Args {
     /// HxW of the latents for `--unet-config` (32x32: a 256x256 video through an SD VAE).
     #[arg(long, default_value = "32x32")]
     pub latent: String,
+    /// Instead of the sampling benchmarks: time training steps of this recipe's UNet on seeded synthetic batches
+    /// (`bench_train.rs`); with `--peer`, diffusers runs the same steps. Without a value: the demo prior's recipe.
+    #[arg(long, value_name = "RECIPE", num_args = 0..=1,
+          default_missing_value = "pipelines/train_prior_words.toml")]
+    pub train: Option<PathBuf>,
+    /// Timed training steps of `--train` (median reported), after `--train-warmup` untimed ones.
+    #[arg(long, default_value_t = 10)]
+    pub train_steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub train_warmup: usize,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -129,7 +141,7 @@ fn matmul_gflops(reps: usize) -> anyhow::Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
 }
 
-fn peak_rss_mib() -> f64 {
+pub(super) fn peak_rss_mib() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
@@ -352,7 +364,7 @@ fn video_numbers(path: &Path, reps: usize) -> anyhow::Result<Value> {
     }))
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("vadapt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
@@ -532,6 +544,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(config) = &args.unet_config {
         return emit(&unet_config_only(&args, config)?, &args);
     }
+    if let Some(recipe) = &args.train {
+        return emit(&super::bench_train::run(&args, recipe)?, &args);
+    }
     if args.device != DeviceSpec::Cpu || args.dtype != Precision::F32 {
         bail!(
             "the demo benchmarks (and the diffusers peer) run on the CPU in F32; --device / --dtype apply to \
@@ -598,7 +613,7 @@ fn emit(report: &Value, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cpu_model() -> String {
+pub(super) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {

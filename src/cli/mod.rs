@@ -2,6 +2,7 @@
 
 mod augment;
 mod bench;
+mod bench_train;
 mod convert;
 mod debug;
 mod eval;

@@ -498,24 +498,44 @@ impl TrainConfig {
 
     /// Parse and validate TOML text; `path` names it in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| {
-            // toml's message names the key and shows the line.
-            Error::config(Location::file(path), e.to_string())
-        })?;
+        let config = Self::parse(text, path)?;
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// A recipe as `vadapt bench --train` uses it: its model, noise and optimiser, validated as for training, but
+    /// without its data (the datasets need not exist: the bench synthesizes its batches) and without
+    /// `model.init_from` (the bench starts from the seeded initialisation), which is cleared.
+    pub fn from_file_without_data(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        let mut config = Self::parse(&text, path)?;
+        config.model.init_from = None;
+        config.validate_with(path, false)?;
+        Ok(config)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            // toml's message names the key and shows the line.
+            Error::config(Location::file(path), e.to_string())
+        })
     }
 
     /// Values that parse but cannot work, each reported with its key (the first one found, in this order: steps,
     /// data and noise, the model, the text encoder, scheduler and optimiser).
     pub fn validate(&self, path: &Path) -> Result<()> {
-        self.validate_data_and_noise(path)?;
+        self.validate_with(path, true)
+    }
+
+    /// [`Self::validate`], checking that the datasets exist only when `datasets` is set.
+    fn validate_with(&self, path: &Path, datasets: bool) -> Result<()> {
+        self.validate_data_and_noise(path, datasets)?;
         self.validate_model(path)?;
         self.validate_text_scheduler_and_optim(path)
     }
 
     /// `steps`, the datasets, the noise offset and timestep bias, `data.frame_stride`.
-    fn validate_data_and_noise(&self, path: &Path) -> Result<()> {
+    fn validate_data_and_noise(&self, path: &Path, datasets: bool) -> Result<()> {
         let bad = |key: &str, msg: String| Err(Error::config(Location::file(path).field(key), msg));
         if self.steps == 0 {
             return bad("steps", "must be at least 1".into());
@@ -523,7 +543,7 @@ impl TrainConfig {
         if self.data.dataset.is_empty() {
             return bad("data.dataset", "name at least one dataset".into());
         }
-        for d in &self.data.dataset {
+        for d in self.data.dataset.iter().filter(|_| datasets) {
             if !d.exists() {
                 return bad("data.dataset", format!("{} does not exist", d.display()));
             }

@@ -1,7 +1,8 @@
 //! Training of the small task models (and the demo prior): `vadapt train --config pipelines/train_*.toml`.
 //!
 //! `config` is the recipe, `data` cuts clips from any dataset vadapt reads, `init` seeds fresh weights,
-//! `optim` is AdamW + schedule + clipping + EMA, `trainer` is the loop and its checkpoints, `report` the loss
+//! `optim` is AdamW + schedule + clipping + EMA, `step` one optimizer step on a prepared batch (shared with
+//! `vadapt bench --train`), `trainer` is the loop and its checkpoints, `report` the loss
 //! log, loss curve and sample sheets. A run directory holds:
 //! ```text
 //! OUT/model/                     the latest EMA model: a vadapt/diffusers model directory (unet/, text_encoder/, vae/,
@@ -17,6 +18,7 @@ pub mod data;
 pub mod init;
 pub mod optim;
 pub mod report;
+pub mod step;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -26,8 +26,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::{TimestepDraw, TokenKind, TrainConfig};
 use super::data::ClipSet;
 use super::init::seeded_var_builder;
-use super::optim::{clip_factor, learning_rate, AdamW, AdamWSettings, Ema, Params};
+use super::optim::{AdamW, Ema, Params};
 use super::report::{self, LossRow};
+pub use super::step::StepStats;
+use super::step::{new_optimizer, step_on_batch, Batch, Draws};
 use crate::error::{Error, IoResultExt, Location, Result};
 use crate::model_dir::ModelDir;
 use crate::models::text::corpus_words;
@@ -35,7 +37,6 @@ use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
 use crate::models::unet_3d::{weight_files, UNet3DConditionModel, UNet3DConfig};
 use crate::models::vae::AutoencoderKL;
-use crate::models::Parameterization;
 use crate::progress::Observer;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::sampling::{sample, ComposeSettings, Conditioned};
@@ -46,16 +47,6 @@ const UNET: &str = "unet.";
 const TEXT: &str = "text_encoder.";
 const STATE_JSON: &str = "trainer_state.json";
 const STATE_TENSORS: &str = "trainer_state.safetensors";
-
-/// What one optimizer step reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepStats {
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    /// Wall time of the forward pass (data included), the backward pass and the update.
-    pub seconds: [f64; 3],
-}
 
 /// `trainer_state.json`: the run's position and the recipe it belongs to.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -167,22 +158,8 @@ impl Trainer {
             .filter(|(k, _)| k.starts_with(UNET) || (train_text && k.starts_with(TEXT)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let o = &config.optim;
-        let opt = AdamW::new(
-            &params,
-            AdamWSettings {
-                beta1: o.beta1,
-                beta2: o.beta2,
-                eps: o.eps,
-                weight_decay: o.weight_decay,
-            },
-        )?;
-        let ema = if o.ema_decay > 0.0 {
-            Some(Ema::new(&params, o.ema_decay)?)
-        } else {
-            None
-        };
-        let timesteps = TimestepDraw::new(o, config.scheduler.num_train_timesteps);
+        let (opt, ema) = new_optimizer(&params, &config)?;
+        let timesteps = TimestepDraw::new(&config.optim, config.scheduler.num_train_timesteps);
         let sched_cfg: SchedulerConfig = serde_json::from_value(config.scheduler_config_json())
             .map_err(|e| Error::config(Location::none().field("scheduler"), e.to_string()))?;
         Ok(Self {
@@ -270,91 +247,46 @@ impl Trainer {
         }
     }
 
-    /// The loss of step `s` at the current weights, with the graph for backprop.
-    fn loss_at(&mut self, s: usize) -> Result<Tensor> {
+    /// The batch of step `s`: its clips (the text embedded in the graph when the encoder trains), noised.
+    fn batch_at(&mut self, s: usize) -> Result<Batch> {
         let c = &self.config;
-        let b = c.optim.batch_size;
         let stream = if c.fixed_batch { 0 } else { s as u64 };
         let mut rng = NoiseRng::new(derive_seed(c.seed, stream, "train-step", 0));
-        let clips = self.data.random_clips(b, &mut rng);
+        let clips = self.data.random_clips(c.optim.batch_size, &mut rng);
         let batch = self.data.batch(&clips, false, &self.device)?;
         let x0 = match &self.vae {
             Some((_, vae)) => vae.encode(&batch.video)?.detach(),
             None => batch.video,
         };
-        let mut noise = rng.randn(x0.shape().clone(), &self.device)?;
-        if c.optim.noise_offset > 0.0 {
-            // noise += offset * randn(b, c, 1, 1, 1) (diffusers' train_text_to_image.py, one value per clip and
-            // channel); the ε target is this offset noise too.
-            let (nb, nc) = (x0.dim(0)?, x0.dim(1)?);
-            let offset = (rng.randn((nb, nc, 1, 1, 1), &self.device)? * c.optim.noise_offset)?;
-            noise = noise.broadcast_add(&offset)?;
-        }
-        let ts: Vec<usize> = (0..b).map(|_| self.timesteps.draw(&mut rng)).collect();
-        let keep_text: Vec<bool> = (0..b)
-            .map(|_| rng.uniform() as f64 >= c.guidance.drop_text)
-            .collect();
-        let keep_cond: Vec<f32> = (0..b)
-            .map(|_| {
-                if rng.uniform() as f64 >= c.guidance.drop_conditions {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let x_t = self.schedule.add_noise(&x0, &noise, &ts)?;
-        let input = match &batch.channels {
-            Some(ch) => {
-                let mask = Tensor::from_vec(keep_cond, (b, 1, 1, 1, 1), &self.device)?;
-                Tensor::cat(&[&x_t, &ch.broadcast_mul(&mask)?], 1)?
-            }
-            None => x_t,
-        };
-        let ehs = self.embed_batch(&batch.prompts, &keep_text)?;
-        let t = Tensor::from_vec(
-            ts.iter().map(|&t| t as f32).collect::<Vec<_>>(),
-            b,
-            &self.device,
-        )?;
-        let out = self.unet.forward(&input, &t, &ehs)?;
-        // The regression target of the parameterization: ε, v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0, or x0 itself.
-        let target = match self.config.model.prediction_type {
-            Parameterization::Epsilon => noise,
-            Parameterization::VPrediction => self.schedule.get_velocity(&x0, &noise, &ts)?,
-            Parameterization::Sample => x0,
-        };
-        Ok((out - target)?.sqr()?.mean_all()?)
+        let draws = Draws::draw(&x0, c, &self.timesteps, &mut rng)?;
+        let text = self.embed_batch(&batch.prompts, &draws.keep_text)?;
+        draws.into_batch(
+            x0,
+            batch.channels.as_ref(),
+            text,
+            &self.schedule,
+            self.config.model.prediction_type,
+        )
     }
 
     /// One optimizer step.
     pub fn train_step(&mut self) -> Result<StepStats> {
         let s = self.step;
         let t0 = Instant::now();
-        let loss = self.loss_at(s)?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        let t2 = Instant::now();
-        let loss = loss.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::invalid(
-                Location::none().field("loss"),
-                format!("the loss is {loss} at step {s}: lower optim.lr or check the data"),
-            ));
-        }
-        let (grad_norm, factor) = clip_factor(&self.params, &grads, self.config.optim.grad_clip)?;
-        let o = &self.config.optim;
-        let lr = learning_rate(s, self.config.steps, o.lr, o.warmup_steps, o.min_lr_ratio);
-        self.opt.step(&self.params, &grads, lr, factor)?;
-        if let Some(ema) = &mut self.ema {
-            ema.update(&self.params, self.opt.t)?;
-        }
+        let batch = self.batch_at(s)?;
+        let data_s = t0.elapsed().as_secs_f64();
+        let mut stats = step_on_batch(
+            &self.unet,
+            &batch,
+            s,
+            &self.config,
+            &self.params,
+            &mut self.opt,
+            self.ema.as_mut(),
+        )?;
+        stats.seconds[0] += data_s;
         self.step += 1;
-        let seconds = [
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            t2.elapsed().as_secs_f64(),
-        ];
+        let seconds = stats.seconds;
         tracing::debug!(
             step = s,
             forward = seconds[0],
@@ -362,12 +294,7 @@ impl Trainer {
             update = seconds[2],
             "train step"
         );
-        Ok(StepStats {
-            loss,
-            lr,
-            grad_norm,
-            seconds,
-        })
+        Ok(stats)
     }
 
     /// The weights a saved model gets: the EMA where there is one, the raw weights otherwise; frozen variables as
