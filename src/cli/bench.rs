@@ -370,9 +370,45 @@ pub(super) fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Run `benches/peer/<script>` with `python` and these arguments (offline: nothing is downloaded); its stdout is its
+/// JSON report. The one place vadapt starts a process: the diffusers peers of `bench --peer` and `bench --train`.
+pub(super) fn run_peer_script(
+    python: &Path,
+    script: &str,
+    peer_args: &[std::ffi::OsString],
+) -> anyhow::Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/peer")
+        .join(script);
+    let run = Command::new(python)
+        .arg(&script)
+        .args(peer_args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .with_context(|| {
+            format!(
+                "starting the peer with {} (make it with scripts/setup.sh, or pass --python)",
+                python.display()
+            )
+        })?;
+    if !run.status.success() {
+        bail!(
+            "the diffusers peer {} failed ({}):\n{}",
+            script.display(),
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    serde_json::from_slice(&run.stdout).with_context(|| {
+        format!(
+            "peer output is not JSON: {}",
+            String::from_utf8_lossy(&run.stdout)
+        )
+    })
+}
+
 /// Run the diffusers peer on the same inputs; returns its JSON report with `max_abs_diff_x0` added.
 fn run_peer(s: &Setup, args: &Args, ours_x0: &Tensor) -> anyhow::Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/diffusers_compose.py");
     let dir = match &args.keep {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -396,43 +432,25 @@ fn run_peer(s: &Setup, args: &Args, ours_x0: &Tensor) -> anyhow::Result<Value> {
         .collect(),
         &inputs,
     )?;
-    let run = Command::new(&args.python)
-        .arg(&script)
-        .arg("--small")
-        .arg(unet_dir(&args.small))
-        .arg("--prior")
-        .arg(unet_dir(&args.prior))
-        .arg("--scheduler-config")
-        .arg(args.small.join("scheduler/scheduler_config.json"))
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--output")
-        .arg(&output)
-        .args(["--steps", &args.steps.to_string()])
-        .args(["--lam", &args.lam.to_string()])
-        .args(["--guidance", &args.guidance.to_string()])
-        .args(["--threads", &args.threads.to_string()])
-        .args(["--reps", &args.reps.to_string()])
-        .output()
-        .with_context(|| {
-            format!(
-                "starting the peer with {} (make it with scripts/setup.sh, or pass --python)",
-                args.python.display()
-            )
-        })?;
-    if !run.status.success() {
-        bail!(
-            "the diffusers peer failed ({}):\n{}",
-            run.status,
-            String::from_utf8_lossy(&run.stderr)
-        );
+    let mut peer_args: Vec<std::ffi::OsString> =
+        vec!["--small".into(), unet_dir(&args.small).into()];
+    peer_args.extend(["--prior".into(), unet_dir(&args.prior).into()]);
+    peer_args.extend([
+        "--scheduler-config".into(),
+        args.small.join("scheduler/scheduler_config.json").into(),
+    ]);
+    peer_args.extend(["--inputs".into(), inputs.clone().into()]);
+    peer_args.extend(["--output".into(), output.clone().into()]);
+    for (flag, value) in [
+        ("--steps", args.steps.to_string()),
+        ("--lam", args.lam.to_string()),
+        ("--guidance", args.guidance.to_string()),
+        ("--threads", args.threads.to_string()),
+        ("--reps", args.reps.to_string()),
+    ] {
+        peer_args.extend([flag.into(), value.into()]);
     }
-    let mut report: Value = serde_json::from_slice(&run.stdout).with_context(|| {
-        format!(
-            "peer output is not JSON: {}",
-            String::from_utf8_lossy(&run.stdout)
-        )
-    })?;
+    let mut report = run_peer_script(&args.python, "diffusers_compose.py", &peer_args)?;
     let theirs = candle_core::safetensors::load(&output, &Device::Cpu)?;
     let x0 = theirs
         .get("x0")

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -30,7 +29,7 @@ use vadapt::train::optim::{AdamW, Ema, Params};
 use vadapt::train::step::{new_optimizer, step_on_batch, Batch, Draws};
 use vadapt::train::{StepStats, TrainConfig};
 
-use super::bench::{cpu_model, peak_rss_mib, tempfile_dir, Args};
+use super::bench::{cpu_model, peak_rss_mib, run_peer_script, tempfile_dir, Args};
 
 /// The largest relative difference of the two loss sequences that still counts as agreement. Both sides start
 /// from the same weights and see the same batches; what separates them is float rounding (summation order in
@@ -182,37 +181,16 @@ fn run_ours(s: &mut Setup) -> anyhow::Result<Vec<(StepStats, f64)>> {
 }
 
 fn run_peer(args: &Args, dir: &Path) -> anyhow::Result<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/diffusers_train.py");
-    let run = Command::new(&args.python)
-        .arg(&script)
-        .arg("--unet")
-        .arg(dir.join("unet"))
-        .arg("--batches")
-        .arg(dir.join("batches.safetensors"))
-        .arg("--settings")
-        .arg(dir.join("settings.json"))
-        .args(["--threads", &args.threads.to_string()])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .with_context(|| {
-            format!(
-                "starting the peer with {} (make it with scripts/setup.sh, or pass --python)",
-                args.python.display()
-            )
-        })?;
-    if !run.status.success() {
-        bail!(
-            "the diffusers training peer failed ({}):\n{}",
-            run.status,
-            String::from_utf8_lossy(&run.stderr)
-        );
+    let mut peer_args: Vec<std::ffi::OsString> = Vec::new();
+    for (flag, file) in [
+        ("--unet", "unet"),
+        ("--batches", "batches.safetensors"),
+        ("--settings", "settings.json"),
+    ] {
+        peer_args.extend([flag.into(), dir.join(file).into()]);
     }
-    serde_json::from_slice(&run.stdout).with_context(|| {
-        format!(
-            "peer output is not JSON: {}",
-            String::from_utf8_lossy(&run.stdout)
-        )
-    })
+    peer_args.extend(["--threads".into(), args.threads.to_string().into()]);
+    run_peer_script(&args.python, "diffusers_train.py", &peer_args)
 }
 
 fn median(v: &[f64]) -> f64 {

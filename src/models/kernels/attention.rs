@@ -135,7 +135,9 @@ impl CustomOp1 for SoftmaxLastDim {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
     }
 }
 
@@ -158,7 +160,11 @@ impl candle_core::CustomOp2 for SoftmaxGrad {
         let y = contiguous_f32(s1, l1, "softmax_grad output")?;
         let dy = contiguous_f32(s2, l2, "softmax_grad gradient")?;
         if l1.shape() != l2.shape() {
-            candle_core::bail!("softmax_grad: output {:?}, gradient {:?}", l1.shape(), l2.shape());
+            candle_core::bail!(
+                "softmax_grad: output {:?}, gradient {:?}",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let d = (*l1.shape().dims().last().unwrap_or(&1)).max(1);
         let mut dx = output_buffer(y.len());
