@@ -168,7 +168,6 @@ impl CustomOp3 for GroupNormOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = weight.dim(0)?;
-        let n = x.elem_count();
         let packed = apply3(
             x,
             weight,
@@ -179,10 +178,7 @@ impl CustomOp3 for GroupNormOp {
                 silu_bias: self.silu.then(|| bias.contiguous()).transpose()?,
             },
         )?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?;
-        let db = packed.narrow(0, n + c, c)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        unpack_norm_grads(&packed, x, c)
     }
 }
 
@@ -212,55 +208,35 @@ impl CustomOp3 for GroupNormGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "group_norm_grad x")?;
         let w = contiguous_f32(s2, l2, "group_norm_grad weight")?;
-        let dy_out = contiguous_f32(s3, l3, "group_norm_grad grad")?;
+        let dy = contiguous_f32(s3, l3, "group_norm_grad grad")?;
         let (_, c, s) = geometry(l1.shape(), self.groups)?;
         let cg = c / self.groups;
         let block = cg * s;
-        let dz = with_f32(
+        let mut dx = vec![0f32; x.len()];
+        // Per block: the per-channel partial sums of dy·x̂ and dy, reduced over the batch afterwards.
+        let partials: Vec<Vec<(f32, f32)>> = with_f32(
             [self.silu_bias.as_ref()],
             "group_norm_grad bias",
             |[beta]| {
-                Ok(beta.map(|beta| silu_grad(x, w, beta, dy_out, (cg, s, self.groups), self.eps)))
+                Ok(dx
+                    .par_chunks_mut(block)
+                    .zip(x.par_chunks(block))
+                    .zip(dy.par_chunks(block))
+                    .enumerate()
+                    .map(|(i, ((dxb, xb), dy_out))| {
+                        let (mean, rstd) = block_stats(xb, self.eps);
+                        let c0 = (i % self.groups) * cg;
+                        let gamma = &w[c0..c0 + cg];
+                        // After a fused SiLU, its backward first, at the block's own statistics.
+                        let dz = beta.map(|beta| {
+                            silu_grad_block(xb, dy_out, gamma, &beta[c0..c0 + cg], mean, rstd)
+                        });
+                        let dyb = dz.as_deref().unwrap_or(dy_out);
+                        group_norm_grad_block(xb, dyb, dxb, gamma, mean, rstd)
+                    })
+                    .collect())
             },
         )?;
-        let dy = dz.as_deref().unwrap_or(dy_out);
-        let mut dx = vec![0f32; x.len()];
-        // Per block: the per-channel partial sums of dy·x̂ and dy, reduced over the batch afterwards.
-        let partials: Vec<Vec<(f32, f32)>> = dx
-            .par_chunks_mut(block)
-            .zip(x.par_chunks(block))
-            .zip(dy.par_chunks(block))
-            .enumerate()
-            .map(|(i, ((dxb, xb), dyb))| {
-                let (mean, rstd) = block_stats(xb, self.eps);
-                let c0 = (i % self.groups) * cg;
-                let mut sums = Vec::with_capacity(cg);
-                let (mut sum_dxh, mut sum_dxh_xh) = (0f32, 0f32);
-                for k in 0..cg {
-                    let gamma = w[c0 + k];
-                    let (mut dgamma, mut dbeta) = (0f32, 0f32);
-                    for j in k * s..(k + 1) * s {
-                        let xh = (xb[j] - mean) * rstd;
-                        dgamma += dyb[j] * xh;
-                        dbeta += dyb[j];
-                        let dxh = dyb[j] * gamma;
-                        sum_dxh += dxh;
-                        sum_dxh_xh += dxh * xh;
-                    }
-                    sums.push((dgamma, dbeta));
-                }
-                let nb = block as f32;
-                let (m1, m2) = (sum_dxh / nb, sum_dxh_xh / nb);
-                for k in 0..cg {
-                    let gamma = w[c0 + k];
-                    for j in k * s..(k + 1) * s {
-                        let xh = (xb[j] - mean) * rstd;
-                        dxb[j] = rstd * (dyb[j] * gamma - m1 - xh * m2);
-                    }
-                }
-                sums
-            })
-            .collect();
         let mut out = dx;
         let mut dw = vec![0f32; c];
         let mut db = vec![0f32; c];
@@ -278,42 +254,94 @@ impl CustomOp3 for GroupNormGrad {
     }
 }
 
-/// `dy · silu'(z)` with `z = x̂ · γ + β` the GroupNorm output, per block (the SiLU step of a fused GroupNorm + SiLU
-/// backward): `silu'(z) = σ(z) · (1 + z · (1 − σ(z)))`.
-fn silu_grad(
-    x: &[f32],
-    w: &[f32],
-    beta: &[f32],
+/// `dy · silu'(z)` for one GroupNorm block, with `z = x̂ · γ + β` its GroupNorm output (the SiLU step of a fused
+/// GroupNorm + SiLU backward): `silu'(z) = σ(z) · (1 + z · (1 − σ(z)))`. `gamma` / `beta`: the block's channels.
+fn silu_grad_block(
+    xb: &[f32],
     dy: &[f32],
-    (cg, s, groups): (usize, usize, usize),
-    eps: f64,
+    gamma: &[f32],
+    beta: &[f32],
+    mean: f32,
+    rstd: f32,
 ) -> Vec<f32> {
-    let block = cg * s;
-    let mut dz = output_buffer(x.len());
-    dz.par_chunks_mut(block)
-        .zip(x.par_chunks(block))
-        .zip(dy.par_chunks(block))
-        .enumerate()
-        .for_each(|(i, ((dzb, xb), dyb))| {
-            let (mean, rstd) = block_stats(xb, eps);
-            let c0 = (i % groups) * cg;
-            for k in 0..cg {
-                // z = x·a + b per channel.
-                let a = rstd * w[c0 + k];
-                let b = beta[c0 + k] - mean * a;
-                let range = k * s..(k + 1) * s;
-                for ((d, &xv), &g) in dzb[range.clone()]
-                    .iter_mut()
-                    .zip(&xb[range.clone()])
-                    .zip(&dyb[range])
-                {
-                    let z = xv * a + b;
-                    let sig = 1.0 / (1.0 + exp(-z));
-                    *d = g * sig * (1.0 + z * (1.0 - sig));
-                }
-            }
-        });
+    let s = xb.len() / gamma.len();
+    let mut dz = output_buffer(xb.len());
+    for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
+        // z = x·a + c per channel.
+        let a = rstd * g;
+        let c = b - mean * a;
+        let range = k * s..(k + 1) * s;
+        for ((d, &xv), &dyv) in dz[range.clone()]
+            .iter_mut()
+            .zip(&xb[range.clone()])
+            .zip(&dy[range])
+        {
+            let z = xv * a + c;
+            let sig = 1.0 / (1.0 + exp(-z));
+            *d = dyv * sig * (1.0 + z * (1.0 - sig));
+        }
+    }
     dz
+}
+
+/// One GroupNorm block's `dx` (into `dxb`) and its per-channel `(Σ dy · x̂, Σ dy)`; `gamma`: the block's channels.
+fn group_norm_grad_block(
+    xb: &[f32],
+    dyb: &[f32],
+    dxb: &mut [f32],
+    gamma: &[f32],
+    mean: f32,
+    rstd: f32,
+) -> Vec<(f32, f32)> {
+    let (cg, block) = (gamma.len(), xb.len());
+    let s = block / cg;
+    let mut sums = Vec::with_capacity(cg);
+    let (mut sum_dxh, mut sum_dxh_xh) = (0f32, 0f32);
+    for (k, &g) in gamma.iter().enumerate() {
+        let (mut dgamma, mut dbeta) = (0f32, 0f32);
+        for j in k * s..(k + 1) * s {
+            let xh = (xb[j] - mean) * rstd;
+            dgamma += dyb[j] * xh;
+            dbeta += dyb[j];
+            let dxh = dyb[j] * g;
+            sum_dxh += dxh;
+            sum_dxh_xh += dxh * xh;
+        }
+        sums.push((dgamma, dbeta));
+    }
+    let nb = block as f32;
+    let (m1, m2) = (sum_dxh / nb, sum_dxh_xh / nb);
+    for (k, &g) in gamma.iter().enumerate() {
+        for j in k * s..(k + 1) * s {
+            let xh = (xb[j] - mean) * rstd;
+            dxb[j] = rstd * (dyb[j] * g - m1 - xh * m2);
+        }
+    }
+    sums
+}
+
+/// A norm op on contiguous copies (views when already contiguous) of x, γ and β, differentiable (its `bwd`).
+fn apply_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    op: impl CustomOp3 + Send + Sync + 'static,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `(dx, dγ, dβ)` of a norm backward packed as [dx (all of x), dγ (c), dβ (c)].
+fn unpack_norm_grads(
+    packed: &Tensor,
+    x: &Tensor,
+    c: usize,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let n = x.elem_count();
+    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, n, c)?;
+    let db = packed.narrow(0, n + c, c)?;
+    Ok((Some(dx), Some(dw), Some(db)))
 }
 
 /// GroupNorm of a contiguous f32 CPU tensor (batch, channels, ...), differentiable.
@@ -324,9 +352,10 @@ pub(crate) fn fused_group_norm(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
+    apply_norm(
+        x,
+        weight,
+        bias,
         GroupNormOp {
             groups,
             eps,
@@ -343,9 +372,10 @@ fn fused_group_norm_silu(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
+    apply_norm(
+        x,
+        weight,
+        bias,
         GroupNormOp {
             groups,
             eps,
@@ -363,11 +393,7 @@ pub fn fused_layer_norm(
     bias: &Tensor,
     eps: f32,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op3(
-        &weight.contiguous()?,
-        &bias.contiguous()?,
-        LayerNormOp { eps },
-    )
+    apply_norm(x, weight, bias, LayerNormOp { eps })
 }
 
 /// The LayerNorm backward, packed as [dx (all of x), dγ (d), dβ (d)], per row as GroupNorm's per block:
@@ -517,13 +543,9 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = weight.dim(0)?;
-        let n = x.elem_count();
         let packed = apply3(x, weight, grad, &LayerNormGrad { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, d)?;
-        let db = packed.narrow(0, n + d, d)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let d = weight.dim(0)?;
+        unpack_norm_grads(&packed, x, d)
     }
 }
 
