@@ -6,18 +6,33 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::Conv2dConfig;
 use rayon::prelude::*;
 
+use super::conv_grad;
 use super::cpu::{
     apply3, contiguous_f32, cpu_f32_inference, fused_f32_cpu, output_buffer, with_f32,
 };
 use super::gemm::gemm_accumulate;
 
-/// A candle-nn 2-D convolution of `x`: our im2col + GEMM kernel for CPU f32 inference (`fused_conv2d`), candle's
-/// elsewhere; while training (a graph is being recorded) an im2col + matmul of plain tensor ops instead
-/// (`conv2d_im2col`): candle's CPU backward of `conv2d` goes through a direct `conv_transpose2d` loop that is ~4x
-/// slower than the forward, where the im2col form's backward is matmuls and copies.
+/// A candle-nn 2-D convolution of `x`: our im2col + GEMM kernel for CPU f32 (`fused_conv2d`; while training, the
+/// same kernel with its GEMM backward, `conv_grad`), candle's elsewhere. Training off the CPU f32 path takes an
+/// im2col + matmul of plain tensor ops (`conv2d_im2col`): candle's CPU backward of `conv2d` goes through a direct
+/// `conv_transpose2d` loop that is ~4x slower than the forward.
 pub(crate) fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> candle_core::Result<Tensor> {
     let cfg = conv.config();
-    if x.track_op() || conv.weight().track_op() {
+    let (training, fused) = (
+        x.track_op() || conv.weight().track_op(),
+        fused_f32_cpu(x) && conv.weight().dtype() == DType::F32,
+    );
+    if let (true, true, Some(bias), 1, 1) = (training, fused, conv.bias(), cfg.groups, cfg.dilation)
+    {
+        // The inference kernel with its own backward (`conv_grad`).
+        let op = Conv2d {
+            stride: cfg.stride,
+            padding: cfg.padding,
+            epilogue: Epilogue::default(),
+        };
+        x.contiguous()?
+            .apply_op3(&conv.weight().contiguous()?, &bias.contiguous()?, op)
+    } else if training {
         conv2d_im2col(x, conv.weight(), conv.bias(), cfg)
     } else if let (true, DType::F32, Some(bias), 1, 1) = (
         fused_f32_cpu(x),
@@ -232,7 +247,8 @@ pub(crate) struct Epilogue {
 }
 
 thread_local! {
-    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each thread's im2col buffer (the forward's, and the backward's `cols` and `dcols`).
+    pub(super) static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -252,7 +268,7 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-fn im2col(
+pub(super) fn im2col(
     x: &[f32],
     cols: &mut [f32],
     (c, h, w): (usize, usize, usize),
@@ -301,6 +317,21 @@ fn im2col(
 impl CustomOp3 for Conv2d {
     fn name(&self) -> &'static str {
         "vadapt-conv2d"
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if self.epilogue.item_bias.is_some() || self.epilogue.residual.is_some() {
+            // Training adds them as separate ops (`conv2d_epilogue`); nothing records this op with them.
+            candle_core::bail!("conv2d: no backward through an epilogue");
+        }
+        conv_grad::conv2d_grads(x, weight, grad, (self.stride, self.padding))
     }
 
     fn cpu_fwd(
@@ -499,7 +530,7 @@ fn fill_bias(out: &mut [f32], bias: &[f32], cols: usize) {
 
 /// `per_item_with_bias` with any initial value: `init(item, out)` writes batch item `item`'s (o, cols) output before
 /// `accumulate` adds the product into it.
-fn per_item(
+pub(super) fn per_item(
     out: &mut [f32],
     x: &[f32],
     in_item: usize,

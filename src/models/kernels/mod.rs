@@ -33,6 +33,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod conv_grad;
 mod cpu;
 mod gemm;
 mod linear;
