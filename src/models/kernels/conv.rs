@@ -134,25 +134,31 @@ fn conv2d_im2col(
 }
 
 /// ModelScope's temporal convolution (a Conv3d with kernel (3, 1, 1) and padding (1, 0, 0)) of `x` (b, c, f, h·w)
-/// with an (o, c, 3, 1, 1) weight and (o,) bias -> (b, o, f, h·w): three shifted GEMMs for CPU f32 inference
-/// (`fused_temporal_conv`), composed tensor ops otherwise (`temporal_conv_composed`).
+/// with an (o, c, 3, 1, 1) weight and (o,) bias -> (b, o, f, h·w): three shifted GEMMs for CPU f32
+/// (`fused_temporal_conv`; while training with its GEMM backward, `conv_grad`), composed tensor ops otherwise
+/// (`temporal_conv_composed`).
 pub(crate) fn temporal_conv(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let inference = !x.track_op() && !weight.track_op();
-    if inference && fused_f32_cpu(x) && weight.dtype() == DType::F32 {
-        return fused_temporal_conv(x, weight, bias);
+    let training = x.track_op() || weight.track_op();
+    match (fused_f32_cpu(x) && weight.dtype() == DType::F32, training) {
+        (true, false) => fused_temporal_conv(x, weight, bias),
+        // The same kernel with its GEMM backward (`conv_grad`).
+        (true, true) => {
+            x.contiguous()?
+                .apply_op3(&weight.contiguous()?, &bias.contiguous()?, TemporalConv)
+        }
+        // F16/BF16 and CUDA: one matmul and shifted adds of candle's ops.
+        (false, _) => temporal_conv_composed(x, weight, bias),
     }
-    // Training, F16/BF16 and CUDA: one matmul and shifted adds of candle's ops.
-    temporal_conv_composed(x, weight, bias)
 }
 
 /// `temporal_conv` as ONE matmul of the stacked taps `[W_0; W_1; W_2]` (3*out, in) with the video (b, in, f*h*w),
 /// then `y[t] = W_0 x[t-1] + W_1 x[t] + W_2 x[t+1] + bias` by adding frame-shifted slices (zero padding at both
 /// ends). Differentiable.
-fn temporal_conv_composed(
+pub(super) fn temporal_conv_composed(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -434,6 +440,17 @@ impl CustomOp3 for TemporalConv {
         "vadapt-temporal-conv"
     }
 
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        conv_grad::temporal_conv_grads(x, weight, grad)
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -466,11 +483,7 @@ impl CustomOp3 for TemporalConv {
         let cols = f * hw;
         let mut out = output_buffer(b * o * cols);
         per_item_with_bias(&mut out, x, c * cols, bias, cols, |ob, xb, par| {
-            // (tap, output column offset, input column offset, columns)
-            let shifted = cols.saturating_sub(hw);
-            for (tap, dst_off, src_off, n) in
-                [(0, hw, 0, shifted), (1, 0, 0, cols), (2, 0, hw, shifted)]
-            {
+            for (tap, dst_off, src_off, n) in temporal_taps(cols, hw) {
                 if n == 0 {
                     continue;
                 }
@@ -492,6 +505,13 @@ impl CustomOp3 for TemporalConv {
         });
         Ok((CpuStorage::F32(out), Shape::from((b, o, f, hw))))
     }
+}
+
+/// The temporal convolution's taps over frame·pixel columns (`cols` = frames · `hw`): (tap, output column offset,
+/// input column offset, columns), so that `y[:, out..out + n] += W_tap · x[:, in..in + n]`.
+pub(super) fn temporal_taps(cols: usize, hw: usize) -> [(usize, usize, usize, usize); 3] {
+    let shifted = cols.saturating_sub(hw);
+    [(0, hw, 0, shifted), (1, 0, 0, cols), (2, 0, hw, shifted)]
 }
 
 /// Temporal (3, 1, 1) convolution of a f32 CPU (b, c, f, h·w) input with an (o, c, 3, 1, 1) weight and (o,) bias.
@@ -675,8 +695,8 @@ mod tests {
         }
     }
 
-    /// The inference kernel (`fused_temporal_conv`, three shifted GEMMs) equals the composed path that training
-    /// uses (stacked taps, shifted slices, zero frames), for several frame counts including 1 and 2. The weights are
+    /// The CPU kernel (`fused_temporal_conv`, three shifted GEMMs) equals the composed path that F16/BF16 and CUDA
+    /// take (stacked taps, shifted slices, zero frames), for several frame counts including 1 and 2. The weights are
     /// initialised as `resnet::TemporalConv` does.
     #[test]
     fn temporal_conv_kernel_matches_composed_ops() {
@@ -698,15 +718,10 @@ mod tests {
         let bias = vb.get_with_hints(6, "bias", uniform).unwrap();
         for (b, f, hw) in [(1, 1, 7), (2, 2, 5), (3, 9, 11)] {
             let x = Tensor::randn(0f32, 1.0, (b, 5, f, hw), &dev).unwrap();
-            // Variables make the graph tracked, so `temporal_conv` takes the composed ops.
-            let tracked = temporal_conv(&x, &weight, &bias).unwrap();
-            assert!(
-                weight.track_op(),
-                "the VarMap weight must select the composed path"
-            );
+            let composed = temporal_conv_composed(&x, &weight, &bias).unwrap();
             let fused = fused_temporal_conv(&x, &weight, &bias).unwrap();
             assert_eq!(fused.dims(), &[b, 6, f, hw]);
-            let diff = max_abs_diff(&tracked, &fused);
+            let diff = max_abs_diff(&composed, &fused);
             assert!(diff < 1e-5, "b{b} f{f} hw{hw}: {diff}");
         }
     }

@@ -1,4 +1,4 @@
-//! The backward of the 2-D convolution for CPU f32 training, as GEMMs on the forward's im2col layout. With
+//! The backward of the convolutions for CPU f32 training, as GEMMs on the forward kernels' layouts. The 2-D one, with
 //! `cols_b` the (C·kh·kw, Ho·Wo) im2col of image b and `y_b = W cols_b + bias` (`conv::Conv2d`):
 //!
 //! * `dW = Σ_b dy_b · cols_bᵀ` (cols recomputed, not kept from the forward: a copy per image, where keeping them
@@ -6,13 +6,16 @@
 //! * `dx_b = col2im(Wᵀ · dy_b)`: every column entry adds back to the input pixel it was copied from;
 //! * `dbias = Σ_{b, pixels} dy`.
 //!
+//! The temporal (3, 1, 1) convolution's backward is the same per tap, on frame-shifted column ranges
+//! (`TemporalConvGrad`).
+//!
 //! Replaces the training im2col of tensor ops (`conv::conv2d_im2col`), whose backward pads, narrows and stacks nine
 //! full-size gradients per convolution: copies and zero fills were a sixth of a training step.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::conv::{im2col, per_item, COLS};
+use super::conv::{im2col, per_item, temporal_taps, COLS};
 use super::cpu::{apply3, contiguous_f32, output_buffer};
 use super::gemm::gemm_into;
 
@@ -141,62 +144,70 @@ fn bias_grad(dy: &[f32], db: &mut [f32], hw: usize) {
     }
 }
 
-/// `dW (O, C·kh·kw) = Σ_b dy_b (O, Ho·Wo) · cols_bᵀ`: one accumulating GEMM per image into a partial per
-/// `ITEMS_PER_PARTIAL` images (in parallel), the partials then added in order.
+/// `dW (O, C·kh·kw) = Σ_b dy_b (O, Ho·Wo) · cols_bᵀ`, one accumulating GEMM per image (`summed_over_items`).
 fn weight_grad(x: &[f32], dy: &[f32], dw: &mut [f32], g: Geometry) {
     let (k, hw, o) = (g.k(), g.hw(), g.o);
     let in_item = g.c * g.h * g.w;
-    let items: Vec<usize> = (0..dy.len() / (o * hw)).collect();
-    let chunks = items.len().div_ceil(ITEMS_PER_PARTIAL);
+    summed_over_items(dy.len() / (o * hw), dw, |i, acc, first, par| {
+        COLS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let xb = &x[i * in_item..(i + 1) * in_item];
+            let cols: &[f32] = if g.pointwise() {
+                xb
+            } else {
+                if buf.len() < k * hw {
+                    buf.resize(k * hw, 0.0);
+                }
+                g.im2col(xb, &mut buf[..k * hw]);
+                &buf[..k * hw]
+            };
+            // SAFETY: dst the (o, k) partial; lhs dy_i (o, hw) row-major; rhs colsᵀ (hw, k), column stride hw.
+            unsafe {
+                gemm_into(
+                    (o, k, hw),
+                    acc.as_mut_ptr(),
+                    k,
+                    !first,
+                    dy[i * o * hw..].as_ptr(),
+                    (1, hw),
+                    cols.as_ptr(),
+                    (hw, 1),
+                    par,
+                )
+            }
+        })
+    });
+}
+
+/// `out = Σ_items` of what `add(item, acc, first, parallelism)` accumulates into `acc` (overwriting it where
+/// `first`): items in chunks of `ITEMS_PER_PARTIAL`, one partial per chunk (chunks in parallel, one-thread GEMMs; a
+/// parallel GEMM when there are fewer chunks than threads), the partials then added in order.
+fn summed_over_items(
+    items: usize,
+    out: &mut [f32],
+    add: impl Fn(usize, &mut [f32], bool, gemm::Parallelism) + Sync,
+) {
+    let items: Vec<usize> = (0..items).collect();
     let threads = rayon::current_num_threads();
-    let par = if chunks >= threads {
+    let par = if items.len().div_ceil(ITEMS_PER_PARTIAL) >= threads {
         gemm::Parallelism::None
     } else {
         gemm::Parallelism::Rayon(threads)
     };
-    let partial = |chunk: &[usize], acc: &mut [f32]| {
-        COLS.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            for (n, &i) in chunk.iter().enumerate() {
-                let xb = &x[i * in_item..(i + 1) * in_item];
-                let cols: &[f32] = if g.pointwise() {
-                    xb
-                } else {
-                    if buf.len() < k * hw {
-                        buf.resize(k * hw, 0.0);
-                    }
-                    g.im2col(xb, &mut buf[..k * hw]);
-                    &buf[..k * hw]
-                };
-                // SAFETY: dst the (o, k) partial; lhs dy_i (o, hw) row-major; rhs colsᵀ (hw, k), column stride hw.
-                unsafe {
-                    gemm_into(
-                        (o, k, hw),
-                        acc.as_mut_ptr(),
-                        k,
-                        n > 0,
-                        dy[i * o * hw..].as_ptr(),
-                        (1, hw),
-                        cols.as_ptr(),
-                        (hw, 1),
-                        par,
-                    )
-                }
-            }
-        })
-    };
     let partials: Vec<Vec<f32>> = items
         .par_chunks(ITEMS_PER_PARTIAL)
         .map(|chunk| {
-            // Written by the chunk's first GEMM (which does not read it).
-            let mut acc = output_buffer(o * k);
-            partial(chunk, &mut acc);
+            // Written by the chunk's first item (`first`), read by the others.
+            let mut acc = output_buffer(out.len());
+            for (n, &i) in chunk.iter().enumerate() {
+                add(i, &mut acc, n == 0, par);
+            }
             acc
         })
         .collect();
-    dw.fill(0.0);
+    out.fill(0.0);
     for p in &partials {
-        dw.iter_mut().zip(p).for_each(|(d, v)| *d += v);
+        out.iter_mut().zip(p).for_each(|(d, v)| *d += v);
     }
 }
 
@@ -280,14 +291,37 @@ pub(super) fn conv2d_grads(
     weight: &Tensor,
     grad: &Tensor,
     (stride, padding): (usize, usize),
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+) -> candle_core::Result<Grads> {
     let need_dx = x.track_op();
     let op = Conv2dGrad {
         stride,
         padding,
         need_dx,
     };
-    let packed = apply3(x, weight, grad, &op)?;
+    unpack(&apply3(x, weight, grad, &op)?, x, weight, need_dx)
+}
+
+/// `(dx, dW, dbias)` of `conv::TemporalConv` at (x, weight) for the output gradient `grad`.
+pub(super) fn temporal_conv_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<Grads> {
+    let need_dx = x.track_op();
+    let packed = apply3(x, weight, grad, &TemporalConvGrad { need_dx })?;
+    unpack(&packed, x, weight, need_dx)
+}
+
+/// The gradients a convolution's `bwd` returns: input, weight, bias.
+type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// Split a packed [dx (when `need_dx`), dW, dbias] into tensors of the operands' shapes (views, no copies).
+fn unpack(
+    packed: &Tensor,
+    x: &Tensor,
+    weight: &Tensor,
+    need_dx: bool,
+) -> candle_core::Result<Grads> {
     let nx = if need_dx { x.elem_count() } else { 0 };
     let (o, nw) = (weight.dim(0)?, weight.elem_count());
     let dx = if need_dx {
@@ -298,6 +332,109 @@ pub(super) fn conv2d_grads(
     let dw = packed.narrow(0, nx, nw)?.reshape(weight.shape())?;
     let db = packed.narrow(0, nx + nw, o)?;
     Ok((dx, Some(dw), Some(db)))
+}
+
+/// The gradients of `conv::TemporalConv` from (x (b, c, f, hw), W (o, c, 3, 1, 1), dy (b, o, f, hw)), packed as
+/// [dx (when `need_dx`), dW, dbias]. The forward adds `W_t · x[:, in..in + n]` into `y[:, out..out + n]` for each tap
+/// (`conv::temporal_taps`, over frame·pixel columns), so `dW_t = Σ_b dy_b[:, out..] · x_b[:, in..]ᵀ`,
+/// `dx_b[:, in..] += W_tᵀ · dy_b[:, out..]` and `dbias = Σ dy`.
+struct TemporalConvGrad {
+    need_dx: bool,
+}
+
+impl CustomOp3 for TemporalConvGrad {
+    fn name(&self) -> &'static str {
+        "vadapt-temporal-conv-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "temporal conv backward input")?;
+        let wt = contiguous_f32(s2, l2, "temporal conv backward weight")?;
+        let dy = contiguous_f32(s3, l3, "temporal conv backward output gradient")?;
+        let (b, c, f, hw) = l1.shape().dims4()?;
+        let o = l2.shape().dims()[0];
+        if l2.shape().dims() != [o, c, 3, 1, 1] || l3.shape().dims() != [b, o, f, hw] {
+            candle_core::bail!(
+                "temporal conv backward: input {:?}, weight {:?}, output gradient {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
+        }
+        let cols = f * hw;
+        let nx = if self.need_dx { x.len() } else { 0 };
+        let n = nx + o * c * 3 + o;
+        let mut out = output_buffer(n);
+        let (dx, rest) = out.split_at_mut(nx);
+        let (dw, db) = rest.split_at_mut(o * c * 3);
+        bias_grad(dy, db, cols);
+        // dW per tap as (3, o, c), reordered to the weight's (o, c, 3) below.
+        let mut taps = vec![0f32; 3 * o * c];
+        summed_over_items(b, &mut taps, |i, acc, first, par| {
+            if first {
+                // A single frame has no shifted taps: every tap's block must start from zero.
+                acc.fill(0.0);
+            }
+            for (tap, dst_off, src_off, n) in temporal_taps(cols, hw) {
+                if n == 0 {
+                    continue;
+                }
+                // SAFETY: dst tap's (o, c) block; lhs dy_i (o, n) rows `cols` apart; rhs x_iᵀ (n, c), column
+                // stride `cols`; all inside item i.
+                unsafe {
+                    gemm_into(
+                        (o, c, n),
+                        acc[tap * o * c..].as_mut_ptr(),
+                        c,
+                        true,
+                        dy[i * o * cols + dst_off..].as_ptr(),
+                        (1, cols),
+                        x[i * c * cols + src_off..].as_ptr(),
+                        (cols, 1),
+                        par,
+                    )
+                }
+            }
+        });
+        for (j, d) in dw.iter_mut().enumerate() {
+            let (oc, ci, tap) = (j / (3 * c), (j / 3) % c, j % 3);
+            *d = taps[(tap * o + oc) * c + ci];
+        }
+        if self.need_dx {
+            let init = |_: usize, dxb: &mut [f32]| dxb.fill(0.0);
+            per_item(dx, dy, o * cols, (c, cols), init, |dxb, dyb, par| {
+                for (tap, dst_off, src_off, n) in temporal_taps(cols, hw) {
+                    if n == 0 {
+                        continue;
+                    }
+                    // SAFETY: dst dx_b's columns from `src_off`, rows `cols` apart; lhs W_tapᵀ (c, o) inside the
+                    // (o, c, 3) weight (column stride 3c, row stride 3); rhs dy_b (o, n) from `dst_off`.
+                    unsafe {
+                        gemm_into(
+                            (c, n, o),
+                            dxb[src_off..].as_mut_ptr(),
+                            cols,
+                            true,
+                            wt.as_ptr().add(tap),
+                            (3 * c, 3),
+                            dyb[dst_off..].as_ptr(),
+                            (1, cols),
+                            par,
+                        )
+                    }
+                }
+            });
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +495,49 @@ mod tests {
                 let diff = max_abs_diff(a, b);
                 assert!(
                     diff < 1e-5 * scale.max(1.0) * 10.0,
+                    "{name} grad {what}: {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+
+    /// The temporal convolution's backward equals candle's autograd through the composed tensor ops (one matmul,
+    /// shifted slices and zero frames), for one, two and several frames.
+    #[test]
+    fn temporal_conv_backward_matches_composed_autograd() {
+        let dev = Device::Cpu;
+        for (b, c, o, f, hw) in [(2, 3, 4, 1, 5), (1, 4, 3, 2, 6), (6, 5, 6, 7, 9)] {
+            let what = format!("b{b} c{c} o{o} f{f} hw{hw}");
+            let var = |shape: &[usize], std: f32| {
+                Var::from_tensor(&Tensor::randn(0f32, std, shape, &dev).unwrap()).unwrap()
+            };
+            let (x, wt, bias) = (
+                var(&[b, c, f, hw], 1.0),
+                var(&[o, c, 3, 1, 1], 0.5),
+                var(&[o], 1.0),
+            );
+            let reference = super::super::conv::temporal_conv_composed(&x, &wt, &bias).unwrap();
+            let ours = super::super::temporal_conv(&x, &wt, &bias).unwrap();
+            assert!(max_abs_diff(&ours, &reference) < 1e-4, "forward {what}");
+            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
+            let (g_ref, g_ours) = (
+                loss(&reference).backward().unwrap(),
+                loss(&ours).backward().unwrap(),
+            );
+            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+                let (a, b) = (g_ref.get(v).unwrap(), g_ours.get(v).expect(name));
+                assert_eq!(a.dims(), b.dims(), "{name} grad shape {what}");
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = max_abs_diff(a, b);
+                assert!(
+                    diff < 1e-4 * scale.max(1.0),
                     "{name} grad {what}: {diff} (scale {scale})"
                 );
             }
