@@ -7,6 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::exp;
+use super::attention_grad;
 use super::cpu::{apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, output_buffer, OutPtr};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -19,8 +20,8 @@ const SCORE_CHUNK_BYTES: usize = 8 << 20;
 const DEVICE_SCORE_CHUNK_BYTES: usize = 1 << 30;
 
 /// `softmax(scale · q kᵀ) v` over `heads` interleaved heads: q (b, n, heads · d), k and v (b, m, heads · d); returns
-/// (b, n, heads · d), ready for the output projection. The fused kernel (`fused_attention`) where nothing records a
-/// graph and q is f32 on the CPU; split heads, batched matmuls and a softmax otherwise (training, F16/BF16, CUDA).
+/// (b, n, heads · d), ready for the output projection. The fused kernel (`fused_attention`, with its backward while
+/// training) where q is f32 on the CPU; split heads, batched matmuls and a softmax otherwise (F16/BF16, CUDA).
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -28,17 +29,26 @@ pub(crate) fn attention(
     heads: usize,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    if !q.track_op() && !k.track_op() && !v.track_op() && fused_f32_cpu(q) {
+    if fused_f32_cpu(q) {
         // One fused pass on the interleaved heads, the scale applied inside, no score matrix and no head
-        // split/merge copies.
-        return fused_attention(q, k, v, heads, scale as f32);
+        // split/merge copies; while training with its own backward (`attention_grad`).
+        let op = Attention {
+            heads,
+            scale: scale as f32,
+        };
+        return match q.track_op() || k.track_op() || v.track_op() {
+            false => apply3(q, k, v, &op),
+            true => q
+                .contiguous()?
+                .apply_op3(&k.contiguous()?, &v.contiguous()?, op),
+        };
     }
-    // Training, F16/BF16 and CUDA: candle's matmuls and softmax, which have CUDA kernels in all three dtypes.
+    // F16/BF16 and CUDA: candle's matmuls and softmax, which have CUDA kernels in all three dtypes.
     attention_composed(q, k, v, heads, scale)
 }
 
 /// `attention` of candle's ops: split heads, `softmax(q kᵀ) v` as batched matmuls in chunks, merge heads.
-fn attention_composed(
+pub(super) fn attention_composed(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -120,7 +130,7 @@ impl CustomOp1 for SoftmaxLastDim {
                 let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
                 for (yv, xv) in yr.iter_mut().zip(xr) {
-                    *yv = (xv - max).exp();
+                    *yv = exp(xv - max);
                     sum += *yv;
                 }
                 let inv = 1.0 / sum;
@@ -376,6 +386,17 @@ struct Attention {
 impl CustomOp3 for Attention {
     fn name(&self) -> &'static str {
         "vadapt-fused-attention"
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        attention_grad::attention_grads(q, k, v, grad, (self.heads, self.scale))
     }
 
     fn cpu_fwd(
@@ -878,11 +899,7 @@ mod tests {
             let (q, k, v) = (var(n), var(m), var(m));
             let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
             let scale = 1.0 / (d as f64).sqrt();
-            let composed = attention(q, k, v, heads, scale).unwrap();
-            assert!(
-                composed.track_op(),
-                "variables take the differentiable path"
-            );
+            let composed = attention_composed(q, k, v, heads, scale).unwrap();
             let fused = fused_attention(q, k, v, heads, scale as f32).unwrap();
             assert_eq!(composed.dims(), fused.dims());
             let diff = max_abs_diff(&composed, &fused);

@@ -32,6 +32,7 @@
 
 mod activation;
 mod attention;
+mod attention_grad;
 mod conv;
 mod conv_grad;
 mod cpu;

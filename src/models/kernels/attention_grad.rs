@@ -1,0 +1,347 @@
+//! The backward of multi-head attention `O = softmax(scale · Q Kᵀ) V` for CPU f32 training, without the score
+//! matrix. Per query row i of one head, the probabilities are recomputed from q_i and K (as the forward computes
+//! them), then (FlashAttention's backward, Dao et al. 2022, eq. in their appendix B.2, without tiling):
+//!
+//! ```text
+//! dp_j = dO_i · v_j          D_i = Σ_j p_j dp_j  (= dO_i · O_i)      ds_j = p_j (dp_j − D_i)
+//! dq_i = scale Σ_j ds_j k_j  dk_j += scale ds_j q_i                  dv_j += p_j dO_i
+//! ```
+//!
+//! One task per (batch item, head) owns that head's columns of dQ, dK and dV, so rows are added in a fixed order
+//! (the same bits under any thread count). Keys, values and their gradients are held transposed, (d, m), so every
+//! inner loop runs along the m keys, contiguous, and vectorises. This replaces candle's split heads, batched matmuls
+//! and softmax in training, whose backward wrote (rows, keys) score gradients three times per head.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::exp;
+use super::cpu::{contiguous_f32, has_avx2_fma, output_buffer, with_f32, OutPtr};
+#[cfg(target_arch = "x86_64")]
+use super::portable::Fused;
+use super::portable::{max, MulAdd, Plain, LANES};
+
+/// The gradients (dQ, dK, dV) of `attention::Attention` at (q, k, v) for the output gradient `grad`.
+pub(super) fn attention_grads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    grad: &Tensor,
+    (heads, scale): (usize, f32),
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let op = AttentionGrad {
+        heads,
+        scale,
+        v: v.contiguous()?,
+        dout: grad.contiguous()?,
+    };
+    let packed = q.contiguous()?.apply_op2_no_bwd(&k.contiguous()?, &op)?;
+    let (nq, nk) = (q.elem_count(), k.elem_count());
+    let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?;
+    let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?;
+    let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
+    Ok((Some(dq), Some(dk), Some(dv)))
+}
+
+/// (q, k) -> [dQ, dK, dV] packed; V and dO ride along (a custom op has at most three operands).
+struct AttentionGrad {
+    heads: usize,
+    scale: f32,
+    v: Tensor,
+    dout: Tensor,
+}
+
+impl CustomOp2 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "vadapt-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = contiguous_f32(s1, l1, "attention backward q")?;
+        let k = contiguous_f32(s2, l2, "attention backward k")?;
+        let (b, n, width) = l1.shape().dims3()?;
+        let (_, m, _) = l2.shape().dims3()?;
+        let heads = self.heads;
+        if l2.shape().dims3()? != (b, m, width)
+            || self.v.dims() != [b, m, width]
+            || self.dout.dims() != [b, n, width]
+            || heads == 0
+            || width % heads != 0
+        {
+            candle_core::bail!(
+                "attention backward: q {:?}, k {:?}, v {:?}, output gradient {:?}, {heads} heads",
+                l1.shape(),
+                l2.shape(),
+                self.v.shape(),
+                self.dout.shape()
+            );
+        }
+        let problem = Problem {
+            n,
+            m,
+            d: width / heads,
+            width,
+            scale: self.scale,
+        };
+        let total = q.len() + 2 * k.len();
+        let mut out = output_buffer(total);
+        let operands = [Some(&self.v), Some(&self.dout)];
+        with_f32(operands, "attention backward", |[v, dout]| {
+            let (v, dout) = (v.expect("present"), dout.expect("present"));
+            let (dq, dkv) = out.split_at_mut(q.len());
+            let (dq, dk, dv) = (
+                OutPtr(dq.as_mut_ptr()),
+                OutPtr(dkv.as_mut_ptr()),
+                OutPtr(dkv[k.len()..].as_mut_ptr()),
+            );
+            let avx = has_avx2_fma();
+            // Short sequences (temporal attention: 16 tokens) go to the pool in runs, as in the forward.
+            let min_len = (8192 / (n * m).max(1)).max(1);
+            (0..b * heads)
+                .into_par_iter()
+                .with_min_len(min_len)
+                .for_each(|s| {
+                    let (bi, h) = (s / heads, s % heads);
+                    let d = problem.d;
+                    let at_q = bi * n * width + h * problem.d;
+                    let at_k = bi * m * width + h * d;
+                    let inputs = HeadInputs {
+                        q: &q[at_q..],
+                        k: &k[at_k..],
+                        v: &v[at_k..],
+                        dout: &dout[at_q..],
+                    };
+                    // SAFETY: head h of batch item bi: its columns of dQ (n rows) and of dK, dV (m rows) belong to
+                    // this task alone, and the offsets stay inside item bi's blocks.
+                    let outputs = unsafe {
+                        HeadOutputs {
+                            dq: OutPtr(dq.get().add(at_q)),
+                            dk: OutPtr(dk.get().add(at_k)),
+                            dv: OutPtr(dv.get().add(at_k)),
+                        }
+                    };
+                    head_grad_dispatch(avx, &inputs, outputs, problem);
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from(total)))
+    }
+}
+
+/// One attention problem's sizes: n query rows, m keys, head width d, rows `width` apart, the softmax scale.
+#[derive(Clone, Copy)]
+struct Problem {
+    n: usize,
+    m: usize,
+    d: usize,
+    width: usize,
+    scale: f32,
+}
+
+/// One head's operands, each starting at the head's first column of its batch item (rows `width` apart).
+struct HeadInputs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    dout: &'a [f32],
+}
+
+/// Where one head's gradients go (first column of the head in its batch item; rows `width` apart).
+struct HeadOutputs {
+    dq: OutPtr,
+    dk: OutPtr,
+    dv: OutPtr,
+}
+
+thread_local! {
+    /// Each thread's transposed keys, values and their gradients (4 · d · m) and two rows of m.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `head_grad`, compiled for AVX2 + FMA where `avx`.
+fn head_grad_dispatch(avx: bool, inputs: &HeadInputs, outputs: HeadOutputs, problem: Problem) {
+    SCRATCH.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let len = 4 * problem.d * problem.m + 2 * problem.m;
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        let scratch = &mut buf[..len];
+        #[cfg(target_arch = "x86_64")]
+        if avx {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn head_grad_avx2(i: &HeadInputs, o: HeadOutputs, p: Problem, s: &mut [f32]) {
+                // SAFETY: forwarded contract.
+                unsafe { head_grad::<Fused>(i, o, p, s) }
+            }
+            // SAFETY: the caller checked AVX2 and FMA; the output contract is the caller's (see the call site).
+            unsafe { head_grad_avx2(inputs, outputs, problem, scratch) };
+            return;
+        }
+        let _ = avx;
+        // SAFETY: as above.
+        unsafe { head_grad::<Plain>(inputs, outputs, problem, scratch) }
+    })
+}
+
+/// The backward of one head (module comment), rows in order.
+///
+/// # Safety
+/// `outputs` must address n rows (dQ) and m rows (dK, dV) of d floats, `width` apart, that nothing else touches.
+#[inline(always)]
+unsafe fn head_grad<F: MulAdd>(
+    inputs: &HeadInputs,
+    outputs: HeadOutputs,
+    Problem {
+        n,
+        m,
+        d,
+        width,
+        scale,
+    }: Problem,
+    scratch: &mut [f32],
+) {
+    let (kt, rest) = scratch.split_at_mut(d * m);
+    let (vt, rest) = rest.split_at_mut(d * m);
+    let (dkt, rest) = rest.split_at_mut(d * m);
+    let (dvt, rest) = rest.split_at_mut(d * m);
+    let (p, ds) = rest.split_at_mut(m);
+    for j in 0..m {
+        for e in 0..d {
+            kt[e * m + j] = inputs.k[j * width + e];
+            vt[e * m + j] = inputs.v[j * width + e];
+        }
+    }
+    dkt.fill(0.0);
+    dvt.fill(0.0);
+    for i in 0..n {
+        let qi = &inputs.q[i * width..i * width + d];
+        let doi = &inputs.dout[i * width..i * width + d];
+        // p = softmax(scale · q_i Kᵀ)
+        p.fill(0.0);
+        for (e, kte) in kt.chunks_exact(m).enumerate() {
+            axpy::<F>(p, qi[e] * scale, kte);
+        }
+        let mx = max(p);
+        let mut sum = 0f32;
+        for pj in p.iter_mut() {
+            *pj = exp(*pj - mx);
+            sum += *pj;
+        }
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|pj| *pj *= inv);
+        // dp = dO_i Vᵀ, then ds = p ∘ (dp − p·dp)
+        ds.fill(0.0);
+        for (e, vte) in vt.chunks_exact(m).enumerate() {
+            axpy::<F>(ds, doi[e], vte);
+        }
+        let di = dot::<F>(p, ds);
+        for (s, &pj) in ds.iter_mut().zip(p.iter()) {
+            *s = pj * (*s - di);
+        }
+        for (e, kte) in kt.chunks_exact(m).enumerate() {
+            // SAFETY: row i < n, column e < d of this head's dQ (the caller's contract).
+            unsafe { *outputs.dq.get().add(i * width + e) = scale * dot::<F>(ds, kte) };
+        }
+        for e in 0..d {
+            axpy::<F>(&mut dkt[e * m..(e + 1) * m], scale * qi[e], ds);
+            axpy::<F>(&mut dvt[e * m..(e + 1) * m], doi[e], p);
+        }
+    }
+    for j in 0..m {
+        for e in 0..d {
+            // SAFETY: row j < m, column e < d of this head's dK and dV (the caller's contract).
+            unsafe {
+                *outputs.dk.get().add(j * width + e) = dkt[e * m + j];
+                *outputs.dv.get().add(j * width + e) = dvt[e * m + j];
+            }
+        }
+    }
+}
+
+/// `y += a · x`.
+#[inline(always)]
+fn axpy<F: MulAdd>(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv = F::mul_add(a, xv, *yv);
+    }
+}
+
+/// `Σ a·b`, in LANES accumulators.
+#[inline(always)]
+fn dot<F: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] = F::mul_add(x[l], y[l], acc[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var};
+
+    use crate::models::max_abs_diff;
+
+    /// The fused attention's backward equals candle's autograd through split heads, batched matmuls and softmax,
+    /// for the UNets' shapes: many keys (spatial), few (temporal, text), 8-wide heads and others, one key.
+    #[test]
+    fn attention_backward_matches_candle_autograd() {
+        let dev = Device::Cpu;
+        for (b, n, m, heads, d) in [
+            (2, 40, 40, 3, 8),
+            (5, 16, 7, 2, 8),
+            (1, 9, 33, 2, 5),
+            (3, 4, 1, 1, 8),
+            (2, 70, 70, 1, 16),
+        ] {
+            let what = format!("b{b} n{n} m{m} heads{heads} d{d}");
+            let var = |rows: usize| {
+                let t = Tensor::randn(0f32, 1.0, (b, rows, heads * d), &dev).unwrap();
+                Var::from_tensor(&t).unwrap()
+            };
+            let (q, k, v) = (var(n), var(m), var(m));
+            let scale = 1.0 / (d as f64).sqrt();
+            let reference =
+                super::super::attention::attention_composed(&q, &k, &v, heads, scale).unwrap();
+            let ours = super::super::attention(&q, &k, &v, heads, scale).unwrap();
+            assert!(max_abs_diff(&ours, &reference) < 1e-5, "forward {what}");
+            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
+            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
+            let (g_ref, g_ours) = (
+                loss(&reference).backward().unwrap(),
+                loss(&ours).backward().unwrap(),
+            );
+            for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+                let (a, b) = (g_ref.get(t).unwrap(), g_ours.get(t).expect(name));
+                let scale = a
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let diff = max_abs_diff(a, b);
+                assert!(
+                    diff < 1e-5 * scale.max(1.0) * 4.0,
+                    "d{name} {what}: {diff} (scale {scale})"
+                );
+            }
+        }
+    }
+}
