@@ -19,7 +19,7 @@ use super::activation::exp;
 use super::cpu::{contiguous_f32, has_avx2_fma, output_buffer, with_f32, OutPtr};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
-use super::portable::{max, MulAdd, Plain, LANES};
+use super::portable::{max, sum, MulAdd, Plain, LANES};
 
 /// The gradients (dQ, dK, dV) of `attention::Attention` at (q, k, v) for the output gradient `grad`.
 pub(super) fn attention_grads(
@@ -229,12 +229,9 @@ unsafe fn head_grad<F: MulAdd>(
             axpy::<F>(p, qi[e] * scale, kte);
         }
         let mx = max(p);
-        let mut sum = 0f32;
-        for pj in p.iter_mut() {
-            *pj = exp(*pj - mx);
-            sum += *pj;
-        }
-        let inv = 1.0 / sum;
+        // The exponentials in their own loop: a running sum beside them would keep it scalar.
+        p.iter_mut().for_each(|pj| *pj = exp(*pj - mx));
+        let inv = 1.0 / sum(p);
         p.iter_mut().for_each(|pj| *pj *= inv);
         // dp = dO_i Vᵀ, then ds = p ∘ (dp − p·dp)
         ds.fill(0.0);

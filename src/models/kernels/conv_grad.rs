@@ -182,7 +182,7 @@ fn weight_grad(x: &[f32], dy: &[f32], dw: &mut [f32], g: Geometry) {
 /// `out = Σ_items` of what `add(item, acc, first, parallelism)` accumulates into `acc` (overwriting it where
 /// `first`): items in chunks of `ITEMS_PER_PARTIAL`, one partial per chunk (chunks in parallel, one-thread GEMMs; a
 /// parallel GEMM when there are fewer chunks than threads), the partials then added in order.
-fn summed_over_items(
+pub(super) fn summed_over_items(
     items: usize,
     out: &mut [f32],
     add: impl Fn(usize, &mut [f32], bool, gemm::Parallelism) + Sync,

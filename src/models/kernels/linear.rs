@@ -3,7 +3,7 @@
 //! projection, GEGLU and output projection one block of rows at a time, for CPU f32 inference; candle-nn's
 //! `Linear` and composed ops otherwise.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
 use candle_nn::Linear;
 use rayon::prelude::*;
 
@@ -12,9 +12,11 @@ use super::cpu::{
     contiguous_f32, cpu_f32_inference, fused_f32_cpu, has_avx2_fma, output_buffer, with_f32,
 };
 use super::gemm::gemm_into;
+use super::linear_grad;
 
-/// `x Wᵀ + b (+ residual)` of a candle-nn `Linear`: one fused GEMM for CPU f32 inference (`fused_linear`),
-/// candle-nn's `Linear` and an add otherwise (training records the graph through those).
+/// `x Wᵀ + b (+ residual)` of a candle-nn `Linear`: one fused GEMM for CPU f32 inference (`fused_linear`); while
+/// training on the CPU the same GEMM with its own backward (`linear_grad`) and an add; candle-nn's `Linear` and an
+/// add otherwise.
 pub(crate) fn linear(
     x: &Tensor,
     l: &Linear,
@@ -23,8 +25,13 @@ pub(crate) fn linear(
     if cpu_f32_inference([x, l.weight()].into_iter().chain(residual)) {
         return fused_linear(x, l.weight(), l.bias(), residual);
     }
-    // Training, F16/BF16 and CUDA: candle-nn's `Linear` (cuBLAS on CUDA).
-    let y = l.forward(x)?;
+    let y = if fused_f32_cpu(x) && l.weight().dtype() == DType::F32 {
+        // Training on the CPU: the same GEMM with its own backward.
+        linear_grad::linear_trained(x, l.weight(), l.bias())?
+    } else {
+        // F16/BF16 and CUDA: candle-nn's `Linear` (cuBLAS on CUDA).
+        l.forward(x)?
+    };
     match residual {
         Some(r) => y + r,
         None => Ok(y),
@@ -187,7 +194,7 @@ fn linear_block(
 /// output is initialised (residual and bias, or nothing) and multiplied into while it is in cache, the blocks in
 /// parallel. Initialising the whole output first and then running one large GEMM over it wrote and re-read every
 /// element from memory (the GEGLU projection at 24x40 is 30 MB); that pass was 5% of a composed step.
-fn linear_rows(
+pub(super) fn linear_rows(
     out: &mut [f32],
     x: &[f32],
     w: &[f32],

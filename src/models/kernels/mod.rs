@@ -38,6 +38,7 @@ mod conv_grad;
 mod cpu;
 mod gemm;
 mod linear;
+mod linear_grad;
 mod norm;
 #[cfg(test)]
 mod paths;
