@@ -160,7 +160,8 @@ struct HeadOutputs {
 }
 
 thread_local! {
-    /// Each thread's transposed keys, values and their gradients (4 · d · m) and two rows of m.
+    /// Each thread's transposed keys, values and their gradients (4 · d · m), a row group's p and ds (2 · ROW_GROUP · m)
+    /// and d coefficients.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -168,7 +169,7 @@ thread_local! {
 fn head_grad_dispatch(avx: bool, inputs: &HeadInputs, outputs: HeadOutputs, problem: Problem) {
     SCRATCH.with(|buf| {
         let mut buf = buf.borrow_mut();
-        let len = 4 * problem.d * problem.m + 2 * problem.m;
+        let len = 4 * problem.d * problem.m + 2 * ROW_GROUP * problem.m + problem.d;
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
@@ -190,7 +191,13 @@ fn head_grad_dispatch(avx: bool, inputs: &HeadInputs, outputs: HeadOutputs, prob
     })
 }
 
-/// The backward of one head (module comment), rows in order.
+/// Query rows per group: their `ds` and `p` rows update dK and dV together (`add_rows`), so each dKᵀ/dVᵀ element
+/// is loaded and stored once per group instead of once per row.
+const ROW_GROUP: usize = 4;
+/// Keys per register block of `weighted_rows` (4 accumulator chains of LANES).
+const KEY_BLOCK: usize = 4 * LANES;
+
+/// The backward of one head (module comment), rows in order (groups of ROW_GROUP).
 ///
 /// # Safety
 /// `outputs` must address n rows (dQ) and m rows (dK, dV) of d floats, `width` apart, that nothing else touches.
@@ -211,7 +218,8 @@ unsafe fn head_grad<F: MulAdd>(
     let (vt, rest) = rest.split_at_mut(d * m);
     let (dkt, rest) = rest.split_at_mut(d * m);
     let (dvt, rest) = rest.split_at_mut(d * m);
-    let (p, ds) = rest.split_at_mut(m);
+    let (p, rest) = rest.split_at_mut(ROW_GROUP * m);
+    let (ds, coef) = rest.split_at_mut(ROW_GROUP * m);
     for j in 0..m {
         for e in 0..d {
             kt[e * m + j] = inputs.k[j * width + e];
@@ -220,35 +228,46 @@ unsafe fn head_grad<F: MulAdd>(
     }
     dkt.fill(0.0);
     dvt.fill(0.0);
-    for i in 0..n {
-        let qi = &inputs.q[i * width..i * width + d];
-        let doi = &inputs.dout[i * width..i * width + d];
-        // p = softmax(scale · q_i Kᵀ)
-        p.fill(0.0);
-        for (e, kte) in kt.chunks_exact(m).enumerate() {
-            axpy::<F>(p, qi[e] * scale, kte);
+    for i0 in (0..n).step_by(ROW_GROUP) {
+        let rows = ROW_GROUP.min(n - i0);
+        // A short last group: its missing rows enter `add_rows` with coefficient 0, so they must hold finite values.
+        p[rows * m..].fill(0.0);
+        ds[rows * m..].fill(0.0);
+        for r in 0..rows {
+            let i = i0 + r;
+            let qi = &inputs.q[i * width..i * width + d];
+            let doi = &inputs.dout[i * width..i * width + d];
+            let (pr, dsr) = (&mut p[r * m..(r + 1) * m], &mut ds[r * m..(r + 1) * m]);
+            // p = softmax(scale · q_i Kᵀ)
+            let coef = &mut coef[..d];
+            coef.iter_mut().zip(qi).for_each(|(c, &q)| *c = scale * q);
+            weighted_rows::<F>(pr, coef, kt, m);
+            let mx = max(pr);
+            // The exponentials in their own loop: a running sum beside them would keep it scalar.
+            pr.iter_mut().for_each(|pj| *pj = exp(*pj - mx));
+            let inv = 1.0 / sum(pr);
+            pr.iter_mut().for_each(|pj| *pj *= inv);
+            // dp = dO_i Vᵀ, then ds = p ∘ (dp − p·dp)
+            weighted_rows::<F>(dsr, doi, vt, m);
+            let di = dot::<F>(pr, dsr);
+            for (s, &pj) in dsr.iter_mut().zip(pr.iter()) {
+                *s = pj * (*s - di);
+            }
+            for (e, kte) in kt.chunks_exact(m).enumerate() {
+                // SAFETY: row i < n, column e < d of this head's dQ (the caller's contract).
+                unsafe { *outputs.dq.get().add(i * width + e) = scale * dot::<F>(dsr, kte) };
+            }
         }
-        let mx = max(p);
-        // The exponentials in their own loop: a running sum beside them would keep it scalar.
-        p.iter_mut().for_each(|pj| *pj = exp(*pj - mx));
-        let inv = 1.0 / sum(p);
-        p.iter_mut().for_each(|pj| *pj *= inv);
-        // dp = dO_i Vᵀ, then ds = p ∘ (dp − p·dp)
-        ds.fill(0.0);
-        for (e, vte) in vt.chunks_exact(m).enumerate() {
-            axpy::<F>(ds, doi[e], vte);
-        }
-        let di = dot::<F>(p, ds);
-        for (s, &pj) in ds.iter_mut().zip(p.iter()) {
-            *s = pj * (*s - di);
-        }
-        for (e, kte) in kt.chunks_exact(m).enumerate() {
-            // SAFETY: row i < n, column e < d of this head's dQ (the caller's contract).
-            unsafe { *outputs.dq.get().add(i * width + e) = scale * dot::<F>(ds, kte) };
-        }
+        let at = |t: &[f32], r: usize, e: usize| t[(i0 + r) * width + e];
         for e in 0..d {
-            axpy::<F>(&mut dkt[e * m..(e + 1) * m], scale * qi[e], ds);
-            axpy::<F>(&mut dvt[e * m..(e + 1) * m], doi[e], p);
+            let mut ck = [0f32; ROW_GROUP];
+            let mut cv = [0f32; ROW_GROUP];
+            for r in 0..rows {
+                ck[r] = scale * at(inputs.q, r, e);
+                cv[r] = at(inputs.dout, r, e);
+            }
+            add_rows::<F>(&mut dkt[e * m..(e + 1) * m], &ck, ds, m);
+            add_rows::<F>(&mut dvt[e * m..(e + 1) * m], &cv, p, m);
         }
     }
     for j in 0..m {
@@ -262,11 +281,43 @@ unsafe fn head_grad<F: MulAdd>(
     }
 }
 
-/// `y += a · x`.
+/// `out[j] = Σ_e coef[e] · rows[e·m + j]` for the m entries of out: a KEY_BLOCK of sums stays in registers over
+/// the d rows, so out is written once.
 #[inline(always)]
-fn axpy<F: MulAdd>(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = F::mul_add(a, xv, *yv);
+fn weighted_rows<F: MulAdd>(out: &mut [f32], coef: &[f32], rows: &[f32], m: usize) {
+    let full = m - m % KEY_BLOCK;
+    for j0 in (0..full).step_by(KEY_BLOCK) {
+        let mut acc = [0f32; KEY_BLOCK];
+        for (e, &c) in coef.iter().enumerate() {
+            let row: &[f32; KEY_BLOCK] = rows[e * m + j0..e * m + j0 + KEY_BLOCK]
+                .try_into()
+                .expect("a block");
+            for l in 0..KEY_BLOCK {
+                acc[l] = F::mul_add(c, row[l], acc[l]);
+            }
+        }
+        out[j0..j0 + KEY_BLOCK].copy_from_slice(&acc);
+    }
+    // The last m mod KEY_BLOCK keys (all of them in the temporal attention's 8-key problems), row by row.
+    let tail = &mut out[full..m];
+    tail.fill(0.0);
+    for (e, &c) in coef.iter().enumerate() {
+        let row = &rows[e * m + full..(e + 1) * m];
+        for (o, &r) in tail.iter_mut().zip(row) {
+            *o = F::mul_add(c, r, *o);
+        }
+    }
+}
+
+/// `y[j] += Σ_r c[r] · x[r·m + j]` over the ROW_GROUP rows of x (rows past the group's end have c = 0).
+#[inline(always)]
+fn add_rows<F: MulAdd>(y: &mut [f32], c: &[f32; ROW_GROUP], x: &[f32], m: usize) {
+    let (x0, x1, x2, x3) = (&x[..m], &x[m..2 * m], &x[2 * m..3 * m], &x[3 * m..4 * m]);
+    for j in 0..m {
+        let v = F::mul_add(c[0], x0[j], y[j]);
+        let v = F::mul_add(c[1], x1[j], v);
+        let v = F::mul_add(c[2], x2[j], v);
+        y[j] = F::mul_add(c[3], x3[j], v);
     }
 }
 
