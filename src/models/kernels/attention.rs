@@ -3,7 +3,7 @@
 //! projections write them. `attention` picks the path: the fused CPU kernel for f32 inference, candle's batched
 //! matmuls and a softmax (differentiable) otherwise.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::exp;
@@ -100,103 +100,15 @@ pub(super) fn attention_composed(
         .reshape((b, n, heads * head_dim))
 }
 
-/// Softmax over the last axis. candle-nn's fused `softmax_last_dim` has no backward pass, so while a graph is
-/// being recorded for training (`track_op`) our fused op with a backward is used on CPU (the composed version
-/// elsewhere); inference keeps candle's kernel.
+/// Softmax over the last axis: candle-nn's fused `softmax_last_dim` where no graph is recorded (it has no
+/// backward), its composed `softmax` otherwise (F16/BF16 or CUDA training; CPU f32 training takes the fused
+/// attention and its own backward, `attention_grad`).
 fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    match (x.track_op(), fused_f32_cpu(x)) {
-        (true, true) => fused_softmax_last_dim(x),
-        (true, false) => candle_nn::ops::softmax(x, candle_core::D::Minus1),
-        (false, _) => candle_nn::ops::softmax_last_dim(x),
+    if x.track_op() {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
     }
-}
-
-/// Softmax over the last axis (max-subtracted), differentiable: `dx = y · (dy − Σ dy · y)`.
-struct SoftmaxLastDim;
-
-impl CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "vadapt-softmax-last-dim"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, "softmax")?;
-        let d = *l.shape().dims().last().unwrap_or(&1);
-        // Every row is written below.
-        let mut y = output_buffer(x.len());
-        y.par_chunks_mut(d.max(1))
-            .zip(x.par_chunks(d.max(1)))
-            .for_each(|(yr, xr)| {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (yv, xv) in yr.iter_mut().zip(xr) {
-                    *yv = exp(xv - max);
-                    sum += *yv;
-                }
-                let inv = 1.0 / sum;
-                yr.iter_mut().for_each(|v| *v *= inv);
-            });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
-        ))
-    }
-}
-
-/// The softmax backward `dx = y · (dy − Σ dy · y)` per row, from the output y and its gradient dy (a CustomOp2 on
-/// (y, dy)): one pass per row instead of candle's four ops and a (rows, 1) reduction.
-struct SoftmaxGrad;
-
-impl candle_core::CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "vadapt-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, "softmax_grad output")?;
-        let dy = contiguous_f32(s2, l2, "softmax_grad gradient")?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!(
-                "softmax_grad: output {:?}, gradient {:?}",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let d = (*l1.shape().dims().last().unwrap_or(&1)).max(1);
-        let mut dx = output_buffer(y.len());
-        let rows = (4096 / d).max(1) * d;
-        dx.par_chunks_mut(rows)
-            .zip(y.par_chunks(rows))
-            .zip(dy.par_chunks(rows))
-            .for_each(|((dxb, yb), dyb)| {
-                for ((dxr, yr), dyr) in dxb.chunks_mut(d).zip(yb.chunks(d)).zip(dyb.chunks(d)) {
-                    let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-                    for ((o, &yv), &g) in dxr.iter_mut().zip(yr).zip(dyr) {
-                        *o = yv * (g - dot);
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// Softmax over the last axis of a contiguous f32 CPU tensor, differentiable.
-fn fused_softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op1(SoftmaxLastDim)
 }
 
 /// Head width of the AVX2 intrinsics attention (`x86_64::attention_rows_head8`); 0 where there is none.
@@ -905,33 +817,5 @@ mod tests {
             let diff = max_abs_diff(&composed, &fused);
             assert!(diff < 5e-6, "({b}, {n}, {m}, {heads}, {d}): {diff}");
         }
-    }
-
-    #[test]
-    fn softmax_matches_candle_forward_and_backward() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, (4, 6, 9), &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (4, 6, 9), &dev).unwrap();
-        let reference = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
-        let ours = fused_softmax_last_dim(x.as_tensor()).unwrap();
-        assert!(max_abs_diff(&reference, &ours) < 1e-6);
-        let ga = (reference * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let gb = (ours * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(
-            max_abs_diff(
-                ga.get(x.as_tensor()).unwrap(),
-                gb.get(x.as_tensor()).unwrap()
-            ) < 1e-5
-        );
     }
 }
