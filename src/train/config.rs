@@ -7,10 +7,12 @@
 //!
 //! [data]
 //! dataset = "datasets/sample/lerobot"           # anything `vadapt inspect` reads (LeRobot v2.1/v3.0, RLDS)
-//! target_key = "observation.images.sim"         # the video the model learns to generate
+//! target_key = "observation.images.sim"         # the video the model learns to generate (or a list: one episode
+//!                                                # per camera, each its own condition)
 //! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
 //!                                               # a list pairs the target with each camera in turn
-//! prompt = "{task}"                             # text template; {task} is the episode's task
+//! prompt = "{task}"                             # text template; {task} is the episode's task, {appearance} the
+//!                                                # target camera's name (episodes table: appearance/<camera>/name)
 //! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
 //!
 //! [model]                                       # a fresh diffusers UNet3DConditionModel ...
@@ -79,7 +81,10 @@ pub struct DataConfig {
     /// One dataset or several (their episodes are pooled).
     #[serde(deserialize_with = "one_or_many")]
     pub dataset: Vec<PathBuf>,
-    pub target_key: String,
+    /// The camera(s) the model learns to generate. Several keys (every appearance camera, for a prior that learns
+    /// the appearances' names through `{appearance}` in the prompt) make one training episode per key, each its own
+    /// condition camera; they take no `condition_key` list.
+    pub target_key: CameraKeys,
     /// The camera(s) whose edges and first frame condition the model. Several keys (e.g. every randomized
     /// appearance of a LanguageTable episode) pair the target with each of them: one training episode per key.
     #[serde(default)]
@@ -584,11 +589,17 @@ impl TrainConfig {
         if self.data.frame_stride == 0 {
             return bad("data.frame_stride", "must be at least 1".into());
         }
-        if let Some(keys) = &self.data.condition_key {
-            let keys = keys.keys();
+        let lists = [
+            ("data.target_key", Some(&self.data.target_key)),
+            ("data.condition_key", self.data.condition_key.as_ref()),
+        ];
+        for (field, keys) in lists {
+            let Some(keys) = keys.map(CameraKeys::keys) else {
+                continue;
+            };
             if keys.is_empty() || keys.iter().any(|k| k.is_empty()) {
                 return bad(
-                    "data.condition_key",
+                    field,
                     "name one camera key or a non-empty list of them".into(),
                 );
             }
@@ -597,8 +608,20 @@ impl TrainConfig {
                 .enumerate()
                 .find_map(|(i, k)| keys[..i].contains(k).then_some(k))
             {
-                return bad("data.condition_key", format!("{k:?} is listed twice"));
+                return bad(field, format!("{k:?} is listed twice"));
             }
+        }
+        let conditions = self
+            .data
+            .condition_key
+            .as_ref()
+            .map_or(0, |k| k.keys().len());
+        if self.data.target_key.keys().len() > 1 && conditions > 0 {
+            return bad(
+                "data.condition_key",
+                "a list of target cameras conditions each on itself: leave condition_key out"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -5,8 +5,10 @@
 //! `data.condition_key`, so paired renderings of the same motion (sample data's `sim` and `real`) train a
 //! translation model: edges of the real video in, the sim video out. A list of condition cameras (the randomized
 //! appearances of a LanguageTable episode) makes one training episode per camera, all with the same target: the
-//! model learns to reach the target look from whatever surface the edges come from. Edges are computed after resizing to the model
-//! resolution, exactly as sampling and `vadapt augment` compute them.
+//! model learns to reach the target look from whatever surface the edges come from. A list of target cameras (a
+//! prior over every appearance) makes one training episode per camera, each its own condition, and `{appearance}`
+//! in the prompt template becomes the camera's appearance name from the episodes table. Edges are computed after
+//! resizing to the model resolution, exactly as sampling and `vadapt augment` compute them.
 //!
 //! A super-resolution recipe (`model.low_res`) also gets each target frame resized down to the previous stage's
 //! resolution and back up with the same `resize_rgb` a cascade uses between stages (`pipeline::run`): training sees
@@ -82,11 +84,9 @@ impl ClipSet {
         let d = &config.data;
         let m = &config.model;
         let span = (m.frames - 1) * d.frame_stride + 1;
-        let target_only = [d.target_key.clone()];
-        let condition_keys = d
-            .condition_key
-            .as_ref()
-            .map_or(&target_only[..], |k| k.keys());
+        let targets = d.target_key.keys();
+        // Without a condition_key each target camera conditions on itself.
+        let condition_keys = d.condition_key.as_ref().map_or(targets, |k| k.keys());
         let downscale = config
             .vae_config(Path::new("the recipe"))?
             .map_or(1, |(_, v)| v.downscale());
@@ -97,7 +97,7 @@ impl ClipSet {
         let mut all: Vec<Vec<EpisodeClips>> = Vec::new();
         for root in &d.dataset {
             let source = open_dataset(root)?;
-            for key in std::iter::once(&d.target_key).chain(condition_keys) {
+            for key in targets.iter().chain(condition_keys) {
                 if !source.features().get(key).is_some_and(|f| f.is_visual()) {
                     let cams: Vec<&String> = source
                         .features()
@@ -124,62 +124,73 @@ impl ClipSet {
                         .map(|f| resize_rgb(f, m.height as u32, m.width as u32))
                         .collect())
                 };
-                let target = decode(&d.target_key)?;
-                if target.len() < span {
+                // One entry per (target camera, condition camera).
+                let mut per_camera = Vec::new();
+                let mut short = None;
+                for tkey in targets {
+                    let target = decode(tkey)?;
+                    if target.len() < span {
+                        short = Some(target.len());
+                        break;
+                    }
+                    let low_res: Arc<Vec<RgbImage>> = Arc::new(match low_res {
+                        Some([lh, lw]) => target
+                            .iter()
+                            .map(|f| {
+                                let small = resize_rgb(f, lh as u32, lw as u32);
+                                resize_rgb(&small, m.height as u32, m.width as u32)
+                            })
+                            .collect(),
+                        None => Vec::new(),
+                    });
+                    let prompt = episode_prompt(&d.prompt, &ep, tkey, &loc)?;
+                    let target = Arc::new(target);
+                    let conditions = match &d.condition_key {
+                        Some(keys) => keys.keys(),
+                        None => std::slice::from_ref(tkey),
+                    };
+                    for key in conditions {
+                        let condition = if key == tkey {
+                            target.to_vec()
+                        } else {
+                            decode(key)?
+                        };
+                        if condition.len() != target.len() {
+                            return Err(Error::invalid(
+                                loc().field(key),
+                                format!(
+                                    "{} frames, but {tkey} has {}",
+                                    condition.len(),
+                                    target.len()
+                                ),
+                            ));
+                        }
+                        let edges = condition
+                            .iter()
+                            .map(|f| edge_channel(std::slice::from_ref(f)))
+                            .collect();
+                        let name = if targets.len() * conditions.len() == 1 {
+                            format!("{}#{}", root.display(), index.0)
+                        } else {
+                            format!("{}#{} ({key})", root.display(), index.0)
+                        };
+                        per_camera.push(EpisodeClips {
+                            name,
+                            prompt: prompt.clone(),
+                            target: target.clone(),
+                            condition,
+                            edges,
+                            low_res: low_res.clone(),
+                        });
+                    }
+                }
+                if let Some(frames) = short {
                     tracing::warn!(
-                        "{}: episode {} has {} frames, a clip needs {span}; skipped",
+                        "{}: episode {} has {frames} frames, a clip needs {span}; skipped",
                         root.display(),
                         index.0,
-                        target.len()
                     );
                     continue;
-                }
-                let low_res: Arc<Vec<RgbImage>> = Arc::new(match low_res {
-                    Some([lh, lw]) => target
-                        .iter()
-                        .map(|f| {
-                            let small = resize_rgb(f, lh as u32, lw as u32);
-                            resize_rgb(&small, m.height as u32, m.width as u32)
-                        })
-                        .collect(),
-                    None => Vec::new(),
-                });
-                let target = Arc::new(target);
-                let mut per_camera = Vec::with_capacity(condition_keys.len());
-                for key in condition_keys {
-                    let condition = if *key == d.target_key {
-                        target.to_vec()
-                    } else {
-                        decode(key)?
-                    };
-                    if condition.len() != target.len() {
-                        return Err(Error::invalid(
-                            loc().field(key),
-                            format!(
-                                "{} frames, but {} has {}",
-                                condition.len(),
-                                d.target_key,
-                                target.len()
-                            ),
-                        ));
-                    }
-                    let edges = condition
-                        .iter()
-                        .map(|f| edge_channel(std::slice::from_ref(f)))
-                        .collect();
-                    let name = if condition_keys.len() == 1 {
-                        format!("{}#{}", root.display(), index.0)
-                    } else {
-                        format!("{}#{} ({key})", root.display(), index.0)
-                    };
-                    per_camera.push(EpisodeClips {
-                        name,
-                        prompt: d.prompt.replace("{task}", &ep.task),
-                        target: target.clone(),
-                        condition,
-                        edges,
-                        low_res: low_res.clone(),
-                    });
                 }
                 all.push(per_camera);
             }
@@ -318,5 +329,45 @@ impl ClipSet {
         (0..self.frames)
             .map(|i| pool[clip.episode].target[clip.start + i * self.stride].clone())
             .collect()
+    }
+}
+
+/// The episode's prompt: `template` with `{task}` replaced by its task and `{appearance}` by the target camera's
+/// appearance name (the episodes table's `appearance/<camera>/name`, as the LanguageTable generator writes it).
+fn episode_prompt(
+    template: &str,
+    ep: &crate::episode::Episode,
+    target_key: &str,
+    loc: &dyn Fn() -> Location,
+) -> Result<String> {
+    use arrow::array::{Array, AsArray};
+    let prompt = template.replace("{task}", &ep.task);
+    if !prompt.contains("{appearance}") {
+        return Ok(prompt);
+    }
+    let column = format!("appearance/{target_key}/name");
+    let value = ep.episode_columns.get(&column);
+    let name = value.and_then(|a| {
+        let row = |s: Option<&str>| s.map(str::to_owned);
+        match (
+            a.as_string_opt::<i32>(),
+            a.as_string_opt::<i64>(),
+            a.as_string_view_opt(),
+        ) {
+            (Some(s), _, _) if s.is_valid(0) => row(Some(s.value(0))),
+            (_, Some(s), _) if s.is_valid(0) => row(Some(s.value(0))),
+            (_, _, Some(s)) if s.is_valid(0) => row(Some(s.value(0))),
+            _ => None,
+        }
+    });
+    match name {
+        Some(name) => Ok(prompt.replace("{appearance}", &name)),
+        None => Err(Error::invalid(
+            loc().field(&column),
+            format!(
+                "the prompt template {template:?} uses {{appearance}}, but the episodes table has no string \
+                 value for {target_key}'s appearance name"
+            ),
+        )),
     }
 }

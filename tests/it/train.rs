@@ -351,6 +351,86 @@ fn condition_key_list_pairs_the_target_with_each_camera() {
         .all(|e| e.target == single.holdout[0].target));
 }
 
+/// A prior's recipe over the bundled LanguageTable sample: every appearance camera is a target (its own condition),
+/// and `{appearance}` in the prompt becomes that camera's name from the episodes table; a target list with a
+/// condition list is refused, and a dataset without appearance names names the column it lacks.
+#[test]
+fn target_key_list_with_appearance_prompts_trains_a_prior_on_every_camera() {
+    use vadapt::train::data::ClipSet;
+    let dir = tempfile::tempdir().unwrap();
+    let lt = repo().join("datasets/language_table");
+    let cams: Vec<String> = (0..4)
+        .map(|k| format!("observation.images.appearance_{k}"))
+        .collect();
+    let list = format!(
+        "[{}]",
+        cams.iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let text = recipe(dir.path(), "")
+        .replace(
+            &format!(
+                "dataset = \"{}\"",
+                repo().join("datasets/sample/lerobot").display()
+            ),
+            &format!("dataset = \"{}\"", lt.display()),
+        )
+        .replace(
+            "target_key = \"observation.images.sim\"\ncondition_key = \"observation.images.real\"",
+            &format!("target_key = {list}\nprompt = \"{{appearance}}\""),
+        )
+        .replace("frame_stride = 2", "frame_stride = 1");
+    let set = ClipSet::load(&config(&text)).unwrap();
+    let episodes = set.train.len() + set.holdout.len();
+    assert!(
+        episodes >= 8 && episodes % 4 == 0,
+        "{episodes} entries: 4 cameras per episode"
+    );
+    for entry in set.train.iter().chain(&set.holdout) {
+        let cam = cams
+            .iter()
+            .find(|c| entry.name.contains(c.as_str()))
+            .expect("the entry names its camera");
+        assert_eq!(entry.condition, *entry.target, "{cam} conditions on itself");
+        assert!(
+            entry.prompt.contains(" board, ") && !entry.prompt.contains("{appearance}"),
+            "{cam}: the prompt is the appearance name, got {:?}",
+            entry.prompt
+        );
+    }
+    let prompts: std::collections::BTreeSet<&str> =
+        set.train.iter().map(|e| e.prompt.as_str()).collect();
+    assert!(
+        prompts.len() > 4,
+        "every camera of every episode has its own look: {prompts:?}"
+    );
+
+    let both = text.replace(
+        "prompt = \"{appearance}\"",
+        "prompt = \"{appearance}\"\ncondition_key = \"observation.images.rgb\"",
+    );
+    let err = TrainConfig::from_toml(&both, Path::new("test.toml"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("data.condition_key"), "{err}");
+
+    let procedural = recipe(dir.path(), "").replace(
+        "condition_key = \"observation.images.real\"",
+        "prompt = \"{appearance}\"",
+    );
+    let err = ClipSet::load(&config(&procedural))
+        .err()
+        .expect("no appearance names")
+        .to_string();
+    assert!(
+        err.contains("appearance/observation.images.sim/name"),
+        "{err}"
+    );
+}
+
 /// Train `config` to its `steps` with the full loop (checkpoints, model export, sample sheet at the end); the
 /// losses of every step.
 fn run_to_end(c: TrainConfig) -> (Trainer, Vec<f64>) {
