@@ -253,9 +253,21 @@ unsafe fn head_grad<F: MulAdd>(
             for (s, &pj) in dsr.iter_mut().zip(pr.iter()) {
                 *s = pj * (*s - di);
             }
+            let mut dq = [0f32; 16];
+            match d {
+                // dq = Σ_j ds_j k_j along the keys' own rows: one d-wide FMA per key, no horizontal sums.
+                8 => dq[..8].copy_from_slice(&weighted_key_rows::<F, 8>(dsr, inputs.k, width)),
+                16 => dq = weighted_key_rows::<F, 16>(dsr, inputs.k, width),
+                _ => {}
+            }
             for (e, kte) in kt.chunks_exact(m).enumerate() {
+                let v = if d == 8 || d == 16 {
+                    dq[e]
+                } else {
+                    dot::<F>(dsr, kte)
+                };
                 // SAFETY: row i < n, column e < d of this head's dQ (the caller's contract).
-                unsafe { *outputs.dq.get().add(i * width + e) = scale * dot::<F>(dsr, kte) };
+                unsafe { *outputs.dq.get().add(i * width + e) = scale * v };
             }
         }
         let at = |t: &[f32], r: usize, e: usize| t[(i0 + r) * width + e];
@@ -319,6 +331,39 @@ fn add_rows<F: MulAdd>(y: &mut [f32], c: &[f32; ROW_GROUP], x: &[f32], m: usize)
         let v = F::mul_add(c[2], x2[j], v);
         y[j] = F::mul_add(c[3], x3[j], v);
     }
+}
+
+/// `Σ_j w[j] · rows[j·stride..j·stride + D]`: the m key rows of one head weighted and summed, in four
+/// independent accumulator chains.
+#[inline(always)]
+fn weighted_key_rows<F: MulAdd, const D: usize>(
+    w: &[f32],
+    rows: &[f32],
+    stride: usize,
+) -> [f32; D] {
+    let row = |j: usize| -> &[f32; D] {
+        rows[j * stride..j * stride + D]
+            .try_into()
+            .expect("a key row")
+    };
+    let (mut a0, mut a1, mut a2, mut a3) = ([0f32; D], [0f32; D], [0f32; D], [0f32; D]);
+    let full = w.len() - w.len() % 4;
+    for j in (0..full).step_by(4) {
+        let (r0, r1, r2, r3) = (row(j), row(j + 1), row(j + 2), row(j + 3));
+        for e in 0..D {
+            a0[e] = F::mul_add(w[j], r0[e], a0[e]);
+            a1[e] = F::mul_add(w[j + 1], r1[e], a1[e]);
+            a2[e] = F::mul_add(w[j + 2], r2[e], a2[e]);
+            a3[e] = F::mul_add(w[j + 3], r3[e], a3[e]);
+        }
+    }
+    for (j, &wj) in w.iter().enumerate().skip(full) {
+        let r = row(j);
+        for e in 0..D {
+            a0[e] = F::mul_add(wj, r[e], a0[e]);
+        }
+    }
+    std::array::from_fn(|e| (a0[e] + a1[e]) + (a2[e] + a3[e]))
 }
 
 /// `Σ a·b`, in LANES accumulators.
