@@ -7,8 +7,9 @@
 #   STOP_AFTER=300 bash scripts/language_table/train_models.sh   # train at most 300 more steps, then export + eval
 #
 # Time on 2 cores (2026-12-06, beside builds): data 86 episodes x 5 cameras at 180x320 ~50 min with --jobs 2
-# (66 s an episode alone); edge_to_sim 8-12 s a step at 40x72 (batch 2, 8 frames, 1.7 M parameters; 2 threads),
-# so its recipe's 3000 steps take 7-10 hours: the run is split across sessions and resumes bit-exactly from
+# (66 s an episode alone); edge_to_sim 1.3-1.5 s a step at 40x72 since the training kernels got their own backward
+# (session 12; 8-12 s before), batch 2, 8 frames, 1.7 M parameters, 2 threads, so its recipe's 3000 steps take about
+# 70 minutes on a quiet machine (the shipped run was split across sessions); it resumes bit-exactly from
 # out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
 # model.init_from: a warm restart with fresh AdamW moments). Evaluation: 8 episodes ~3 min with --threads 2.
 set -euo pipefail

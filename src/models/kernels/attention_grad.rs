@@ -389,7 +389,7 @@ fn dot<F: MulAdd>(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use candle_core::{Device, Tensor, Var};
 
-    use crate::models::max_abs_diff;
+    use super::super::grad_check::assert_same_function;
 
     /// The fused attention's backward equals candle's autograd through split heads, batched matmuls and softmax,
     /// for the UNets' shapes: many keys (spatial), few (temporal, text), 8-wide heads and others, one key.
@@ -413,28 +413,8 @@ mod tests {
             let reference =
                 super::super::attention::attention_composed(&q, &k, &v, heads, scale).unwrap();
             let ours = super::super::attention(&q, &k, &v, heads, scale).unwrap();
-            assert!(max_abs_diff(&ours, &reference) < 1e-5, "forward {what}");
-            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let (g_ref, g_ours) = (
-                loss(&reference).backward().unwrap(),
-                loss(&ours).backward().unwrap(),
-            );
-            for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-                let (a, b) = (g_ref.get(t).unwrap(), g_ours.get(t).expect(name));
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = max_abs_diff(a, b);
-                assert!(
-                    diff < 1e-5 * scale.max(1.0) * 4.0,
-                    "d{name} {what}: {diff} (scale {scale})"
-                );
-            }
+            let vars = [("q", &q), ("k", &k), ("v", &v)];
+            assert_same_function(&reference, &ours, &vars, (1e-5, 4e-5), &what);
         }
     }
 }

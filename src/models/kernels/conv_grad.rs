@@ -442,6 +442,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
     use candle_nn::{Conv2d, Conv2dConfig};
 
+    use super::super::grad_check::assert_same_function;
     use crate::models::max_abs_diff;
 
     /// The fused convolution's backward equals candle's autograd through its own `conv2d`, for the input, weight
@@ -476,28 +477,8 @@ mod tests {
             };
             let conv = Conv2d::new(wt.as_tensor().clone(), Some(bias.as_tensor().clone()), cfg);
             let ours = super::super::conv2d(&x, &conv).unwrap();
-            assert!(max_abs_diff(&ours, &reference) < 1e-4, "forward {what}");
-            // A loss whose output gradient differs per element.
-            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let g_ref = loss(&reference).backward().unwrap();
-            let g_ours = loss(&ours).backward().unwrap();
-            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
-                let (a, b) = (g_ref.get(v).unwrap(), g_ours.get(v).expect(name));
-                assert_eq!(a.dims(), b.dims(), "{name} grad shape {what}");
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = max_abs_diff(a, b);
-                assert!(
-                    diff < 1e-5 * scale.max(1.0) * 10.0,
-                    "{name} grad {what}: {diff} (scale {scale})"
-                );
-            }
+            let vars = [("input", &x), ("weight", &wt), ("bias", &bias)];
+            assert_same_function(&reference, &ours, &vars, (1e-4, 1e-4), &what);
         }
     }
 
@@ -518,29 +499,8 @@ mod tests {
             );
             let reference = super::super::conv::temporal_conv_composed(&x, &wt, &bias).unwrap();
             let ours = super::super::temporal_conv(&x, &wt, &bias).unwrap();
-            assert!(max_abs_diff(&ours, &reference) < 1e-4, "forward {what}");
-            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let (g_ref, g_ours) = (
-                loss(&reference).backward().unwrap(),
-                loss(&ours).backward().unwrap(),
-            );
-            for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
-                let (a, b) = (g_ref.get(v).unwrap(), g_ours.get(v).expect(name));
-                assert_eq!(a.dims(), b.dims(), "{name} grad shape {what}");
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = max_abs_diff(a, b);
-                assert!(
-                    diff < 1e-4 * scale.max(1.0),
-                    "{name} grad {what}: {diff} (scale {scale})"
-                );
-            }
+            let vars = [("input", &x), ("weight", &wt), ("bias", &bias)];
+            assert_same_function(&reference, &ours, &vars, (1e-4, 1e-4), &what);
         }
     }
 

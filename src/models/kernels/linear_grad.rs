@@ -212,7 +212,7 @@ mod tests {
     use candle_core::{Device, Module, Tensor, Var};
     use candle_nn::Linear;
 
-    use crate::models::max_abs_diff;
+    use super::super::grad_check::assert_same_function;
 
     /// The linear layer's backward equals candle-nn's `Linear` under autograd, with and without a bias, for 2-D and
     /// batched inputs, and for more rows than one partial weight gradient holds.
@@ -236,35 +236,16 @@ mod tests {
             );
             let reference = layer.forward(&x).unwrap();
             let ours = super::super::linear(&x, &layer, None).unwrap();
-            assert!(max_abs_diff(&ours, &reference) < 1e-4, "forward {what}");
-            let probe = Tensor::randn(0f32, 1.0, reference.dims(), &dev).unwrap();
-            let loss = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap();
-            let (g_ref, g_ours) = (
-                loss(&reference).backward().unwrap(),
-                loss(&ours).backward().unwrap(),
-            );
             let mut vars = vec![("x", &x), ("weight", &w)];
             if with_bias {
                 vars.push(("bias", &b));
-            } else {
-                assert!(
-                    g_ours.get(&b).is_none(),
-                    "no bias gradient without a bias: {what}"
-                );
             }
-            for (name, v) in vars {
-                let (a, b) = (g_ref.get(v).unwrap(), g_ours.get(v).expect(name));
-                let scale = a
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let diff = max_abs_diff(a, b);
+            assert_same_function(&reference, &ours, &vars, (1e-4, 2e-5), &what);
+            if !with_bias {
+                let grads = ours.sum_all().unwrap().backward().unwrap();
                 assert!(
-                    diff < 2e-5 * scale.max(1.0),
-                    "{name} grad {what}: {diff} (scale {scale})"
+                    grads.get(&b).is_none(),
+                    "no bias gradient without a bias: {what}"
                 );
             }
         }

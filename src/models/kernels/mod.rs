@@ -37,6 +37,8 @@ mod conv;
 mod conv_grad;
 mod cpu;
 mod gemm;
+#[cfg(test)]
+mod grad_check;
 mod linear;
 mod linear_grad;
 mod norm;
