@@ -583,6 +583,7 @@ mod tests {
     use candle_core::{Device, Var};
     use candle_nn::VarBuilder;
 
+    use super::super::grad_check::assert_same_function;
     use crate::models::max_abs_diff;
 
     #[test]
@@ -638,7 +639,8 @@ mod tests {
         );
     }
 
-    /// The training im2col path equals candle's convolution, forward and backward.
+    /// The im2col of tensor ops (training off the CPU f32 path) equals candle's convolution, forward and backward
+    /// (input, weight and bias gradients).
     #[test]
     fn im2col_conv_matches_candle() {
         let dev = Device::Cpu;
@@ -648,50 +650,24 @@ mod tests {
             (3, 2, 0, 7, 9),
             (1, 1, 0, 5, 4),
         ] {
-            let x = Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap();
-            let wt =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap()).unwrap();
-            let bias = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+            let var = |t: Tensor| Var::from_tensor(&t).unwrap();
+            let x = var(Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap());
+            let wt = var(Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap());
+            let bias = var(Tensor::randn(0f32, 1.0, 4, &dev).unwrap());
             let cfg = Conv2dConfig {
                 padding,
                 stride,
-                dilation: 1,
-                groups: 1,
-                cudnn_fwd_algo: None,
+                ..Default::default()
             };
             let reference = x
-                .conv2d(wt.as_tensor(), padding, stride, 1, 1)
+                .conv2d(&wt, padding, stride, 1, 1)
                 .unwrap()
                 .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
                 .unwrap();
-            let ours = conv2d_im2col(&x, wt.as_tensor(), Some(&bias), &cfg).unwrap();
-            assert_eq!(ours.dims(), reference.dims(), "k{k} s{stride} p{padding}");
-            let diff = max_abs_diff(&ours, &reference);
-            assert!(diff < 1e-4, "forward k{k} s{stride} p{padding}: {diff}");
-            let g_ref = reference
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ours = ours.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            let (a, b) = (
-                g_ref.get(wt.as_tensor()).unwrap(),
-                g_ours.get(wt.as_tensor()).unwrap(),
-            );
-            let scale = a
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let diff = max_abs_diff(a, b);
-            assert!(
-                diff < 1e-4 * scale.max(1.0),
-                "weight grad k{k} s{stride} p{padding}: {diff}"
-            );
+            let ours = conv2d_im2col(&x, &wt, Some(&bias), &cfg).unwrap();
+            let vars = [("input", &x), ("weight", &wt), ("bias", &bias)];
+            let what = format!("k{k} s{stride} p{padding}");
+            assert_same_function(&reference, &ours, &vars, (1e-4, 1e-4), &what);
         }
     }
 
