@@ -87,7 +87,7 @@ pub(crate) fn conv2d_epilogue(
 
 /// `y[b, o, i, j] = bias[o] + Σ_{c, ky, kx} w[o, c, ky, kx] · x_pad[b, c, s·i + ky, s·j + kx]` as one batched matmul of
 /// the (out, in·kh·kw) weight with the stacked shifted views (b, in·kh·kw, ho·wo). Differentiable.
-fn conv2d_im2col(
+pub(super) fn conv2d_im2col(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -580,10 +580,9 @@ pub(super) fn per_item(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Device;
     use candle_nn::VarBuilder;
 
-    use super::super::grad_check::assert_same_function;
     use crate::models::max_abs_diff;
 
     #[test]
@@ -637,38 +636,6 @@ mod tests {
             fused_conv2d_epilogue(&x, &wt, &bias, (1, 1), wrong).is_err(),
             "an item bias with the wrong number of rows is refused"
         );
-    }
-
-    /// The im2col of tensor ops (training off the CPU f32 path) equals candle's convolution, forward and backward
-    /// (input, weight and bias gradients).
-    #[test]
-    fn im2col_conv_matches_candle() {
-        let dev = Device::Cpu;
-        for (k, stride, padding, h, w) in [
-            (3, 1, 1, 6, 7),
-            (3, 2, 1, 6, 10),
-            (3, 2, 0, 7, 9),
-            (1, 1, 0, 5, 4),
-        ] {
-            let var = |t: Tensor| Var::from_tensor(&t).unwrap();
-            let x = var(Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap());
-            let wt = var(Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap());
-            let bias = var(Tensor::randn(0f32, 1.0, 4, &dev).unwrap());
-            let cfg = Conv2dConfig {
-                padding,
-                stride,
-                ..Default::default()
-            };
-            let reference = x
-                .conv2d(&wt, padding, stride, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, 4, 1, 1)).unwrap())
-                .unwrap();
-            let ours = conv2d_im2col(&x, &wt, Some(&bias), &cfg).unwrap();
-            let vars = [("input", &x), ("weight", &wt), ("bias", &bias)];
-            let what = format!("k{k} s{stride} p{padding}");
-            assert_same_function(&reference, &ours, &vars, (1e-4, 1e-4), &what);
-        }
     }
 
     /// The CPU kernel (`fused_temporal_conv`, three shifted GEMMs) equals the composed path that F16/BF16 and CUDA

@@ -445,9 +445,9 @@ mod tests {
     use super::super::grad_check::assert_same_function;
     use crate::models::max_abs_diff;
 
-    /// The fused convolution's backward equals candle's autograd through its own `conv2d`, for the input, weight
-    /// and bias, at every stride, padding and kernel size the UNets use, with one image (a parallel GEMM) and with
-    /// several partials of images (images in parallel).
+    /// The fused convolution's backward, and the im2col of tensor ops, equal candle's autograd through its own
+    /// `conv2d`, for the input, weight and bias, at every stride, padding and kernel size the UNets use, with one
+    /// image (a parallel GEMM) and with several partials of images (images in parallel).
     #[test]
     fn conv2d_backward_matches_candle_autograd() {
         let dev = Device::Cpu;
@@ -479,6 +479,11 @@ mod tests {
             let ours = super::super::conv2d(&x, &conv).unwrap();
             let vars = [("input", &x), ("weight", &wt), ("bias", &bias)];
             assert_same_function(&reference, &ours, &vars, (1e-4, 1e-4), &what);
+            // The im2col of tensor ops that training takes off the CPU f32 path (F16/BF16, CUDA).
+            let composed =
+                super::super::conv::conv2d_im2col(&x, &wt, Some(&bias), conv.config()).unwrap();
+            let what = format!("{what}, im2col of tensor ops");
+            assert_same_function(&reference, &composed, &vars, (1e-4, 1e-4), &what);
         }
     }
 
