@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use super::conv::{im2col, per_item, temporal_taps, COLS};
 use super::cpu::{apply3, contiguous_f32, output_buffer};
 use super::gemm::gemm_into;
+use super::portable::sum;
 
 /// Images per partial weight gradient: partials are summed in a fixed order afterwards, so `dW` has the same bits
 /// under any thread count.
@@ -133,15 +134,16 @@ impl CustomOp3 for Conv2dGrad {
     }
 }
 
-/// `db[o] = Σ_{b, pixels} dy[b, o, pixels]`, item by item in order.
+/// `db[o] = Σ_{b, pixels} dy[b, o, pixels]`: channels in parallel, each summed item by item in order (vectorised
+/// row sums), so the bits do not depend on the thread count.
 fn bias_grad(dy: &[f32], db: &mut [f32], hw: usize) {
     let o = db.len();
-    db.fill(0.0);
-    for item in dy.chunks_exact(o * hw) {
-        for (d, row) in db.iter_mut().zip(item.chunks_exact(hw)) {
-            *d += row.iter().sum::<f32>();
-        }
-    }
+    db.par_iter_mut().enumerate().for_each(|(ch, d)| {
+        *d = dy
+            .chunks_exact(o * hw)
+            .map(|item| sum(&item[ch * hw..(ch + 1) * hw]))
+            .fold(0.0, |a, v| a + v);
+    });
 }
 
 /// `dW (O, C·kh·kw) = Σ_b dy_b (O, Ho·Wo) · cols_bᵀ`, one accumulating GEMM per image (`summed_over_items`).
