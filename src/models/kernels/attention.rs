@@ -8,7 +8,9 @@ use rayon::prelude::*;
 
 use super::activation::exp;
 use super::attention_grad;
-use super::cpu::{apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, output_buffer, OutPtr};
+use super::cpu::{
+    apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, output_buffer, OutPtr,
+};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
 use super::portable::{max, MulAdd, Plain, LANES};
@@ -32,16 +34,7 @@ pub(crate) fn attention(
     if fused_f32_cpu(q) {
         // One fused pass on the interleaved heads, the scale applied inside, no score matrix and no head
         // split/merge copies; while training with its own backward (`attention_grad`).
-        let op = Attention {
-            heads,
-            scale: scale as f32,
-        };
-        return match q.track_op() || k.track_op() || v.track_op() {
-            false => apply3(q, k, v, &op),
-            true => q
-                .contiguous()?
-                .apply_op3(&k.contiguous()?, &v.contiguous()?, op),
-        };
+        return fused_attention(q, k, v, heads, scale as f32);
     }
     // F16/BF16 and CUDA: candle's matmuls and softmax, which have CUDA kernels in all three dtypes.
     attention_composed(q, k, v, heads, scale)
@@ -411,7 +404,8 @@ impl CustomOp3 for Attention {
 }
 
 /// Multi-head `softmax(scale · q kᵀ) v` for f32 CPU tensors q (b, n, heads · d), k and v (b, m, heads · d), heads
-/// interleaved as a linear projection writes them; returns (b, n, heads · d).
+/// interleaved as a linear projection writes them; returns (b, n, heads · d). Differentiable: the backward is
+/// `attention_grad`'s.
 pub fn fused_attention(
     q: &Tensor,
     k: &Tensor,
@@ -419,7 +413,7 @@ pub fn fused_attention(
     heads: usize,
     scale: f32,
 ) -> candle_core::Result<Tensor> {
-    apply3(q, k, v, &Attention { heads, scale })
+    apply3_differentiable(q, k, v, Attention { heads, scale })
 }
 
 /// Keys per score block: 4 independent LANES-wide accumulator chains hide the add latency.

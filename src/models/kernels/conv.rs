@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use super::conv_grad;
 use super::cpu::{
-    apply3, contiguous_f32, cpu_f32_inference, fused_f32_cpu, output_buffer, with_f32,
+    apply3, apply3_differentiable, contiguous_f32, cpu_f32_inference, fused_f32_cpu, output_buffer,
+    with_f32,
 };
 use super::gemm::gemm_accumulate;
 
@@ -18,33 +19,14 @@ use super::gemm::gemm_accumulate;
 /// `conv_transpose2d` loop that is ~4x slower than the forward.
 pub(crate) fn conv2d(x: &Tensor, conv: &candle_nn::Conv2d) -> candle_core::Result<Tensor> {
     let cfg = conv.config();
-    let (training, fused) = (
-        x.track_op() || conv.weight().track_op(),
-        fused_f32_cpu(x) && conv.weight().dtype() == DType::F32,
-    );
-    if let (true, true, Some(bias), 1, 1) = (training, fused, conv.bias(), cfg.groups, cfg.dilation)
-    {
-        // The inference kernel with its own backward (`conv_grad`).
-        let op = Conv2d {
-            stride: cfg.stride,
-            padding: cfg.padding,
-            epilogue: Epilogue::default(),
-        };
-        x.contiguous()?
-            .apply_op3(&conv.weight().contiguous()?, &bias.contiguous()?, op)
-    } else if training {
-        conv2d_im2col(x, conv.weight(), conv.bias(), cfg)
-    } else if let (true, DType::F32, Some(bias), 1, 1) = (
-        fused_f32_cpu(x),
-        conv.weight().dtype(),
-        conv.bias(),
-        cfg.groups,
-        cfg.dilation,
-    ) {
-        fused_conv2d(x, conv.weight(), bias, cfg.stride, cfg.padding)
-    } else {
+    let fused = fused_f32_cpu(x) && conv.weight().dtype() == DType::F32;
+    match (fused, conv.bias(), cfg.groups, cfg.dilation) {
+        (true, Some(bias), 1, 1) => fused_conv2d(x, conv.weight(), bias, cfg.stride, cfg.padding),
+        _ if x.track_op() || conv.weight().track_op() => {
+            conv2d_im2col(x, conv.weight(), conv.bias(), cfg)
+        }
         // F16/BF16 and CUDA: candle's convolution (im2col + cuBLAS on CUDA, all three dtypes).
-        conv.forward(x)
+        _ => conv.forward(x),
     }
 }
 
@@ -142,16 +124,11 @@ pub(crate) fn temporal_conv(
     weight: &Tensor,
     bias: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let training = x.track_op() || weight.track_op();
-    match (fused_f32_cpu(x) && weight.dtype() == DType::F32, training) {
-        (true, false) => fused_temporal_conv(x, weight, bias),
-        // The same kernel with its GEMM backward (`conv_grad`).
-        (true, true) => {
-            x.contiguous()?
-                .apply_op3(&weight.contiguous()?, &bias.contiguous()?, TemporalConv)
-        }
+    if fused_f32_cpu(x) && weight.dtype() == DType::F32 {
+        fused_temporal_conv(x, weight, bias)
+    } else {
         // F16/BF16 and CUDA: one matmul and shifted adds of candle's ops.
-        (false, _) => temporal_conv_composed(x, weight, bias),
+        temporal_conv_composed(x, weight, bias)
     }
 }
 
@@ -187,7 +164,7 @@ pub(super) fn temporal_conv_composed(
 }
 
 /// 2-D convolution of a f32 CPU (b, c, h, w) input with an (o, c, kh, kw) weight and an (o,) bias; square stride
-/// and zero padding, groups 1, dilation 1. Inference only (no backward).
+/// and zero padding, groups 1, dilation 1. Differentiable: the backward is `conv_grad`'s.
 pub fn fused_conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -195,11 +172,11 @@ pub fn fused_conv2d(
     stride: usize,
     padding: usize,
 ) -> candle_core::Result<Tensor> {
-    apply3(
+    apply3_differentiable(
         x,
         weight,
         bias,
-        &Conv2d {
+        Conv2d {
             stride,
             padding,
             epilogue: Epilogue::default(),
@@ -515,9 +492,9 @@ pub(super) fn temporal_taps(cols: usize, hw: usize) -> [(usize, usize, usize, us
 }
 
 /// Temporal (3, 1, 1) convolution of a f32 CPU (b, c, f, h·w) input with an (o, c, 3, 1, 1) weight and (o,) bias.
-/// Inference only (no backward).
+/// Differentiable: the backward is `conv_grad`'s.
 fn fused_temporal_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-    apply3(x, weight, bias, &TemporalConv)
+    apply3_differentiable(x, weight, bias, TemporalConv)
 }
 
 /// For each batch item: fill its `o` output rows of `cols` with the bias, then let `accumulate(out_item, in_item,

@@ -100,6 +100,18 @@ pub(crate) fn apply3(
         .apply_op3_no_bwd(&b.contiguous()?, &c.contiguous()?, op)
 }
 
+/// `apply3` recording the op in the graph where an operand is tracked (training: the op's `bwd` runs in the
+/// backward pass); with no tracked operand nothing is recorded, as in `apply3`.
+pub(crate) fn apply3_differentiable(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    op: impl CustomOp3 + Send + Sync + 'static,
+) -> candle_core::Result<Tensor> {
+    a.contiguous()?
+        .apply_op3(&b.contiguous()?, &c.contiguous()?, op)
+}
+
 /// The contiguous f32 CPU data of each present tensor in `ts`, for `f` (the storages stay read-locked while it
 /// runs): how the fused ops read operands that a candle custom op cannot pass (optional ones, more than three).
 pub(super) fn with_f32<const N: usize, R>(

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::conv_grad::summed_over_items;
-use super::cpu::{contiguous_f32, output_buffer};
+use super::cpu::{apply3, apply3_differentiable, contiguous_f32, output_buffer};
 use super::gemm::gemm_into;
 use super::linear::linear_rows;
 
@@ -34,7 +34,7 @@ pub(super) fn linear_trained(
         Some(b) => b.contiguous()?,
         None => Tensor::zeros(o, DType::F32, weight.device())?,
     };
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias, op)
+    apply3_differentiable(x, weight, &bias, op)
 }
 
 /// `linear_trained`'s op: (x, W, b) -> x Wᵀ (+ b).
@@ -94,9 +94,7 @@ impl CustomOp3 for LinearTrained {
             need_dx,
             has_bias: self.has_bias,
         };
-        let packed =
-            x.contiguous()?
-                .apply_op3_no_bwd(&weight.contiguous()?, &grad.contiguous()?, &op)?;
+        let packed = apply3(x, weight, grad, &op)?;
         let nx = if need_dx { x.elem_count() } else { 0 };
         let (o, nw) = (weight.dim(0)?, weight.elem_count());
         let dx = if need_dx {

@@ -1,10 +1,10 @@
 //! The UNet's heavy ops, shaped like candle's `candle_nn::ops`: each op takes candle tensors and decides its own
 //! path, so that the model files (`resnet.rs`, `attention.rs`) read as plain math.
 //!
-//! * f32 CPU tensors that record no gradient graph (`cpu::cpu_f32_inference` and the per-op checks): our fused
-//!   inference kernels below;
-//! * a graph being recorded (training): differentiable ops (candle's, or ours with a backward where candle's CPU
-//!   version has none or is slow: GroupNorm, softmax, the im2col convolution);
+//! * f32 CPU tensors: our fused kernels below. Where a graph is being recorded (training) the convolutions,
+//!   attention, linear layers, GEGLU and norms record themselves with a backward of their own (`conv_grad`,
+//!   `attention_grad`, `linear_grad`, and in `linear` / `norm`); the epilogue and feed-forward fusions are for
+//!   inference only (`cpu::cpu_f32_inference`), training takes their parts one by one;
 //! * anything else (F16/BF16, CUDA): candle's own ops, which have CUDA kernels in F32, F16 and BF16. The choice is
 //!   `cpu::fused_f32_cpu`; the tests of `paths` force the CUDA side on the CPU and hold it to the fused kernels.
 //!   A CUDA kernel of our own would go in the op, next to the CPU one.
@@ -22,7 +22,7 @@
 //! sampling profile). Their errors (relative 2e-7 for exp, absolute 1e-6 for erf) are far inside the 1e-4 parity
 //! tolerance against diffusers, which `tests/it/unet3d.rs` checks end to end.
 //!
-//! The fused kernels are inference only: no backward. The loops are written for LLVM's auto-vectoriser and compiled
+//! The loops are written for LLVM's auto-vectoriser and compiled
 //! twice, plain and with AVX2 + FMA (picked at run time), since the crate builds for the baseline x86-64 target.
 //!
 //! Files: one per op family (`attention`, `norm`, `tokens`, `linear` with the GEGLU feed-forward, `conv`,
@@ -56,7 +56,7 @@ pub(crate) use norm::{group_norm, group_norm_silu, layer_norm};
 pub(crate) use tokens::{add_tokens, group_norm_tokens, TokenLayout};
 
 /// The fused CPU kernels themselves, without the choice of path: for `benches/kernels.rs`,
-/// `examples/attn_shapes.rs` and `vadapt bench`. f32 CPU tensors only, inference only (no backward).
+/// `examples/attn_shapes.rs` and `vadapt bench`. f32 CPU tensors only.
 pub mod bench {
     pub use super::attention::fused_attention as attention;
     pub use super::conv::fused_conv2d as conv2d;

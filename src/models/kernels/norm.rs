@@ -9,7 +9,8 @@ use rayon::prelude::*;
 
 use super::activation::{exp, silu};
 use super::cpu::{
-    apply3, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands, output_buffer, with_f32,
+    apply3, apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands,
+    output_buffer, with_f32,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -320,17 +321,6 @@ fn group_norm_grad_block(
     sums
 }
 
-/// A norm op on contiguous copies (views when already contiguous) of x, γ and β, differentiable (its `bwd`).
-fn apply_norm(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    op: impl CustomOp3 + Send + Sync + 'static,
-) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
-}
-
 /// `(dx, dγ, dβ)` of a norm backward packed as [dx (all of x), dγ (c), dβ (c)].
 fn unpack_norm_grads(
     packed: &Tensor,
@@ -352,7 +342,7 @@ pub(crate) fn fused_group_norm(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    apply_norm(
+    apply3_differentiable(
         x,
         weight,
         bias,
@@ -372,7 +362,7 @@ fn fused_group_norm_silu(
     groups: usize,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    apply_norm(
+    apply3_differentiable(
         x,
         weight,
         bias,
@@ -393,7 +383,7 @@ pub fn fused_layer_norm(
     bias: &Tensor,
     eps: f32,
 ) -> candle_core::Result<Tensor> {
-    apply_norm(x, weight, bias, LayerNormOp { eps })
+    apply3_differentiable(x, weight, bias, LayerNormOp { eps })
 }
 
 /// The LayerNorm backward, packed as [dx (all of x), dγ (d), dβ (d)], per row as GroupNorm's per block:
