@@ -16,7 +16,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::exp;
-use super::cpu::{contiguous_f32, has_avx2_fma, output_buffer, with_f32, OutPtr};
+use super::cpu::{
+    contiguous_f32, has_avx2_fma, output_buffer, unpack_grads, with_f32, Grads3, OutPtr,
+};
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
 use super::portable::{max, sum, MulAdd, Plain, LANES};
@@ -28,7 +30,7 @@ pub(super) fn attention_grads(
     v: &Tensor,
     grad: &Tensor,
     (heads, scale): (usize, f32),
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+) -> candle_core::Result<Grads3> {
     let op = AttentionGrad {
         heads,
         scale,
@@ -36,11 +38,7 @@ pub(super) fn attention_grads(
         dout: grad.contiguous()?,
     };
     let packed = q.contiguous()?.apply_op2_no_bwd(&k.contiguous()?, &op)?;
-    let (nq, nk) = (q.elem_count(), k.elem_count());
-    let dq = packed.narrow(0, 0, nq)?.reshape(q.shape())?;
-    let dk = packed.narrow(0, nq, nk)?.reshape(k.shape())?;
-    let dv = packed.narrow(0, nq + nk, nk)?.reshape(v.shape())?;
-    Ok((Some(dq), Some(dk), Some(dv)))
+    unpack_grads(&packed, [Some(q.shape()), Some(k.shape()), Some(v.shape())])
 }
 
 /// (q, k) -> [dQ, dK, dV] packed; V and dO ride along (a custom op has at most three operands).

@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{im2col, per_item, temporal_taps, COLS};
-use super::cpu::{apply3, contiguous_f32, output_buffer};
+use super::cpu::{apply3, contiguous_f32, output_buffer, unpack_grads, Grads3};
 use super::gemm::gemm_into;
 use super::portable::sum;
 
@@ -293,7 +293,7 @@ pub(super) fn conv2d_grads(
     weight: &Tensor,
     grad: &Tensor,
     (stride, padding): (usize, usize),
-) -> candle_core::Result<Grads> {
+) -> candle_core::Result<Grads3> {
     let need_dx = x.track_op();
     let op = Conv2dGrad {
         stride,
@@ -308,32 +308,28 @@ pub(super) fn temporal_conv_grads(
     x: &Tensor,
     weight: &Tensor,
     grad: &Tensor,
-) -> candle_core::Result<Grads> {
+) -> candle_core::Result<Grads3> {
     let need_dx = x.track_op();
     let packed = apply3(x, weight, grad, &TemporalConvGrad { need_dx })?;
     unpack(&packed, x, weight, need_dx)
 }
 
-/// The gradients a convolution's `bwd` returns: input, weight, bias.
-type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
-
-/// Split a packed [dx (when `need_dx`), dW, dbias] into tensors of the operands' shapes (views, no copies).
+/// [dx (when `need_dx`), dW, dbias] of a packed convolution backward as the operands' gradients.
 fn unpack(
     packed: &Tensor,
     x: &Tensor,
     weight: &Tensor,
     need_dx: bool,
-) -> candle_core::Result<Grads> {
-    let nx = if need_dx { x.elem_count() } else { 0 };
-    let (o, nw) = (weight.dim(0)?, weight.elem_count());
-    let dx = if need_dx {
-        Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?)
-    } else {
-        None
-    };
-    let dw = packed.narrow(0, nx, nw)?.reshape(weight.shape())?;
-    let db = packed.narrow(0, nx + nw, o)?;
-    Ok((dx, Some(dw), Some(db)))
+) -> candle_core::Result<Grads3> {
+    let bias = Shape::from(weight.dim(0)?);
+    unpack_grads(
+        packed,
+        [
+            need_dx.then(|| x.shape()),
+            Some(weight.shape()),
+            Some(&bias),
+        ],
+    )
 }
 
 /// The gradients of `conv::TemporalConv` from (x (b, c, f, hw), W (o, c, 3, 1, 1), dy (b, o, f, hw)), packed as

@@ -112,6 +112,30 @@ pub(crate) fn apply3_differentiable(
         .apply_op3(&b.contiguous()?, &c.contiguous()?, op)
 }
 
+/// The gradients a three-operand op's `bwd` returns.
+pub(crate) type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
+/// Split a backward op's packed 1-D output into its operands' gradients, in order: each `Some(shape)` takes the
+/// next `shape.elem_count()` values as a tensor of that shape (a view, no copy); `None` (an operand without a
+/// gradient) takes nothing.
+pub(crate) fn unpack_grads(
+    packed: &Tensor,
+    shapes: [Option<&candle_core::Shape>; 3],
+) -> candle_core::Result<Grads3> {
+    let mut at = 0;
+    let mut next = |shape: Option<&candle_core::Shape>| -> candle_core::Result<Option<Tensor>> {
+        let Some(shape) = shape else {
+            return Ok(None);
+        };
+        let n = shape.elem_count();
+        let t = packed.narrow(0, at, n)?.reshape(shape)?;
+        at += n;
+        Ok(Some(t))
+    };
+    let [a, b, c] = shapes;
+    Ok((next(a)?, next(b)?, next(c)?))
+}
+
 /// The contiguous f32 CPU data of each present tensor in `ts`, for `f` (the storages stay read-locked while it
 /// runs): how the fused ops read operands that a candle custom op cannot pass (optional ones, more than three).
 pub(super) fn with_f32<const N: usize, R>(

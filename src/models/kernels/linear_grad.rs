@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::conv_grad::summed_over_items;
-use super::cpu::{apply3, apply3_differentiable, contiguous_f32, output_buffer};
+use super::cpu::{apply3, apply3_differentiable, contiguous_f32, output_buffer, unpack_grads};
 use super::gemm::gemm_into;
 use super::linear::linear_rows;
 
@@ -95,20 +95,13 @@ impl CustomOp3 for LinearTrained {
             has_bias: self.has_bias,
         };
         let packed = apply3(x, weight, grad, &op)?;
-        let nx = if need_dx { x.elem_count() } else { 0 };
-        let (o, nw) = (weight.dim(0)?, weight.elem_count());
-        let dx = if need_dx {
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?)
-        } else {
-            None
-        };
-        let dw = packed.narrow(0, nx, nw)?.reshape(weight.shape())?;
-        let db = if self.has_bias {
-            Some(packed.narrow(0, nx + nw, o)?)
-        } else {
-            None
-        };
-        Ok((dx, Some(dw), db))
+        let bias = Shape::from(weight.dim(0)?);
+        let shapes = [
+            need_dx.then(|| x.shape()),
+            Some(weight.shape()),
+            self.has_bias.then_some(&bias),
+        ];
+        unpack_grads(&packed, shapes)
     }
 }
 

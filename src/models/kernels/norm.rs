@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::activation::{exp, silu};
 use super::cpu::{
     apply3, apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands,
-    output_buffer, with_f32,
+    output_buffer, unpack_grads, with_f32, Grads3,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -322,16 +322,12 @@ fn group_norm_grad_block(
 }
 
 /// `(dx, dγ, dβ)` of a norm backward packed as [dx (all of x), dγ (c), dβ (c)].
-fn unpack_norm_grads(
-    packed: &Tensor,
-    x: &Tensor,
-    c: usize,
-) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let n = x.elem_count();
-    let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-    let dw = packed.narrow(0, n, c)?;
-    let db = packed.narrow(0, n + c, c)?;
-    Ok((Some(dx), Some(dw), Some(db)))
+fn unpack_norm_grads(packed: &Tensor, x: &Tensor, c: usize) -> candle_core::Result<Grads3> {
+    let per_channel = candle_core::Shape::from(c);
+    unpack_grads(
+        packed,
+        [Some(x.shape()), Some(&per_channel), Some(&per_channel)],
+    )
 }
 
 /// GroupNorm of a contiguous f32 CPU tensor (batch, channels, ...), differentiable.
