@@ -17,7 +17,8 @@ use rayon::prelude::*;
 
 use super::activation::exp;
 use super::cpu::{
-    contiguous_f32, has_avx2_fma, output_buffer, unpack_grads, with_f32, Grads3, OutPtr,
+    contiguous_f32, has_avx2_fma, output_buffer, unpack_grads, with_f32, with_thread_buffer,
+    Grads3, OutPtr,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -165,13 +166,8 @@ thread_local! {
 
 /// `head_grad`, compiled for AVX2 + FMA where `avx`.
 fn head_grad_dispatch(avx: bool, inputs: &HeadInputs, outputs: HeadOutputs, problem: Problem) {
-    SCRATCH.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        let len = 4 * problem.d * problem.m + 2 * ROW_GROUP * problem.m + problem.d;
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        let scratch = &mut buf[..len];
+    let len = 4 * problem.d * problem.m + 2 * ROW_GROUP * problem.m + problem.d;
+    with_thread_buffer(&SCRATCH, len, |scratch| {
         #[cfg(target_arch = "x86_64")]
         if avx {
             #[target_feature(enable = "avx2,fma")]

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::conv_grad;
 use super::cpu::{
     apply3, apply3_differentiable, contiguous_f32, cpu_f32_inference, fused_f32_cpu, output_buffer,
-    with_f32,
+    with_f32, with_thread_buffer,
 };
 use super::gemm::gemm_accumulate;
 
@@ -390,13 +390,9 @@ impl CustomOp3 for Conv2d {
                 if pointwise {
                     run(xb);
                 } else {
-                    COLS.with(|buf| {
-                        let mut buf = buf.borrow_mut();
-                        if buf.len() < k * hw {
-                            buf.resize(k * hw, 0.0);
-                        }
-                        im2col(xb, &mut buf[..k * hw], (c, h, w), (kh, kw), (ho, wo), s, p);
-                        run(&buf[..k * hw]);
+                    with_thread_buffer(&COLS, k * hw, |cols| {
+                        im2col(xb, cols, (c, h, w), (kh, kw), (ho, wo), s, p);
+                        run(cols);
                     });
                 }
             });

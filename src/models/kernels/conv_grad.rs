@@ -16,7 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::conv::{im2col, per_item, temporal_taps, COLS};
-use super::cpu::{apply3, contiguous_f32, output_buffer, unpack_grads, Grads3};
+use super::cpu::{apply3, contiguous_f32, output_buffer, unpack_grads, with_thread_buffer, Grads3};
 use super::gemm::gemm_into;
 use super::portable::sum;
 
@@ -151,17 +151,15 @@ fn weight_grad(x: &[f32], dy: &[f32], dw: &mut [f32], g: Geometry) {
     let (k, hw, o) = (g.k(), g.hw(), g.o);
     let in_item = g.c * g.h * g.w;
     summed_over_items(dy.len() / (o * hw), dw, |i, acc, first, par| {
-        COLS.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let xb = &x[i * in_item..(i + 1) * in_item];
+        let xb = &x[i * in_item..(i + 1) * in_item];
+        // The image is its own im2col matrix for a 1x1 convolution (no scratch needed).
+        let len = if g.pointwise() { 0 } else { k * hw };
+        with_thread_buffer(&COLS, len, |buf| {
             let cols: &[f32] = if g.pointwise() {
                 xb
             } else {
-                if buf.len() < k * hw {
-                    buf.resize(k * hw, 0.0);
-                }
-                g.im2col(xb, &mut buf[..k * hw]);
-                &buf[..k * hw]
+                g.im2col(xb, buf);
+                buf
             };
             // SAFETY: dst the (o, k) partial; lhs dy_i (o, hw) row-major; rhs colsᵀ (hw, k), column stride hw.
             unsafe {
@@ -241,13 +239,9 @@ fn input_grad(wt: &[f32], dy: &[f32], dx: &mut [f32], g: Geometry) {
         if g.pointwise() {
             return product(dxb);
         }
-        COLS.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < k * hw {
-                buf.resize(k * hw, 0.0);
-            }
-            product(&mut buf[..k * hw]);
-            col2im(&buf[..k * hw], dxb, g);
+        with_thread_buffer(&COLS, k * hw, |dcols| {
+            product(dcols);
+            col2im(dcols, dxb, g);
         })
     });
 }

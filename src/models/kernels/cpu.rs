@@ -112,6 +112,22 @@ pub(crate) fn apply3_differentiable(
         .apply_op3(&b.contiguous()?, &c.contiguous()?, op)
 }
 
+/// `f` on the first `len` floats of this thread's scratch `buffer`, grown as needed and kept between calls (so
+/// thousands of small problems do not allocate one each); the contents are whatever the last user left.
+pub(super) fn with_thread_buffer<R>(
+    buffer: &'static std::thread::LocalKey<std::cell::RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    buffer.with(|b| {
+        let mut b = b.borrow_mut();
+        if b.len() < len {
+            b.resize(len, 0.0);
+        }
+        f(&mut b[..len])
+    })
+}
+
 /// The gradients a three-operand op's `bwd` returns.
 pub(crate) type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
