@@ -8,7 +8,7 @@
 //! [data]
 //! dataset = "datasets/sample/lerobot"           # anything `vadapt inspect` reads (LeRobot v2.1/v3.0, RLDS)
 //! target_key = "observation.images.sim"         # the video the model learns to generate (or a list: one episode
-//!                                                # per camera, each its own condition)
+//!                                                # per camera, each its own condition or all one condition_key)
 //! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
 //!                                               # a list pairs the target with each camera in turn
 //! prompt = "{task}"                             # text template; {task} is the episode's task, {appearance} the
@@ -83,7 +83,8 @@ pub struct DataConfig {
     pub dataset: Vec<PathBuf>,
     /// The camera(s) the model learns to generate. Several keys (every appearance camera, for a prior that learns
     /// the appearances' names through `{appearance}` in the prompt) make one training episode per key, each its own
-    /// condition camera; they take no `condition_key` list.
+    /// condition camera, or all conditioned on one `condition_key` camera (edges of the default look -> every
+    /// appearance); they take no `condition_key` list.
     pub target_key: CameraKeys,
     /// The camera(s) whose edges and first frame condition the model. Several keys (e.g. every randomized
     /// appearance of a LanguageTable episode) pair the target with each of them: one training episode per key.
@@ -616,10 +617,11 @@ impl TrainConfig {
             .condition_key
             .as_ref()
             .map_or(0, |k| k.keys().len());
-        if self.data.target_key.keys().len() > 1 && conditions > 0 {
+        if self.data.target_key.keys().len() > 1 && conditions > 1 {
             return bad(
                 "data.condition_key",
-                "a list of target cameras conditions each on itself: leave condition_key out"
+                "a list of target cameras conditions each on itself (no condition_key) or all on one camera (one \
+                 condition_key), not on a list"
                     .into(),
             );
         }

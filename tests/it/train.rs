@@ -407,9 +407,32 @@ fn target_key_list_with_appearance_prompts_trains_a_prior_on_every_camera() {
         "every camera of every episode has its own look: {prompts:?}"
     );
 
-    let both = text.replace(
+    // One condition camera for every target: each appearance learned from the default look's edges.
+    let one = text.replace(
         "prompt = \"{appearance}\"",
         "prompt = \"{appearance}\"\ncondition_key = \"observation.images.rgb\"",
+    );
+    let shared = ClipSet::load(&config(&one)).unwrap();
+    assert_eq!(shared.train.len(), set.train.len());
+    for (a, b) in shared.train.iter().zip(&set.train) {
+        assert_eq!(a.target, b.target, "the same targets in the same order");
+        assert_eq!(a.prompt, b.prompt);
+    }
+    let rgb_entries: Vec<_> = shared.train.chunks(cams.len()).collect();
+    for group in &rgb_entries {
+        assert!(
+            group.iter().all(|e| e.condition == group[0].condition),
+            "every camera of an episode conditions on its rgb camera"
+        );
+        assert_ne!(
+            group[0].condition, *group[0].target,
+            "rgb is not the appearance"
+        );
+    }
+    // A list of targets with a list of conditions is ambiguous: refused, naming the key.
+    let both = text.replace(
+        "prompt = \"{appearance}\"",
+        &format!("prompt = \"{{appearance}}\"\ncondition_key = {list}"),
     );
     let err = TrainConfig::from_toml(&both, Path::new("test.toml"))
         .err()
