@@ -11,6 +11,13 @@
 #      (a) the source episodes, (b) the source plus the augmented episodes, and (c) for reference the source with
 #      classical photometric jitter (no model), over $SEEDS seeds, and reports the action error in- and out-of-domain.
 #
+# Any LeRobot source instead of the procedural one: SOURCE=DIR IN_KEY=<its camera>; TARGETS=a,b trains only on those
+# targets' episodes of the augmented output (e.g. the variants of a pipeline with keep_source = true); OUT_KEY may
+# list several paired cameras (comma-separated, pooled). LanguageTable (docs/results.md, "Policy benchmark on
+# LanguageTable"):
+#   SOURCE=/work/data/language_table EVAL=/work/data/lt_heldout IN_KEY=observation.images.rgb \
+#   OUT_KEY=observation.images.appearance_0,observation.images.appearance_1,observation.images.appearance_2,observation.images.appearance_3 \
+#   PIPELINE=pipelines/domain_randomize_lt.toml TARGETS=randomized OUT=out/policy_benchmark_lt bash scripts/policy_benchmark.sh
 # Writes out/policy_benchmark/{results.json,table.md}. Needs the interop venv (.venv, `bash scripts/setup.sh`).
 # Runtime with the defaults (32 source episodes x 24 frames at 48x80, 24 held-out episodes, 3 arms x 2 seeds x
 # 1000 steps), measured on 2 cores shared with four other jobs (load ~12): sample-data ~2 minutes, augment
@@ -36,8 +43,11 @@ OUT_KEY=${OUT_KEY:-observation.images.styled}
 mkdir -p "$R"
 t0=$(date +%s)
 
-[ -d "$R/source/lerobot" ] ||
-    "$V" sample-data --out "$R/source" --episodes "$EPISODES" --frames "$FRAMES" --size "$SIZE" --seed 21
+if [ -z "${SOURCE:-}" ]; then
+    [ -d "$R/source/lerobot" ] ||
+        "$V" sample-data --out "$R/source" --episodes "$EPISODES" --frames "$FRAMES" --size "$SIZE" --seed 21
+    SOURCE="$R/source/lerobot"
+fi
 if [ -z "${EVAL:-}" ]; then
     [ -d "$R/heldout/lerobot" ] ||
         "$V" sample-data --out "$R/heldout" --episodes "$EVAL_EPISODES" --frames "$FRAMES" --size "$SIZE" \
@@ -51,11 +61,12 @@ sed 's/^layout = "paired".*/layout = "expanded"/' "$PIPELINE" > "$R/pipeline.tom
 grep -q '^layout = "expanded"' "$R/pipeline.toml" ||
     { echo "$PIPELINE: could not set layout = \"expanded\"" >&2; exit 1; }
 [ -d "$R/augmented" ] ||
-    "$V" augment --pipeline "$R/pipeline.toml" --input "$R/source/lerobot" --output "$R/augmented" \
+    "$V" augment --pipeline "$R/pipeline.toml" --input "$SOURCE" --output "$R/augmented" \
         --threads "${THREADS:-2}" --quiet
 t2=$(date +%s)
 
-"$PY" scripts/policy_benchmark/bc.py --source "$R/source/lerobot" --augmented "$R/augmented" --eval "$EVAL" \
+"$PY" scripts/policy_benchmark/bc.py --source "$SOURCE" --augmented "$R/augmented" --eval "$EVAL" \
+    ${TARGETS:+--targets "$TARGETS"} \
     --in-key "$IN_KEY" --out-key "$OUT_KEY" --size "$SIZE" --steps "$STEPS" --seeds "$SEEDS" \
     --threads "${BC_THREADS:-1}" --out "$R/results.json" > "$R/table.md"
 t3=$(date +%s)

@@ -169,6 +169,19 @@ impl EpisodeColumns {
             .find(|(f, _)| f.name() == name)
             .map(|(_, v)| v)
     }
+    /// The value of string column `name` (Utf8, LargeUtf8 or Utf8View); `None` when absent, null or not a string.
+    pub fn string(&self, name: &str) -> Option<String> {
+        use arrow::array::{Array, AsArray};
+        let a = self.get(name)?;
+        if let Some(s) = a.as_string_opt::<i32>() {
+            return s.is_valid(0).then(|| s.value(0).to_owned());
+        }
+        if let Some(s) = a.as_string_opt::<i64>() {
+            return s.is_valid(0).then(|| s.value(0).to_owned());
+        }
+        let s = a.as_string_view_opt()?;
+        s.is_valid(0).then(|| s.value(0).to_owned())
+    }
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -9,7 +9,7 @@ usage:
   (expanded layout: one episode per source episode and target, the generated video under the source camera's key,
   the source's actions). KEY defaults to `--in-key`.
 * `--eval`: any LeRobot dataset whose cameras `--in-key` and `--out-key` show the same states (paired renderings);
-  held out from training. If its tasks end in ", <name> style" the out-of-domain error is also broken down by style.
+  held out from training. `--out-key` may list several cameras (comma-separated); their frames are pooled. If its tasks end in ", <name> style" the out-of-domain error is also broken down by style.
 * The policy sees the frames t-1 and t (6 channels, the velocity is then visible) at `--size`, and predicts the
   action at t (normalised by the source actions' mean and std). A small CNN with a spatial-softmax
   keypoint head (shared by both frames) and an MLP; no normalisation layers; AdamW with a one-cycle schedule.
@@ -244,7 +244,8 @@ def parse_args():
     p.add_argument("--augmented", action="append", default=[])
     p.add_argument("--eval", required=True)
     p.add_argument("--in-key", default="observation.images.real")
-    p.add_argument("--out-key", default="observation.images.styled")
+    p.add_argument("--out-key", type=lambda v: v.split(","), default=["observation.images.styled"],
+                   help="out-of-domain camera(s) of --eval, comma-separated: pooled")
     p.add_argument("--size", default="48x80", help="policy input HxW")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
@@ -281,13 +282,18 @@ def main() -> None:
         if args.augmented else None
     )
     ev_in = load_camera(args.eval, args.in_key, args.size)
-    ev_out = load_camera(args.eval, args.out_key, args.size)
-    if not np.array_equal(ev_in.actions, ev_out.actions):
-        sys.exit("the evaluation cameras do not come from the same rows")
+    # Several out-of-domain cameras (LanguageTable's appearance_0..3: four random looks of each held-out episode)
+    # are pooled: every state is scored once per camera, against the same truth.
+    outs = [load_camera(args.eval, key, args.size) for key in args.out_key]
+    for cam in outs:
+        if not np.array_equal(ev_in.actions, cam.actions):
+            sys.exit(f"the evaluation cameras {args.in_key} and {cam.name} do not come from the same rows")
+    ev_out = concat(outs)
     mean = source.actions.mean(axis=0)
     std = source.actions.std(axis=0) + 1e-8
     norm = (mean, std)
     truth = ev_in.actions
+    truth_out = ev_out.actions
     styles = sorted({style_of(t) for t in ev_out.tasks})
     results = {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "out"},
@@ -302,11 +308,11 @@ def main() -> None:
             t0 = time.perf_counter()
             policy = train(arm, source, augmented if "vadapt" in arm else None, args, seed, norm)
             p_in, p_out = predict(policy, ev_in, norm), predict(policy, ev_out, norm)
-            run = {"seed": seed, "in_domain": rmse(p_in, truth), "out_of_domain": rmse(p_out, truth),
+            run = {"seed": seed, "in_domain": rmse(p_in, truth), "out_of_domain": rmse(p_out, truth_out),
                    "train_s": round(time.perf_counter() - t0, 1)}
             if len(styles) > 1:
                 st = np.array([style_of(t) for t in ev_out.tasks])
-                run["out_of_domain_by_style"] = {s: rmse(p_out[st == s], truth[st == s]) for s in styles}
+                run["out_of_domain_by_style"] = {s: rmse(p_out[st == s], truth_out[st == s]) for s in styles}
             log(f"{arm} seed {seed}: in-domain {run['in_domain'] * 1e3:.3f}, out-of-domain "
                 f"{run['out_of_domain'] * 1e3:.3f} (x1e-3)")
             runs.append(run)

@@ -296,7 +296,8 @@ pub struct TargetConfig {
     /// w: a number, or a range `[lo, hi]` drawn per variant.
     #[serde(default = "d_guidance")]
     pub guidance: Drawn,
-    /// Prompt template; `{task}` is replaced by the episode's task. Default: `{task}` for models with a text
+    /// Prompt template; `{task}` is replaced by the episode's task, `{episode:COLUMN}` by a per-episode string
+    /// column (`pipeline::prompt`). Default: `{task}` for models with a text
     /// encoder, empty for models without one.
     #[serde(default)]
     pub prompt: Option<String>,
@@ -395,11 +396,6 @@ impl TargetConfig {
     pub fn camera_key(&self) -> String {
         format!("observation.images.{}", self.name)
     }
-}
-
-/// Substitute `{task}` in a prompt template.
-pub fn render_prompt(template: &str, task: &str) -> String {
-    template.replace("{task}", task)
 }
 
 /// A name usable as a path component and a camera key suffix: `[A-Za-z0-9_-]`, not empty, not starting with `-`.
@@ -688,15 +684,12 @@ fn check_draws(t: &TargetConfig, prefix: &str, path: &Path, layout: Layout) -> R
             return err(key, format!("set {single_key} or {key}, not both"));
         }
         for (j, p) in list.iter().enumerate() {
-            check_sampling(path, prefix, 1, None, Some(p)).map_err(|_| {
-                Error::config(
+            if let Some(problem) = super::prompt::template_problem(p) {
+                return Err(Error::config(
                     Location::file(path).field(format!("{prefix}{key}[{j}]")),
-                    format!(
-                        "{p:?}: the only placeholder is {{task}} (target {:?})",
-                        t.name
-                    ),
-                )
-            })?;
+                    format!("{problem} (target {:?})", t.name),
+                ));
+            }
         }
     }
     if t.prior_prompts.is_some() && t.prior.is_none() {
@@ -758,15 +751,8 @@ fn check_sampling(
         let key = format!("{prefix}resolution");
         check_side(path, &key, [h, w], crate::limits::MAX_MODEL_SIDE)?;
     }
-    if let Some(p) = prompt {
-        if p.contains('{')
-            && !p
-                .replace("{task}", "")
-                .chars()
-                .all(|c| c != '{' && c != '}')
-        {
-            return err("prompt", format!("{p:?}: the only placeholder is {{task}}"));
-        }
+    if let Some(problem) = prompt.and_then(super::prompt::template_problem) {
+        return err("prompt", problem);
     }
     Ok(())
 }
@@ -972,10 +958,5 @@ mod tests {
         let back: PipelineConfig =
             serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
         assert_eq!(back, r);
-    }
-
-    #[test]
-    fn prompt_template() {
-        assert_eq!(render_prompt("{task}, clay", "push"), "push, clay");
     }
 }

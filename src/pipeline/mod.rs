@@ -11,6 +11,7 @@ mod options;
 pub mod output;
 pub mod plan;
 pub mod preview;
+pub mod prompt;
 pub mod regenerate;
 pub mod run;
 pub mod skips;

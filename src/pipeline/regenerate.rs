@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::config::{PipelineConfig, SOURCE_TARGET};
 use super::plan::{model_hash, output_size};
+use super::prompt::PromptContext;
 use super::target::{frames_resized, LoadedTarget, ModelCache};
 use super::variants::{self, Draw};
 use super::workers::{read_camera, WriterSetup};
@@ -127,9 +128,10 @@ pub fn regenerate(
         .map(|(h, w)| Arc::new(frames_resized(&decoded, h, w)))
         .collect();
     let seed = target.seed(rec.cfg.seed);
+    let prompt = PromptContext::of(&ep);
     let frames = target.sample_episode(
         &at_res,
-        &ep.task,
+        &prompt,
         seed,
         source_episode,
         &device,
@@ -139,7 +141,7 @@ pub fn regenerate(
     // As the run's writer does: the source camera re-encoded from the decoded frames.
     ep.cameras.insert(key.clone(), Frames::from_images(decoded));
 
-    let record = target.record(&ep.task, &draw);
+    let record = target.record(&prompt, &draw)?;
     let draws = variants::records_draws(&rec.cfg);
     let new = variants::expanded_episode(
         &ep,

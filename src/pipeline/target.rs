@@ -9,7 +9,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use image::RgbImage;
 
-use super::config::{render_prompt, StageConfig, TargetConfig};
+use super::config::{StageConfig, TargetConfig};
+use super::prompt::PromptContext;
 use super::variants::{Draw, Record};
 use crate::error::{Error, Location, Result};
 use crate::model_dir::{Conditioning, ModelDir};
@@ -103,7 +104,7 @@ fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result
             ),
         ));
     };
-    let unknown = enc.unknown_words(&prompt.replace("{task}", ""));
+    let unknown = enc.unknown_words(&super::prompt::fixed_words(prompt));
     if !unknown.is_empty() {
         tracing::warn!(
             "{loc}: {} has no token for {:?}; it was not trained on those words and reads them only as bytes",
@@ -226,7 +227,12 @@ impl LoadedTarget {
     }
 
     /// The sampler of cascade stage `i` (0-based): the stage model alone, seeded as `name/stage<i+1>`.
-    fn stage_sampler(&self, i: usize, task: &str, label: &str) -> TargetSampler<'_> {
+    fn stage_sampler(
+        &self,
+        i: usize,
+        prompt: &PromptContext,
+        label: &str,
+    ) -> Result<TargetSampler<'_>> {
         let st = &self.stages[i];
         let tpl = Self::template(&st.model, st.cfg.prompt.as_deref());
         let mut s = TargetSampler::alone(
@@ -235,10 +241,10 @@ impl LoadedTarget {
             st.cfg.steps,
             st.overlap,
         );
-        s.small.prompt = render_prompt(&tpl, task);
+        s.small.prompt = prompt.render(&tpl)?;
         s.scheduler.class_name = Some(st.cfg.sampler.class_name().to_string());
         s.settings.guidance = st.cfg.guidance;
-        s
+        Ok(s)
     }
 
     /// One episode through the base model and every stage, with the prompts, strengths and guidance of `draw` and
@@ -247,7 +253,7 @@ impl LoadedTarget {
     pub fn sample_episode(
         &self,
         frames: &[Arc<Vec<RgbImage>>],
-        task: &str,
+        prompt: &PromptContext,
         seed: u64,
         episode: u64,
         device: &Device,
@@ -255,13 +261,13 @@ impl LoadedTarget {
         draw: &Draw,
     ) -> Result<Vec<RgbImage>> {
         let mut out = self
-            .sampler(task, draw)
+            .sampler(prompt, draw)?
             .sample_episode_checked(&frames[0], None, seed, episode, device, check)?;
         for (i, st) in self.stages.iter().enumerate() {
             let (h, w) = st.resolution;
             let low_res = frames_resized(&out, h, w);
             out = self
-                .stage_sampler(i, task, &draw.label)
+                .stage_sampler(i, prompt, &draw.label)?
                 .sample_episode_checked(
                     &frames[i + 1],
                     Some(&low_res),
@@ -284,36 +290,37 @@ impl LoadedTarget {
 
     /// The base sampler of one variant: `draw` gives the target's prompt, the shorthand prior's (the first prior)
     /// prompt and λ, the guidance and the seed salt.
-    fn sampler(&self, task: &str, draw: &Draw) -> TargetSampler<'_> {
+    fn sampler(&self, prompt: &PromptContext, draw: &Draw) -> Result<TargetSampler<'_>> {
         let small_tpl = Self::template(&self.small, draw.prompt.as_deref());
         let mut scheduler = self.small.scheduler.clone();
         scheduler.class_name = Some(self.cfg.sampler.class_name().to_string());
         let shorthand = self.cfg.prior.is_some();
-        TargetSampler {
+        let priors = self
+            .priors
+            .iter()
+            .enumerate()
+            .map(|(j, (m, lam, p))| {
+                let (p, lam) = match (shorthand && j == 0, draw.prior_strength) {
+                    (true, Some(drawn)) => (&draw.prior_prompt, drawn),
+                    _ => (p, *lam),
+                };
+                let tpl = Self::template(m, p.as_deref().or(draw.prompt.as_deref()));
+                Ok((
+                    ModelUse {
+                        model: m,
+                        prompt: prompt.render(&tpl)?,
+                    },
+                    lam,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(TargetSampler {
             name: draw.label.clone(),
             small: ModelUse {
                 model: &self.small,
-                prompt: render_prompt(&small_tpl, task),
+                prompt: prompt.render(&small_tpl)?,
             },
-            priors: self
-                .priors
-                .iter()
-                .enumerate()
-                .map(|(j, (m, lam, p))| {
-                    let (p, lam) = match (shorthand && j == 0, draw.prior_strength) {
-                        (true, Some(drawn)) => (&draw.prior_prompt, drawn),
-                        _ => (p, *lam),
-                    };
-                    let tpl = Self::template(m, p.as_deref().or(draw.prompt.as_deref()));
-                    (
-                        ModelUse {
-                            model: m,
-                            prompt: render_prompt(&tpl, task),
-                        },
-                        lam,
-                    )
-                })
-                .collect(),
+            priors,
             settings: ComposeSettings {
                 rule: self.cfg.rule,
                 guidance: draw.guidance,
@@ -323,22 +330,22 @@ impl LoadedTarget {
             steps: self.cfg.steps,
             frames: self.small.meta.frames,
             overlap: self.overlap,
-        }
+        })
     }
 
-    /// What the `augmentation.*` columns record of `draw` for an episode with `task`: the prompts as the models
-    /// got them, the first prior's λ (0 without one) and the guidance.
-    pub fn record(&self, task: &str, draw: &Draw) -> Record {
-        let s = self.sampler(task, draw);
+    /// What the `augmentation.*` columns record of `draw` for an episode with `prompt`'s task and columns: the
+    /// prompts as the models got them, the first prior's λ (0 without one) and the guidance.
+    pub fn record(&self, prompt: &PromptContext, draw: &Draw) -> Result<Record> {
+        let s = self.sampler(prompt, draw)?;
         let prior = s.priors.first();
-        Record {
+        Ok(Record {
             target: self.cfg.name.clone(),
             variant: draw.variant,
             prompt: s.small.prompt.clone(),
             prior_prompt: prior.map(|(m, _)| m.prompt.clone()).unwrap_or_default(),
             prior_strength: prior.map_or(0.0, |(_, lam)| *lam),
             guidance: s.settings.guidance,
-        }
+        })
     }
 
     pub fn seed(&self, global: u64) -> u64 {

@@ -22,6 +22,7 @@ use serde_json::json;
 use super::config::{Codec, Layout, PipelineConfig, Storage};
 use super::options::{FailAt, FailPoint, Progress, INTERRUPTED};
 use super::plan::Plan;
+use super::prompt::PromptContext;
 use super::target::{frames_resized, LoadedTarget};
 use super::units::{UnitRecord, WorkDir};
 use super::variants::{self, Record, Slot, UnitSlot};
@@ -44,7 +45,8 @@ pub(super) struct Job {
     episode: u64,
     /// Index into [`Shared::units`]: which target's which variant.
     unit: usize,
-    task: String,
+    /// The episode's task and per-episode columns, for the targets' prompt templates.
+    prompt: Arc<PromptContext>,
     /// The source frames at each resolution the target samples at (base, then each cascade stage).
     frames: Vec<Arc<Vec<RgbImage>>>,
     done: Option<UnitRecord>,
@@ -278,6 +280,7 @@ pub(super) fn prepare(
                 let t0 = Instant::now();
                 let mut at_res: BTreeMap<(usize, usize), Arc<Vec<RgbImage>>> = BTreeMap::new();
                 let mut jobs = Vec::new();
+                let prompt = Arc::new(PromptContext::of(&ep));
                 for (ui, u) in sh.units.iter().enumerate() {
                     let t = &sh.targets[u.target];
                     let unit = variants::label(&t.cfg.name, u.variant);
@@ -299,7 +302,7 @@ pub(super) fn prepare(
                         pos,
                         episode: ep.index.0,
                         unit: ui,
-                        task: ep.task.clone(),
+                        prompt: prompt.clone(),
                         frames: at,
                         done,
                     });
@@ -359,7 +362,7 @@ pub(super) fn sample(
                 let out = t
                     .sample_episode(
                         &job.frames,
-                        &job.task,
+                        &job.prompt,
                         seed,
                         job.episode,
                         device,
@@ -665,7 +668,11 @@ fn write_episode(
                     }
                     Slot::Variant { target, draw } => {
                         let f = units.next().ok_or_else(cancelled)?;
-                        (up(f), targets[target].record(&ep.task, &draw))
+                        let prompt = PromptContext::of(&ep);
+                        let rec = targets[target]
+                            .record(&prompt, &draw)
+                            .map_err(|e| with_episode(e, ep.index.0, &targets[target].cfg.name))?;
+                        (up(f), rec)
                     }
                 };
                 let index = writer.num_episodes();

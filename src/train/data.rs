@@ -340,26 +340,12 @@ fn episode_prompt(
     target_key: &str,
     loc: &dyn Fn() -> Location,
 ) -> Result<String> {
-    use arrow::array::{Array, AsArray};
     let prompt = template.replace("{task}", &ep.task);
     if !prompt.contains("{appearance}") {
         return Ok(prompt);
     }
     let column = format!("appearance/{target_key}/name");
-    let value = ep.episode_columns.get(&column);
-    let name = value.and_then(|a| {
-        let row = |s: Option<&str>| s.map(str::to_owned);
-        match (
-            a.as_string_opt::<i32>(),
-            a.as_string_opt::<i64>(),
-            a.as_string_view_opt(),
-        ) {
-            (Some(s), _, _) if s.is_valid(0) => row(Some(s.value(0))),
-            (_, Some(s), _) if s.is_valid(0) => row(Some(s.value(0))),
-            (_, _, Some(s)) if s.is_valid(0) => row(Some(s.value(0))),
-            _ => None,
-        }
-    });
+    let name = ep.episode_columns.string(&column);
     match name {
         Some(name) => Ok(prompt.replace("{appearance}", &name)),
         None => Err(Error::invalid(

@@ -459,3 +459,68 @@ fn bad_draws_are_refused_naming_the_key() {
         );
     }
 }
+
+/// `{episode:COLUMN}` in a prompt template is the source episode's per-episode string column: on the bundled
+/// LanguageTable sample, each output records the name of the episode's own `appearance_0` camera as its prompt
+/// (what `vadapt eval --reference-key observation.images.appearance_0` then scores against); a column the episode
+/// lacks fails the episode naming the column; a malformed placeholder is refused naming the key.
+#[test]
+fn episode_column_placeholders_fill_prompts_per_episode() {
+    let dir = tempfile::tempdir().unwrap();
+    let lt = repo().join("datasets/language_table");
+    let column_name = "appearance/observation.images.appearance_0/name";
+    let toml = |template: &str| {
+        let p = dir.path().join("lt.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "seed = 3\n[input]\nimage_key = \"observation.images.rgb\"\n[output]\nlayout = \"expanded\"\n\
+                 codec = \"h264\"\n[[target]]\nname = \"named\"\nadapter = \"{}\"\nprior = \"{}\"\n\
+                 prior_prompts = [{template:?}]\nprior_strength = 0.4\nguidance = 1.0\nsteps = 1\n",
+                repo().join("models/demo/edge_to_sim").display(),
+                repo().join("models/demo/prior").display(),
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let path = toml(&format!("{{episode:{column_name}}}, night style"));
+    let cfg = PipelineConfig::load(&path).unwrap();
+    let out = dir.path().join("out");
+    let mut o = opts(&lt, &out);
+    o.limit = Some(2);
+    let s = pipeline::run(&cfg, &path, &o).unwrap();
+    assert_eq!(s.episodes_written, 2);
+    let (src, dst) = (open_dataset(&lt).unwrap(), open_dataset(&out).unwrap());
+    let mut names = std::collections::BTreeSet::new();
+    for k in 0..2u64 {
+        let name = src
+            .read_episode(EpisodeIndex(k))
+            .unwrap()
+            .episode_columns
+            .string(column_name)
+            .expect("the sample names its appearance cameras");
+        let ep = dst.read_episode(EpisodeIndex(k)).unwrap();
+        let recorded = column::<StringArray>(&ep, "augmentation.prior_prompt").value(0);
+        assert_eq!(recorded, format!("{name}, night style"), "episode {k}");
+        names.insert(name);
+    }
+    assert_eq!(names.len(), 2, "each episode its own name: {names:?}");
+
+    // A column no episode has: the episode is skipped (recorded), or under --strict the run fails naming it.
+    let path = toml("{episode:appearance/observation.images.nope/name}");
+    let cfg = PipelineConfig::load(&path).unwrap();
+    let mut o = opts(&lt, &dir.path().join("missing"));
+    o.limit = Some(1);
+    o.strict = true;
+    let err = pipeline::run(&cfg, &path, &o).unwrap_err().to_string();
+    assert!(
+        err.contains("appearance/observation.images.nope/name") && err.contains("episode 0"),
+        "{err}"
+    );
+
+    let err = PipelineConfig::load(&toml("{episode:}"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prior_prompts[0]"), "{err}");
+}
