@@ -16,15 +16,26 @@ use vadapt::train::data::ClipSet;
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     anyhow::ensure!(
-        args.len() == 3,
-        "usage: noise_level_errors RECIPE.toml MODEL_DIR"
+        args.len() == 3 || args.len() == 4,
+        "usage: noise_level_errors RECIPE.toml MODEL_DIR [TRAINING_CLIP_INDEX]"
     );
     let dev = Device::Cpu;
     let cfg = TrainConfig::from_file(Path::new(&args[1]))?;
     let model = ModelDir::load(Path::new(&args[2]), &dev)?;
     let param = model.scheduler.prediction_type;
     let data = ClipSet::load(&cfg)?;
-    let (clips, holdout) = data.sample_clips(1);
+    // A held-out clip, or (third argument) the first clip of that training entry: a model that does well there but
+    // not on held-out clips has memorised rather than learned.
+    let (clips, holdout) = match args.get(3) {
+        Some(i) => (
+            vec![vadapt::train::data::ClipRef {
+                episode: i.parse()?,
+                start: 0,
+            }],
+            false,
+        ),
+        None => data.sample_clips(1),
+    };
     let batch = data.batch(&clips, holdout, &dev)?;
     let sched = NoiseSchedule::from_config(&model.scheduler);
     let prompt = if model.text_encoder.is_some() {
@@ -43,8 +54,10 @@ fn main() -> anyhow::Result<()> {
     };
     let zeros = x0.zeros_like()?;
     println!(
-        "model {} ({param:?}), held-out clip: {}",
-        args[2], batch.prompts[0]
+        "model {} ({param:?}), {} clip: {}",
+        args[2],
+        if holdout { "held-out" } else { "training" },
+        batch.prompts[0]
     );
     println!("| t | abar | output loss | x0 MSE | x0 MSE of zeros |");
     println!("| --- | --- | --- | --- | --- |");

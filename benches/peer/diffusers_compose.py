@@ -85,7 +85,8 @@ def main():
             eps2 = to_eps(out, kinds["small"], torch.cat([x, x]), al)
             eu, ec = eps2[:1], eps2[1:]
             if ti >= a.compose_min_t:
-                ep = to_eps(prior(x, t, encoder_hidden_states=prior_text).sample, kinds["prior"], x, al)
+                prior_in = torch.cat([x, edge], dim=1) if prior.config.in_channels == 4 else x
+                ep = to_eps(prior(prior_in, t, encoder_hidden_states=prior_text).sample, kinds["prior"], x, al)
                 text = ec + ep * lam
                 eps = eu + (text - eu) * w
             else:
