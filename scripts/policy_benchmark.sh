@@ -14,10 +14,11 @@
 # Any LeRobot source instead of the procedural one: SOURCE=DIR IN_KEY=<its camera>; TARGETS=a,b trains only on those
 # targets' episodes of the augmented output (e.g. the variants of a pipeline with keep_source = true); OUT_KEY may
 # list several paired cameras (comma-separated, pooled). LanguageTable (docs/results.md, "Policy benchmark on
-# LanguageTable"):
-#   SOURCE=/work/data/language_table EVAL=/work/data/lt_heldout IN_KEY=observation.images.rgb \
+# LanguageTable"; datasets from scripts/language_table/generate.py, seeds 0-85 and 900-931; PIPELINE an expanded
+# pipeline with keep_source = true whose randomized target is named in TARGETS):
+#   SOURCE=DIR EVAL=DIR IN_KEY=observation.images.rgb TARGETS=randomized PIPELINE=... OUT=out/policy_benchmark_lt \
 #   OUT_KEY=observation.images.appearance_0,observation.images.appearance_1,observation.images.appearance_2,observation.images.appearance_3 \
-#   PIPELINE=pipelines/domain_randomize_lt.toml TARGETS=randomized OUT=out/policy_benchmark_lt bash scripts/policy_benchmark.sh
+#   bash scripts/policy_benchmark.sh
 # Writes out/policy_benchmark/{results.json,table.md}. Needs the interop venv (.venv, `bash scripts/setup.sh`).
 # Runtime with the defaults (32 source episodes x 24 frames at 48x80, 24 held-out episodes, 3 arms x 2 seeds x
 # 1000 steps), measured on 2 cores shared with four other jobs (load ~12): sample-data ~2 minutes, augment
