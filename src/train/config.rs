@@ -97,6 +97,11 @@ pub struct DataConfig {
     /// Take every n-th source frame (source fps / model fps).
     #[serde(default = "d_one")]
     pub frame_stride: usize,
+    /// Each comma-separated clause of a training prompt is dropped with this probability (at least one is kept),
+    /// per clip and step. A prompt that names its clip uniquely (a LanguageTable appearance name) is then no
+    /// identifier to memorise: the model must tie each clause ("wooden pink board") to what it shows. 0: off.
+    #[serde(default)]
+    pub prompt_clause_dropout: f64,
 }
 
 /// One camera key or a list of them; written back the way it was given.
@@ -589,6 +594,13 @@ impl TrainConfig {
         }
         if self.data.frame_stride == 0 {
             return bad("data.frame_stride", "must be at least 1".into());
+        }
+        let p = self.data.prompt_clause_dropout;
+        if !(0.0..1.0).contains(&p) {
+            return bad(
+                "data.prompt_clause_dropout",
+                format!("{p} must lie in [0, 1)"),
+            );
         }
         let lists = [
             ("data.target_key", Some(&self.data.target_key)),

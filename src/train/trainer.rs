@@ -253,7 +253,12 @@ impl Trainer {
         let stream = if c.fixed_batch { 0 } else { s as u64 };
         let mut rng = NoiseRng::new(derive_seed(c.seed, stream, "train-step", 0));
         let clips = self.data.random_clips(c.optim.batch_size, &mut rng);
-        let batch = self.data.batch(&clips, false, &self.device)?;
+        let mut batch = self.data.batch(&clips, false, &self.device)?;
+        if c.data.prompt_clause_dropout > 0.0 {
+            for p in &mut batch.prompts {
+                *p = drop_clauses(p, c.data.prompt_clause_dropout, &mut rng);
+            }
+        }
         let x0 = match &self.vae {
             Some((_, vae)) => vae.encode(&batch.video)?.detach(),
             None => batch.video,
@@ -612,6 +617,20 @@ impl Trainer {
 }
 
 /// The text encoder a recipe describes; with `tokens = "words"` its vocabulary comes from the training prompts.
+/// `prompt` with each comma-separated clause dropped with probability `p`, at least one kept, in the prompt's order.
+fn drop_clauses(prompt: &str, p: f64, rng: &mut NoiseRng) -> String {
+    let clauses: Vec<&str> = prompt.split(", ").collect();
+    let keep: Vec<bool> = clauses.iter().map(|_| rng.uniform() as f64 >= p).collect();
+    let forced = (!keep.iter().any(|&k| k)).then(|| rng.below(clauses.len()));
+    clauses
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| keep[i] || forced == Some(i))
+        .map(|(_, c)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn byte_config(
     config: &TrainConfig,
     t: &super::config::TextEncoderConfig,
@@ -757,6 +776,31 @@ fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clause dropout keeps clauses in order, drops about `p` of them, never all, and is a function of the draws.
+    #[test]
+    fn drop_clauses_keeps_order_and_at_least_one() {
+        let name = "wooden pink board, silver gradient background, bright light from left, no shadows";
+        let mut rng = NoiseRng::new(3);
+        let (mut kept, mut total) = (0, 0);
+        for _ in 0..400 {
+            let out = drop_clauses(name, 0.5, &mut rng);
+            assert!(!out.is_empty());
+            let parts: Vec<&str> = out.split(", ").collect();
+            let positions: Vec<usize> = parts
+                .iter()
+                .map(|c| name.split(", ").position(|n| n == *c).expect("a clause of the name"))
+                .collect();
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "{out}");
+            kept += parts.len();
+            total += 4;
+        }
+        let share = kept as f64 / total as f64;
+        assert!((0.45..0.62).contains(&share), "kept {share}");
+        assert_eq!(drop_clauses("single", 0.99, &mut rng), "single");
+        let (mut a, mut b) = (NoiseRng::new(9), NoiseRng::new(9));
+        assert_eq!(drop_clauses(name, 0.5, &mut a), drop_clauses(name, 0.5, &mut b));
+    }
 
     /// The saved model computes what the trained one computes: the training path (variables: im2col convolution,
     /// composed LayerNorm, fused softmax with backward) and the inference path (loaded safetensors: candle's kernels)

@@ -267,6 +267,13 @@ fn bad_recipes_name_the_key() {
         ),
         (
             base.replace(
+                "holdout_episodes = 1",
+                "holdout_episodes = 1\nprompt_clause_dropout = 1.0",
+            ),
+            "data.prompt_clause_dropout",
+        ),
+        (
+            base.replace(
                 "condition_key = \"observation.images.real\"",
                 "condition_key = []",
             ),
