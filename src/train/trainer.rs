@@ -780,7 +780,8 @@ mod tests {
     /// Clause dropout keeps clauses in order, drops about `p` of them, never all, and is a function of the draws.
     #[test]
     fn drop_clauses_keeps_order_and_at_least_one() {
-        let name = "wooden pink board, silver gradient background, bright light from left, no shadows";
+        let name =
+            "wooden pink board, silver gradient background, bright light from left, no shadows";
         let mut rng = NoiseRng::new(3);
         let (mut kept, mut total) = (0, 0);
         for _ in 0..400 {
@@ -789,7 +790,11 @@ mod tests {
             let parts: Vec<&str> = out.split(", ").collect();
             let positions: Vec<usize> = parts
                 .iter()
-                .map(|c| name.split(", ").position(|n| n == *c).expect("a clause of the name"))
+                .map(|c| {
+                    name.split(", ")
+                        .position(|n| n == *c)
+                        .expect("a clause of the name")
+                })
                 .collect();
             assert!(positions.windows(2).all(|w| w[0] < w[1]), "{out}");
             kept += parts.len();
@@ -799,7 +804,10 @@ mod tests {
         assert!((0.45..0.62).contains(&share), "kept {share}");
         assert_eq!(drop_clauses("single", 0.99, &mut rng), "single");
         let (mut a, mut b) = (NoiseRng::new(9), NoiseRng::new(9));
-        assert_eq!(drop_clauses(name, 0.5, &mut a), drop_clauses(name, 0.5, &mut b));
+        assert_eq!(
+            drop_clauses(name, 0.5, &mut a),
+            drop_clauses(name, 0.5, &mut b)
+        );
     }
 
     /// The saved model computes what the trained one computes: the training path (variables: im2col convolution,
