@@ -82,7 +82,7 @@ fn main() -> anyhow::Result<()> {
             .iter()
             .map(|(_, v)| v.as_tensor().copy().unwrap())
             .collect();
-        let mut at = |s: f64| -> anyhow::Result<f64> {
+        let at = |s: f64| -> anyhow::Result<f64> {
             for (((_, v), d), o) in sel.iter().zip(&dirs).zip(&orig) {
                 v.set(&(o + (d * s)?)?)?;
             }
