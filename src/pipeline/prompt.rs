@@ -8,7 +8,52 @@ use std::collections::BTreeMap;
 use crate::episode::Episode;
 use crate::error::{Error, Location, Result};
 
-const EPISODE: &str = "{episode:";
+/// One piece of a parsed template.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Task,
+    Column(&'a str),
+}
+
+/// `template` as text and placeholders; the error says why it is no valid template: braces only as `{task}` or
+/// `{episode:COLUMN}`. Parsed once, so a task or column value that contains braces is never read as a placeholder.
+fn parse(template: &str) -> std::result::Result<Vec<Piece<'_>>, String> {
+    const TASK: &str = "{task}";
+    const EPISODE: &str = "{episode:";
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(at) = rest.find(['{', '}']) {
+        if at > 0 {
+            pieces.push(Piece::Text(&rest[..at]));
+        }
+        let tail = &rest[at..];
+        if let Some(after) = tail.strip_prefix(TASK) {
+            pieces.push(Piece::Task);
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix(EPISODE) {
+            match after.find(['{', '}']) {
+                Some(end) if end > 0 && after.as_bytes()[end] == b'}' => {
+                    pieces.push(Piece::Column(&after[..end]));
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    return Err(format!(
+                        "{template:?}: {{episode:COLUMN}} needs a column name and a closing brace"
+                    ))
+                }
+            }
+        } else {
+            return Err(format!(
+                "{template:?}: the placeholders are {{task}} and {{episode:COLUMN}} (a per-episode string column)"
+            ));
+        }
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest));
+    }
+    Ok(pieces)
+}
 
 /// What a template can refer to, for one source episode.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,59 +81,48 @@ impl PromptContext {
 
     /// `template` with its placeholders filled; a column the episode lacks is an error naming it.
     pub fn render(&self, template: &str) -> Result<String> {
+        let loc = || Location::none().episode(self.episode);
+        let pieces =
+            parse(template).map_err(|problem| Error::invalid(loc().field("prompt"), problem))?;
         let mut out = String::with_capacity(template.len());
-        let mut rest = template.replace("{task}", &self.task);
-        while let Some(at) = rest.find(EPISODE) {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + EPISODE.len()..];
-            let end = after.find('}').unwrap_or(after.len());
-            let column = &after[..end];
-            let value = self.columns.get(column).ok_or_else(|| {
-                Error::invalid(
-                    Location::none().episode(self.episode).field(column),
-                    format!(
-                        "the prompt template {template:?} needs the per-episode string column {column:?}; this \
-                         episode has {:?}",
-                        self.columns.keys().collect::<Vec<_>>()
-                    ),
-                )
-            })?;
-            out.push_str(value);
-            rest = after[(end + 1).min(after.len())..].to_string();
+        for piece in pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Task => out.push_str(&self.task),
+                Piece::Column(column) => out.push_str(self.columns.get(column).ok_or_else(|| {
+                    Error::invalid(
+                        loc().field(column),
+                        format!(
+                            "the prompt template {template:?} needs the per-episode string column {column:?}; \
+                             this episode has {:?}",
+                            self.columns.keys().collect::<Vec<_>>()
+                        ),
+                    )
+                })?),
+            }
         }
-        out.push_str(&rest);
         Ok(out)
     }
 }
 
 /// Why `template` is not a valid prompt template (`None`: it is): braces only as `{task}` or `{episode:COLUMN}`.
 pub fn template_problem(template: &str) -> Option<String> {
-    let mut rest = template.replace("{task}", "");
-    while let Some(at) = rest.find(EPISODE) {
-        let after = &rest[at + EPISODE.len()..];
-        match after.find('}') {
-            Some(0) | None => {
-                return Some(format!(
-                    "{template:?}: {{episode:COLUMN}} needs a column name and a closing brace"
-                ))
-            }
-            Some(end) => rest = format!("{}{}", &rest[..at], &after[end + 1..]),
-        }
-    }
-    rest.contains(['{', '}']).then(|| {
-        format!("{template:?}: the placeholders are {{task}} and {{episode:COLUMN}} (a per-episode string column)")
-    })
+    parse(template).err()
 }
 
-/// `template` with every placeholder removed: the words a text encoder sees whatever the episode.
+/// `template` with every placeholder removed: the words a text encoder sees whatever the episode (an invalid
+/// template, refused by the config's checks before this is asked, is returned whole).
 pub fn fixed_words(template: &str) -> String {
-    let mut rest = template.replace("{task}", "");
-    while let Some(at) = rest.find(EPISODE) {
-        let after = &rest[at + EPISODE.len()..];
-        let end = after.find('}').map_or(after.len(), |e| e + 1);
-        rest = format!("{}{}", &rest[..at], &after[end..]);
+    match parse(template) {
+        Ok(pieces) => pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Text(t) => Some(*t),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => template.to_string(),
     }
-    rest
 }
 
 #[cfg(test)]
@@ -126,13 +160,26 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("episode 4"), "{err}");
+        // Values are never read as placeholders.
+        let braces = PromptContext {
+            task: "push {episode:x}".into(),
+            ..c
+        };
+        assert_eq!(braces.render("{task}!").unwrap(), "push {episode:x}!");
     }
 
     #[test]
     fn checks_templates() {
         assert_eq!(template_problem("{task}, night style"), None);
         assert_eq!(template_problem("{episode:a/b/name}, {task}"), None);
-        for bad in ["{style}", "{episode:}", "{episode:a", "{task", "a }"] {
+        for bad in [
+            "{style}",
+            "{episode:}",
+            "{episode:a",
+            "{episode:a{b}",
+            "{task",
+            "a }",
+        ] {
             assert!(template_problem(bad).is_some(), "{bad} refused");
         }
         assert_eq!(fixed_words("{episode:a/b} board, {task}"), " board, ");

@@ -655,6 +655,7 @@ fn write_episode(
             let (key, draws) = (variants::expanded_key(cfg), variants::records_draws(cfg));
             let mut units = units.into_iter();
             let mut written = 0;
+            let prompt = PromptContext::of(&ep);
             for slot in variants::slots(cfg, ep.index.0) {
                 let (frames, rec) = match slot {
                     Slot::Source => {
@@ -668,7 +669,6 @@ fn write_episode(
                     }
                     Slot::Variant { target, draw } => {
                         let f = units.next().ok_or_else(cancelled)?;
-                        let prompt = PromptContext::of(&ep);
                         let rec = targets[target]
                             .record(&prompt, &draw)
                             .map_err(|e| with_episode(e, ep.index.0, &targets[target].cfg.name))?;

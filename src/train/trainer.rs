@@ -616,7 +616,6 @@ impl Trainer {
     }
 }
 
-/// The text encoder a recipe describes; with `tokens = "words"` its vocabulary comes from the training prompts.
 /// `prompt` with each comma-separated clause dropped with probability `p`, at least one kept, in the prompt's order.
 fn drop_clauses(prompt: &str, p: f64, rng: &mut NoiseRng) -> String {
     let clauses: Vec<&str> = prompt.split(", ").collect();
@@ -631,6 +630,7 @@ fn drop_clauses(prompt: &str, p: f64, rng: &mut NoiseRng) -> String {
         .join(", ")
 }
 
+/// The text encoder a recipe describes; with `tokens = "words"` its vocabulary comes from the training prompts.
 fn byte_config(
     config: &TrainConfig,
     t: &super::config::TextEncoderConfig,
