@@ -1,6 +1,7 @@
 //! Times the fused attention kernel at each attention shape of the demo models and sums one composed sampling step
 //! (small model batch 2 + prior): `cargo run --release --example attn_shapes [NAME-FILTER]`. Used to profile
-//! issue 8 (docs/performance.md, session 7).
+//! issue 8 (docs/performance.md, session 7)
+//! and the AVX-512 attention (session 14: `VADAPT_NO_AVX512=1` times the AVX2 kernel).
 use candle_core::{Device, Tensor};
 use std::time::Instant;
 use vadapt::models::kernels::bench as kernels;
@@ -15,6 +16,9 @@ fn main() {
         ("spatial w48 h6", 16, 240, 240, 48, 6, 4),
         ("cross w32 h4 m64", 16, 240, 64, 32, 4, 4 * 2),
         ("cross w48 h6 m64", 16, 240, 64, 48, 6, 4),
+        // the first level of issue 20's 5.1 M + 28.3 M pair at 24x40, 16 frames (session 14): 960 tokens
+        ("spatial960 w32 h4", 32, 960, 960, 32, 4, 1),
+        ("spatial960 w64 h8", 16, 960, 960, 64, 8, 4),
     ];
     let mut total = 0.0;
     let only = std::env::args().nth(1).unwrap_or_default();

@@ -9,7 +9,8 @@ use rayon::prelude::*;
 use super::activation::exp;
 use super::attention_grad;
 use super::cpu::{
-    apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, output_buffer, OutPtr,
+    apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, has_avx512f, output_buffer,
+    OutPtr,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
@@ -125,8 +126,9 @@ const LANES_MAX_KEYS: usize = 64;
 enum HeadKernel {
     /// `x86_64::attention_lanes_head8` straight on the interleaved rows (scratch for the scores of many keys).
     Head8Lanes,
-    /// `x86_64::attention_rows_head8` on keys and values transposed to (8, m8), `m8` = m rounded up to 8.
-    Head8 { m8: usize },
+    /// `x86_64::attention_rows_head8` on keys and values transposed to (8, m8), `m8` = m rounded up to 8; or,
+    /// `wide`, `avx512::attention_rows_head8` with `m8` rounded up to 16.
+    Head8 { m8: usize, wide: bool },
     /// `attention_rows` (AVX2 + FMA build where `avx`), optionally with transposed values.
     Portable { avx: bool, transposed_v: bool },
 }
@@ -136,7 +138,8 @@ impl HeadKernel {
     fn scratch(self, d: usize, m: usize) -> (usize, usize) {
         match self {
             HeadKernel::Head8Lanes => (0, if m <= FEW_KEYS { 0 } else { 8 * m + 8 }),
-            HeadKernel::Head8 { m8 } => (2 * d * m8, m8),
+            // the AVX-512 kernel keeps the scores of two rows
+            HeadKernel::Head8 { m8, wide } => (2 * d * m8, if wide { 2 * m8 } else { m8 }),
             HeadKernel::Portable { transposed_v, .. } => {
                 (if transposed_v { 2 * d * m } else { d * m }, m)
             }
@@ -160,7 +163,7 @@ impl HeadKernel {
                 k: ks,
             },
             #[cfg(target_arch = "x86_64")]
-            HeadKernel::Head8 { m8 } => {
+            HeadKernel::Head8 { m8, .. } => {
                 let (kt, vt) = kvt.split_at_mut(d * m8);
                 assert!(ks.len() >= (m - 1) * stride + d && vs.len() >= (m - 1) * stride + d);
                 // SAFETY: the CPU has AVX2 (Head8 is only chosen then); m rows of d = HEAD floats, `stride` apart,
@@ -235,21 +238,18 @@ impl HeadKernel {
             #[cfg(not(target_arch = "x86_64"))]
             HeadKernel::Head8Lanes => unreachable!("no 8-wide intrinsics off x86-64"),
             #[cfg(target_arch = "x86_64")]
-            HeadKernel::Head8 { .. } => {
+            HeadKernel::Head8 { wide, .. } => {
                 assert!(qs.len() >= (rows - 1) * dims.1 + dims.0);
                 let vt = head.vt.unwrap_or_default();
-                // SAFETY: AVX2 + FMA (Head8 is only chosen then); the rows of qs are in bounds (asserted), out as
-                // the caller promised.
+                // SAFETY: AVX2 + FMA (Head8 is only chosen then), AVX-512F where `wide`; the rows of qs are in
+                // bounds (asserted), out as the caller promised.
                 unsafe {
-                    super::x86_64::attention_rows_head8(
-                        qs.as_ptr(),
-                        out,
-                        rows,
-                        dims.1,
-                        (head.kt, vt, m),
-                        scale,
-                        p,
-                    )
+                    let kernel = if wide {
+                        super::avx512::attention_rows_head8
+                    } else {
+                        super::x86_64::attention_rows_head8
+                    };
+                    kernel(qs.as_ptr(), out, rows, dims.1, (head.kt, vt, m), scale, p)
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
@@ -346,8 +346,10 @@ impl CustomOp3 for Attention {
         let kernel = if avx && d == HEAD8 && m <= LANES_MAX_KEYS {
             HeadKernel::Head8Lanes
         } else if avx && d == HEAD8 {
+            let wide = has_avx512f();
             HeadKernel::Head8 {
-                m8: m.next_multiple_of(8),
+                m8: m.next_multiple_of(if wide { 16 } else { 8 }),
+                wide,
             }
         } else {
             HeadKernel::Portable {

@@ -186,6 +186,23 @@ impl OutPtr {
     }
 }
 
+/// Whether this CPU runs the AVX-512 build of the attention (`avx512`). `VADAPT_NO_AVX512` set in the environment
+/// says no, for timing the AVX2 kernels on the same machine (`vadapt bench`).
+pub fn has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX512.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("VADAPT_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether this CPU runs the AVX2 + FMA builds of the kernels.
 pub fn has_avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]

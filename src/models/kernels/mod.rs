@@ -27,12 +27,15 @@
 //!
 //! Files: one per op family (`attention`, `norm`, `tokens`, `linear` with the GEGLU feed-forward, `conv`,
 //! `activation`), the shared plumbing (`cpu`: storage access and the dispatch checks; `gemm`; `portable`: the
-//! building blocks of the auto-vectorised loops) and one per architecture (`x86_64`: the AVX2 + FMA intrinsics).
-//! Calls go one way: op files → `x86_64` → `activation` (its scalar tails); nothing below an op file calls an op.
+//! building blocks of the auto-vectorised loops) and one per instruction set (`x86_64`: the AVX2 + FMA intrinsics;
+//! `avx512`: the attention over many keys, where the CPU has AVX-512F). Calls go one way: op files → `x86_64` /
+//! `avx512` → `activation` (its scalar tails); nothing below an op file calls an op.
 
 mod activation;
 mod attention;
 mod attention_grad;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod conv;
 mod conv_grad;
 mod cpu;
@@ -60,7 +63,7 @@ pub(crate) use tokens::{add_tokens, group_norm_tokens, TokenLayout};
 pub mod bench {
     pub use super::attention::fused_attention as attention;
     pub use super::conv::fused_conv2d as conv2d;
-    pub use super::cpu::has_avx2_fma;
+    pub use super::cpu::{has_avx2_fma, has_avx512f};
     pub use super::linear::{
         fused_feed_forward_geglu as feed_forward_geglu, fused_linear as linear,
     };
