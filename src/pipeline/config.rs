@@ -304,6 +304,14 @@ pub struct TargetConfig {
     /// Prompt templates, one drawn per variant (instead of `prompt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<Vec<String>>,
+    /// A reference image of the look to render (PNG/JPEG), for an adapter with first-frame conditioning trained
+    /// on references (`data.first_frame = "target_far"`, `pipelines/train_lt_restyle.toml`): every window's
+    /// first-frame channel gets it instead of the source's frame. Relative paths as for `adapter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathBuf>,
+    /// Reference images, one drawn per variant (instead of `reference`): domain randomization over named looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub references: Option<Vec<PathBuf>>,
     /// Outputs per source episode (`expanded` layout), each with its own noise and its own draws of `prompts`,
     /// `prior_prompts` and the ranges (`pipeline::variants`).
     #[serde(default = "d_variants", skip_serializing_if = "is_one")]
@@ -703,6 +711,7 @@ fn check_draws(t: &TargetConfig, prefix: &str, path: &Path, layout: Layout) -> R
             (t.variants > 1, "variants"),
             (t.prompts.is_some(), "prompts"),
             (t.prior_prompts.is_some(), "prior_prompts"),
+            (t.references.is_some(), "references"),
             (
                 t.prior_strength.is_some_and(Drawn::is_range),
                 "prior_strength",

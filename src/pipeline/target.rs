@@ -54,6 +54,8 @@ pub(super) struct LoadedTarget {
     pub resolution: (usize, usize),
     pub overlap: usize,
     pub stages: Vec<LoadedStage>,
+    /// The target's `reference` / `references` images, by the path the config gives.
+    pub references: BTreeMap<PathBuf, Arc<RgbImage>>,
 }
 
 /// One super-resolution stage of a target.
@@ -115,6 +117,46 @@ fn check_prompt(model: &ModelDir, prompt: Option<&str>, loc: Location) -> Result
     Ok(())
 }
 
+/// The reference images of a target (`reference`, or the `references` list), decoded once; refused where the
+/// adapter has no first-frame channel to take them, or where both keys or an empty list are given.
+fn load_references(
+    cfg: &TargetConfig,
+    small: &ModelDir,
+    loc: &dyn Fn(&str) -> Location,
+) -> Result<BTreeMap<PathBuf, Arc<RgbImage>>> {
+    let (paths, key): (Vec<&PathBuf>, &str) = match (&cfg.reference, &cfg.references) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                loc("references"),
+                "give `reference` or `references`, not both",
+            ))
+        }
+        (Some(p), None) => (vec![p], "reference"),
+        (None, Some(l)) if l.is_empty() => {
+            return Err(Error::config(loc("references"), "an empty list"))
+        }
+        (None, Some(l)) => (l.iter().collect(), "references"),
+        (None, None) => return Ok(BTreeMap::new()),
+    };
+    if !small.conditioning.contains(&Conditioning::FirstFrame) {
+        return Err(Error::config(
+            loc(key),
+            format!(
+                "{} has no first-frame channel to take a reference image (its conditioning: {:?})",
+                small.path.display(),
+                small.conditioning
+            ),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for p in paths {
+        let img = image::open(p)
+            .map_err(|e| Error::config(loc(key), format!("cannot read {}: {e}", p.display())))?;
+        out.insert(p.clone(), Arc::new(img.to_rgb8()));
+    }
+    Ok(out)
+}
+
 impl LoadedTarget {
     /// Load (through `models`, so a model several targets share is loaded once) and check the target's models.
     pub fn load(cfg: &TargetConfig, file: &Path, models: &mut ModelCache) -> Result<Self> {
@@ -172,6 +214,7 @@ impl LoadedTarget {
                 check_prompt(p, Some(tpl), loc(key))?;
             }
         }
+        let references = load_references(cfg, &small, &loc)?;
         let mut stages = Vec::new();
         let mut previous = resolution;
         for (i, st) in cfg.stages.iter().enumerate() {
@@ -216,6 +259,7 @@ impl LoadedTarget {
             resolution,
             overlap,
             stages,
+            references,
         })
     }
 
@@ -330,6 +374,10 @@ impl LoadedTarget {
             steps: self.cfg.steps,
             frames: self.small.meta.frames,
             overlap: self.overlap,
+            reference: draw
+                .reference
+                .as_ref()
+                .map(|p| (*self.references[p]).clone()),
         })
     }
 

@@ -10,6 +10,7 @@
 //! sharding, resume or thread count. Variant 0 is labelled with the target's name alone, so a target with one
 //! variant and fixed values samples exactly as before variants existed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray};
@@ -40,6 +41,10 @@ pub struct Draw {
     /// The shorthand prior's λ; `None` without a shorthand prior.
     pub prior_strength: Option<f32>,
     pub guidance: f32,
+    /// The reference image (`references` drawn, or `reference`), as the config names it; `None`: the source's
+    /// first frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathBuf>,
 }
 
 /// The label of variant `variant` of target `name` (target names are `[A-Za-z0-9_-]`, so `.` cannot collide).
@@ -56,6 +61,7 @@ pub fn randomized(t: &TargetConfig) -> bool {
     t.variants > 1
         || t.prompts.is_some()
         || t.prior_prompts.is_some()
+        || t.references.is_some()
         || t.prior_strength.is_some_and(Drawn::is_range)
         || t.guidance.is_range()
 }
@@ -91,6 +97,10 @@ pub fn draw(t: &TargetConfig, seed: u64, episode: u64, variant: usize) -> Draw {
         prior_prompt: pick(&t.prior_prompts, &t.prior_prompt, "prior_prompt"),
         prior_strength,
         guidance: value(t.guidance, "guidance"),
+        reference: match &t.references {
+            Some(l) if !l.is_empty() => Some(l[stream("reference").below(l.len())].clone()),
+            _ => t.reference.clone(),
+        },
     }
 }
 

@@ -12,6 +12,7 @@ use crate::error::{Error, Location, Result};
 use crate::model_dir::ModelDir;
 use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
+use crate::vision::resize::resize_rgb;
 use crate::vision::tensor::tensor_to_frames;
 
 /// One model with its prompt template resolved for an episode.
@@ -32,6 +33,9 @@ pub struct TargetSampler<'a> {
     pub steps: usize,
     pub frames: usize,
     pub overlap: usize,
+    /// The first-frame signal of every window instead of the window's first source frame: a reference image of
+    /// the look to render (resized to the source frames).
+    pub reference: Option<RgbImage>,
 }
 
 impl<'a> TargetSampler<'a> {
@@ -55,6 +59,7 @@ impl<'a> TargetSampler<'a> {
             steps,
             frames: model.meta.frames,
             overlap,
+            reference: None,
         }
     }
 
@@ -129,13 +134,17 @@ impl<'a> TargetSampler<'a> {
             .iter()
             .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
             .collect::<Result<_>>()?;
+        let reference = self
+            .reference
+            .as_ref()
+            .map(|r| resize_rgb(r, h as u32, w as u32));
         let starts = window_starts(n, f, self.overlap.min(f - 1));
         let mut windows = Vec::with_capacity(starts.len());
         for &st in &starts {
             // The window's own signals: its frames' edges and low_res, its first frame.
             let window = Signals {
                 edges: Some(edges.narrow(1, st, f)?),
-                first_frame: Some(build.first_frame(&clip[st])?),
+                first_frame: Some(build.first_frame(reference.as_ref().unwrap_or(&clip[st]))?),
                 low_res: low_res.as_ref().map(|l| l.narrow(1, st, f)).transpose()?,
             };
             let small = Conditioned {

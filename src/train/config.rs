@@ -11,6 +11,8 @@
 //!                                                # per camera, each its own condition or all one condition_key)
 //! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
 //!                                               # a list pairs the target with each camera in turn
+//! first_frame = "condition"                     # or "target_far": the target's frame farthest from the clip
+//!                                                # (a reference still of the look: pipelines/train_lt_restyle.toml)
 //! prompt = "{task}"                             # text template; {task} is the episode's task, {appearance} the
 //!                                                # target camera's name (episodes table: appearance/<camera>/name)
 //! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
@@ -102,6 +104,23 @@ pub struct DataConfig {
     /// identifier to memorise: the model must tie each clause ("wooden pink board") to what it shows. 0: off.
     #[serde(default)]
     pub prompt_clause_dropout: f64,
+    /// Where the first-frame conditioning channel comes from (for recipes with `first_frame` conditioning).
+    #[serde(default)]
+    pub first_frame: FirstFrameSource,
+}
+
+/// `data.first_frame`: the image behind the first-frame conditioning channel while training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstFrameSource {
+    /// The condition camera's frame at the clip's start, as sampling gives the source camera's first frame.
+    #[default]
+    Condition,
+    /// The target camera's frame farthest from the clip in its episode (its first or its last): a still of the look
+    /// to render whose blocks and arm stand elsewhere, so the model must take the look from it and the geometry from
+    /// the edges. A model trained so restyles a video after any reference image of a look (`reference` in a
+    /// pipeline target).
+    TargetFar,
 }
 
 /// One camera key or a list of them; written back the way it was given.

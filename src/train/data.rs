@@ -23,7 +23,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
-use super::config::TrainConfig;
+use super::config::{FirstFrameSource, TrainConfig};
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
 use crate::model_dir::Conditioning;
@@ -73,6 +73,7 @@ pub struct ClipSet {
     height: usize,
     width: usize,
     conditioning: Vec<Conditioning>,
+    first_frame: FirstFrameSource,
     /// Pixels per sample along height and width: 1, or the VAE's downscale for a latent recipe.
     downscale: usize,
 }
@@ -215,6 +216,7 @@ impl ClipSet {
             height: m.height,
             width: m.width,
             conditioning: m.conditioning.clone(),
+            first_frame: d.first_frame,
             downscale,
         })
     }
@@ -267,7 +269,7 @@ impl ClipSet {
             // Every signal at the sample resolution, by the builder sampling uses.
             let build = SignalBuilder::new(self.downscale, device);
             let edges = build.edges_from_planes(e, (f, h, w))?;
-            let first_frame = build.first_frame(&ep.condition[c.start])?;
+            let first_frame = build.first_frame(self.first_frame_image(*c, holdout))?;
             let low_res = if ep.low_res.is_empty() {
                 None
             } else {
@@ -293,6 +295,21 @@ impl ClipSet {
             },
             prompts,
         })
+    }
+
+    /// The image behind a clip's first-frame channel (`data.first_frame`): the condition camera's frame at the
+    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last).
+    pub fn first_frame_image(&self, clip: ClipRef, holdout: bool) -> &RgbImage {
+        let pool = if holdout { &self.holdout } else { &self.train };
+        let ep = &pool[clip.episode];
+        match self.first_frame {
+            FirstFrameSource::Condition => &ep.condition[clip.start],
+            FirstFrameSource::TargetFar => {
+                let last = ep.target.len() - 1;
+                let after = last - (clip.start + self.span() - 1);
+                &ep.target[if clip.start >= after { 0 } else { last }]
+            }
+        }
     }
 
     /// The condition frames of a clip (for sample sheets).

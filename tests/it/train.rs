@@ -864,3 +864,43 @@ fn noise_offset_changes_the_noise_and_zero_changes_nothing() {
     let offset = first_loss("noise_offset = 0.5");
     assert!((offset - plain).abs() > 1e-6 * plain, "{offset} vs {plain}");
 }
+
+/// `data.first_frame = "target_far"`: the first-frame channel shows the target camera's frame farthest from the
+/// clip (a still of the look with the scene elsewhere), not the condition camera's frame at the clip's start; an
+/// unknown value is refused naming the key.
+#[test]
+fn first_frame_from_the_far_end_of_the_target_episode() {
+    use vadapt::train::data::{ClipRef, ClipSet};
+    let dir = tempfile::tempdir().unwrap();
+    let plain = recipe(dir.path(), "");
+    let far = plain.replace(
+        "condition_key = \"observation.images.real\"",
+        "condition_key = \"observation.images.real\"\nfirst_frame = \"target_far\"",
+    );
+    let (a, b) = (
+        ClipSet::load(&config(&plain)).unwrap(),
+        ClipSet::load(&config(&far)).unwrap(),
+    );
+    let ep = &b.train[0];
+    let last = ep.target.len() - 1;
+    let span = 3 * 2 + 1; // 4 frames, stride 2
+    let early = ClipRef {
+        episode: 0,
+        start: 0,
+    };
+    let late = ClipRef {
+        episode: 0,
+        start: last + 1 - span,
+    };
+    assert_eq!(*a.first_frame_image(early, false), a.train[0].condition[0]);
+    assert_eq!(*b.first_frame_image(early, false), ep.target[last]);
+    assert_eq!(*b.first_frame_image(late, false), ep.target[0]);
+    assert_ne!(
+        ep.target[0], ep.condition[0],
+        "target and condition cameras differ"
+    );
+    let err = TrainConfig::from_toml(&far.replace("target_far", "sideways"), Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("first_frame"), "{err}");
+}

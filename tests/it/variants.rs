@@ -524,3 +524,111 @@ fn episode_column_placeholders_fill_prompts_per_episode() {
         .to_string();
     assert!(err.contains("prior_prompts[0]"), "{err}");
 }
+
+/// `reference` / `references`: a still of the look to render replaces the source's first frame in every window of
+/// an adapter with a first-frame channel. The drawn reference is recorded per output episode and samples exactly
+/// what a fixed `reference` of the same image does; bad uses are refused naming the key.
+#[test]
+fn reference_images_replace_the_first_frame_and_are_drawn_per_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let lt = repo().join("datasets/language_table");
+    let still = |name: &str, rgb: [u8; 3]| {
+        let p = dir.path().join(name);
+        image::RgbImage::from_pixel(72, 40, image::Rgb(rgb))
+            .save(&p)
+            .unwrap();
+        p
+    };
+    let (red, blue) = (
+        still("red.png", [200, 30, 30]),
+        still("blue.png", [30, 30, 200]),
+    );
+    let run = |name: &str, adapter: &str, extra: &str| {
+        let p = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "seed = 5\n[input]\nimage_key = \"observation.images.rgb\"\n[output]\nlayout = \"expanded\"\n\
+                 codec = \"h264\"\n[[target]]\nname = \"restyled\"\nadapter = \"{}\"\nguidance = 1.0\nsteps = 2\n\
+                 {extra}\n",
+                repo().join(adapter).display(),
+            ),
+        )
+        .unwrap();
+        let cfg = PipelineConfig::load(&p)?;
+        let out = dir.path().join(name);
+        let mut o = opts(&lt, &out);
+        o.limit = Some(1);
+        pipeline::run(&cfg, &p, &o).map(|_| out)
+    };
+    let lt_model = "models/language_table/edge_to_sim";
+    let drawn = run(
+        "drawn",
+        lt_model,
+        &format!("references = [{:?}, {:?}]\nvariants = 3", red, blue),
+    )
+    .unwrap();
+    let fixed_red = run("red", lt_model, &format!("reference = {red:?}")).unwrap();
+    let plain = run("plain", lt_model, "").unwrap();
+
+    let entries = provenance(&drawn)["episodes"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 3);
+    let refs: Vec<PathBuf> = entries
+        .iter()
+        .map(|e| {
+            PathBuf::from(
+                e["draw"]["reference"]
+                    .as_str()
+                    .expect("the draw names its reference"),
+            )
+        })
+        .collect();
+    assert!(refs.iter().all(|r| *r == red || *r == blue), "{refs:?}");
+    let with_red = unit(&fixed_red, 0, "restyled");
+    assert!(
+        mean_abs(&with_red, &unit(&plain, 0, "restyled")) > 0.5,
+        "a reference changes what the model draws"
+    );
+    // Variant 0 has the target's own label, so the same noise as the fixed run: equal exactly when it drew red.
+    let v0 = unit(&drawn, 0, "restyled");
+    assert_eq!(
+        v0 == with_red,
+        refs[0] == red,
+        "variant 0 drew {:?}",
+        refs[0]
+    );
+
+    let err = |adapter: &str, extra: &str| run("bad", adapter, extra).unwrap_err().to_string();
+    let both = err(
+        lt_model,
+        &format!("reference = {red:?}\nreferences = [{blue:?}]"),
+    );
+    assert!(both.contains("target.restyled.references"), "{both}");
+    let empty = err(lt_model, "references = []");
+    assert!(empty.contains("target.restyled.references"), "{empty}");
+    let missing = err(lt_model, "reference = \"nope.png\"");
+    assert!(
+        missing.contains("target.restyled.reference") && missing.contains("nope.png"),
+        "{missing}"
+    );
+    let paired = dir.path().join("paired.toml");
+    std::fs::write(
+        &paired,
+        format!(
+            "[input]\nimage_key = \"observation.images.rgb\"\n[output]\nlayout = \"paired\"\n[[target]]\n\
+             name = \"restyled\"\nadapter = \"{}\"\nreferences = [{red:?}]\n",
+            repo().join(lt_model).display()
+        ),
+    )
+    .unwrap();
+    let err_paired = PipelineConfig::load(&paired).unwrap_err().to_string();
+    assert!(
+        err_paired.contains("references") && err_paired.contains("expanded"),
+        "{err_paired}"
+    );
+    let no_channel = err("models/demo/prior", &format!("reference = {red:?}"));
+    assert!(
+        no_channel.contains("target.restyled.reference") && no_channel.contains("first-frame"),
+        "{no_channel}"
+    );
+}
