@@ -597,6 +597,12 @@ fn reference_images_replace_the_first_frame_and_are_drawn_per_variant() {
         "variant 0 drew {:?}",
         refs[0]
     );
+    // A drawn reference regenerates its episode alone (the record names the image).
+    let again = regenerate(&drawn, 2, &dir.path().join("regen2"), Compute::default()).unwrap();
+    assert!(
+        again.frames == unit(&drawn, 0, "restyled.v2"),
+        "variant 2 regenerated"
+    );
 
     let err = |adapter: &str, extra: &str| run("bad", adapter, extra).unwrap_err().to_string();
     let both = err(
