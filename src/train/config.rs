@@ -121,6 +121,10 @@ pub enum FirstFrameSource {
     /// the edges. A model trained so restyles a video after any reference image of a look (`reference` in a
     /// pipeline target).
     TargetFar,
+    /// `target_far` mirrored left-right: the look survives (board, background, light), but no block or arm stands
+    /// where the clip's do, so copying the still's scene is never right. A model trained on `target_far` alone
+    /// learned to paste the still's blocks over the motion (docs/results.md, "Restyle").
+    TargetFarMirrored,
 }
 
 /// One camera key or a list of them; written back the way it was given.

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 
+use std::borrow::Cow;
+
 use super::config::{FirstFrameSource, TrainConfig};
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
@@ -269,7 +271,7 @@ impl ClipSet {
             // Every signal at the sample resolution, by the builder sampling uses.
             let build = SignalBuilder::new(self.downscale, device);
             let edges = build.edges_from_planes(e, (f, h, w))?;
-            let first_frame = build.first_frame(self.first_frame_image(*c, holdout))?;
+            let first_frame = build.first_frame(&self.first_frame_image(*c, holdout))?;
             let low_res = if ep.low_res.is_empty() {
                 None
             } else {
@@ -298,16 +300,20 @@ impl ClipSet {
     }
 
     /// The image behind a clip's first-frame channel (`data.first_frame`): the condition camera's frame at the
-    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last).
-    pub fn first_frame_image(&self, clip: ClipRef, holdout: bool) -> &RgbImage {
+    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last), mirrored or not.
+    pub fn first_frame_image(&self, clip: ClipRef, holdout: bool) -> Cow<'_, RgbImage> {
         let pool = if holdout { &self.holdout } else { &self.train };
         let ep = &pool[clip.episode];
+        let far = || {
+            let last = ep.target.len() - 1;
+            let after = last - (clip.start + self.span() - 1);
+            &ep.target[if clip.start >= after { 0 } else { last }]
+        };
         match self.first_frame {
-            FirstFrameSource::Condition => &ep.condition[clip.start],
-            FirstFrameSource::TargetFar => {
-                let last = ep.target.len() - 1;
-                let after = last - (clip.start + self.span() - 1);
-                &ep.target[if clip.start >= after { 0 } else { last }]
+            FirstFrameSource::Condition => Cow::Borrowed(&ep.condition[clip.start]),
+            FirstFrameSource::TargetFar => Cow::Borrowed(far()),
+            FirstFrameSource::TargetFarMirrored => {
+                Cow::Owned(image::imageops::flip_horizontal(far()))
             }
         }
     }

@@ -866,8 +866,8 @@ fn noise_offset_changes_the_noise_and_zero_changes_nothing() {
 }
 
 /// `data.first_frame = "target_far"`: the first-frame channel shows the target camera's frame farthest from the
-/// clip (a still of the look with the scene elsewhere), not the condition camera's frame at the clip's start; an
-/// unknown value is refused naming the key.
+/// clip (a still of the look with the scene elsewhere), not the condition camera's frame at the clip's start;
+/// `target_far_mirrored` the same still mirrored left-right; an unknown value is refused naming the key.
 #[test]
 fn first_frame_from_the_far_end_of_the_target_episode() {
     use vadapt::train::data::{ClipRef, ClipSet};
@@ -898,6 +898,12 @@ fn first_frame_from_the_far_end_of_the_target_episode() {
     assert_ne!(
         ep.target[0], ep.condition[0],
         "target and condition cameras differ"
+    );
+    let mirrored =
+        ClipSet::load(&config(&far.replace("target_far", "target_far_mirrored"))).unwrap();
+    assert_eq!(
+        *mirrored.first_frame_image(early, false),
+        image::imageops::flip_horizontal(&ep.target[last])
     );
     let err = TrainConfig::from_toml(&far.replace("target_far", "sideways"), Path::new("t.toml"))
         .unwrap_err()
