@@ -1,8 +1,8 @@
-"""Reference stills for the restyle model (models/language_table/looks/): the first frame of chosen appearance cameras
+"""Reference stills for the restyle model (e.g. out/language_table/looks/): the first frame of chosen appearance cameras
 of generated episodes, as JPEGs named after their look, plus looks.json with each one's full appearance name, episode
 and camera. Development time, like generate.py (the interop venv has PyAV and pyarrow):
 
-  python scripts/language_table/looks.py out/language_table/train models/language_table/looks \
+  python scripts/language_table/looks.py out/language_table/train out/language_table/looks \
       11:appearance_0 16:appearance_0 6:appearance_0 32:appearance_0 17:appearance_1 36:appearance_0 12:appearance_0 23:appearance_1
 """
 import sys, glob, json, av, pyarrow.parquet as pq

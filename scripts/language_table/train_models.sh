@@ -12,6 +12,7 @@
 # 70 minutes on a quiet machine (the shipped run was split across sessions); it resumes bit-exactly from
 # out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
 # model.init_from: a warm restart with fresh AdamW moments). Evaluation: 8 episodes ~3 min with --threads 2.
+# The restyle model (stage 5, not shipped yet): two 1000-step phases, ~80 minutes, then ~6 minutes of evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-$HOME/.cache/vadapt/langtable-venv/bin/python}"
@@ -59,3 +60,12 @@ for input in rgb appearance_0; do
         --reference-key observation.images.rgb --size 90x160
 done
 "$VADAPT" preview "$DATA/eval_appearance_0" --out "$DATA/eval_appearance_0.png"
+
+# 5. restyle: the default look's edges + a reference still -> the still's look (two phases of 1000 steps from
+#    edge_to_sim, ~40 minutes each on 2 cores; docs/results.md, "Restyle"), exported as F16 and scored. Not shipped
+#    yet (it pastes the reference's scene over the motion), so it goes to out/, not models/.
+[ -d out/train/lt_restyle/model ] || "$VADAPT" train --config pipelines/train_lt_restyle.toml
+[ -d out/train/lt_restyle_mirrored/model ] || "$VADAPT" train --config pipelines/train_lt_restyle_mirrored.toml
+rm -rf "$DATA/restyle"
+"$PY" scripts/language_table/to_f16.py out/train/lt_restyle_mirrored/model "$DATA/restyle"
+PY=.venv/bin/python bash scripts/language_table/restyle_eval.sh "$DATA/restyle" "$DATA/eval" "$DATA/restyle_eval"
