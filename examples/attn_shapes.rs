@@ -17,6 +17,7 @@ fn main() {
         ("cross w32 h4 m64", 16, 240, 64, 32, 4, 4 * 2),
         ("cross w48 h6 m64", 16, 240, 64, 48, 6, 4),
         // the first level of issue 20's 5.1 M + 28.3 M pair at 24x40, 16 frames (session 14): 960 tokens
+        ("spatial180 w64 h8", 16, 180, 180, 64, 8, 1), // LanguageTable UNets at 10x18
         ("spatial960 w32 h4", 32, 960, 960, 32, 4, 1),
         ("spatial960 w64 h8", 16, 960, 960, 64, 8, 4),
     ];
