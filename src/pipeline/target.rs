@@ -374,10 +374,7 @@ impl LoadedTarget {
             steps: self.cfg.steps,
             frames: self.small.meta.frames,
             overlap: self.overlap,
-            reference: draw
-                .reference
-                .as_ref()
-                .map(|p| (*self.references[p]).clone()),
+            reference: draw.reference.as_ref().map(|p| &*self.references[p]),
         })
     }
 

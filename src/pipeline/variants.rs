@@ -78,10 +78,17 @@ pub fn draw(t: &TargetConfig, seed: u64, episode: u64, variant: usize) -> Draw {
         let salt = format!("{}/draw/{key}", t.name);
         NoiseRng::new(derive_seed(seed, episode, &salt, variant as u64))
     };
-    let pick = |list: &Option<Vec<String>>, single: &Option<String>, key: &str| match list {
-        Some(l) if !l.is_empty() => Some(l[stream(key).below(l.len())].clone()),
-        _ => single.clone(),
-    };
+    // One item of `list` (uniformly, from the key's stream), or `single` without a list.
+    fn pick<T: Clone>(
+        list: &Option<Vec<T>>,
+        single: &Option<T>,
+        mut stream: impl FnMut() -> NoiseRng,
+    ) -> Option<T> {
+        match list {
+            Some(l) if !l.is_empty() => Some(l[stream().below(l.len())].clone()),
+            _ => single.clone(),
+        }
+    }
     let value = |d: Drawn, key: &str| match d {
         Drawn::Fixed(x) => x,
         Drawn::Range(lo, hi) => lo + stream(key).uniform() * (hi - lo),
@@ -93,14 +100,11 @@ pub fn draw(t: &TargetConfig, seed: u64, episode: u64, variant: usize) -> Draw {
     Draw {
         variant,
         label: label(&t.name, variant),
-        prompt: pick(&t.prompts, &t.prompt, "prompt"),
-        prior_prompt: pick(&t.prior_prompts, &t.prior_prompt, "prior_prompt"),
+        prompt: pick(&t.prompts, &t.prompt, || stream("prompt")),
+        prior_prompt: pick(&t.prior_prompts, &t.prior_prompt, || stream("prior_prompt")),
         prior_strength,
         guidance: value(t.guidance, "guidance"),
-        reference: match &t.references {
-            Some(l) if !l.is_empty() => Some(l[stream("reference").below(l.len())].clone()),
-            _ => t.reference.clone(),
-        },
+        reference: pick(&t.references, &t.reference, || stream("reference")),
     }
 }
 

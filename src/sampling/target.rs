@@ -35,7 +35,7 @@ pub struct TargetSampler<'a> {
     pub overlap: usize,
     /// The first-frame signal of every window instead of the window's first source frame: a reference image of
     /// the look to render (resized to the source frames).
-    pub reference: Option<RgbImage>,
+    pub reference: Option<&'a RgbImage>,
 }
 
 impl<'a> TargetSampler<'a> {
