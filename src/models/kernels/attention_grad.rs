@@ -100,6 +100,7 @@ impl CustomOp2 for AttentionGrad {
                 OutPtr(dkv[k.len()..].as_mut_ptr()),
             );
             let avx = has_avx2_fma();
+            let wide = wide_kernel(problem);
             // Short sequences (temporal attention: 16 tokens) go to the pool in runs, as in the forward.
             let min_len = (8192 / (n * m).max(1)).max(1);
             (0..b * heads)
@@ -125,7 +126,7 @@ impl CustomOp2 for AttentionGrad {
                             dv: OutPtr(dv.get().add(at_k)),
                         }
                     };
-                    head_grad_dispatch(avx, &inputs, outputs, problem);
+                    head_grad_dispatch((avx, wide), &inputs, outputs, problem);
                 });
             Ok(())
         })?;
@@ -164,8 +165,68 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `head_grad`, compiled for AVX2 + FMA where `avx`.
-fn head_grad_dispatch(avx: bool, inputs: &HeadInputs, outputs: HeadOutputs, problem: Problem) {
+/// Which AVX-512 kernel takes this problem, if any: 8-wide heads on a CPU with AVX-512F, up to 16 keys in one
+/// register (`attention_grad_head8_few`: the temporal attention), more in blocks of 16 (`attention_grad_head8`).
+#[derive(Clone, Copy, PartialEq)]
+enum Wide {
+    No,
+    FewKeys,
+    Blocks,
+}
+
+fn wide_kernel(problem: Problem) -> Wide {
+    #[cfg(target_arch = "x86_64")]
+    if problem.d == super::x86_64::HEAD && super::cpu::has_avx512f() {
+        return if problem.m <= super::avx512::KEYS {
+            Wide::FewKeys
+        } else {
+            Wide::Blocks
+        };
+    }
+    let _ = problem;
+    Wide::No
+}
+
+/// `head_grad`, compiled for AVX2 + FMA where `avx`; the AVX-512 kernel where `wide` (`wide_kernel`).
+fn head_grad_dispatch(
+    (avx, wide): (bool, Wide),
+    inputs: &HeadInputs,
+    outputs: HeadOutputs,
+    problem: Problem,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide != Wide::No {
+        let (few, kernel): (_, unsafe fn(_, _, _, _, &mut [f32])) = match wide {
+            Wide::FewKeys => (true, super::avx512::attention_grad_head8_few),
+            _ => (false, super::avx512::attention_grad_head8),
+        };
+        let len = if few {
+            super::avx512::few_grad_scratch_len(problem.n)
+        } else {
+            super::avx512::grad_scratch_len(problem.m)
+        };
+        with_thread_buffer(&SCRATCH, len, |scratch| {
+            // SAFETY: `wide` holds only where the CPU has AVX-512F and d = HEAD (and m ≤ 16 for `few`); the
+            // inputs hold this head's n (q, dout) and m (k, v) rows `width` apart, and the outputs are this task's
+            // alone (call site).
+            unsafe {
+                kernel(
+                    (
+                        inputs.q.as_ptr(),
+                        inputs.k.as_ptr(),
+                        inputs.v.as_ptr(),
+                        inputs.dout.as_ptr(),
+                    ),
+                    (outputs.dq.get(), outputs.dk.get(), outputs.dv.get()),
+                    (problem.n, problem.m, problem.width),
+                    problem.scale,
+                    scratch,
+                )
+            }
+        });
+        return;
+    }
+    let _ = wide;
     let len = 4 * problem.d * problem.m + 2 * ROW_GROUP * problem.m + problem.d;
     with_thread_buffer(&SCRATCH, len, |scratch| {
         #[cfg(target_arch = "x86_64")]
@@ -409,6 +470,99 @@ mod tests {
             let ours = super::super::attention(&q, &k, &v, heads, scale).unwrap();
             let vars = [("q", &q), ("k", &k), ("v", &v)];
             assert_same_function(&reference, &ours, &vars, (1e-5, 4e-5), &what);
+        }
+    }
+
+    use crate::rng::NoiseRng;
+
+    /// The AVX-512 kernels against the AVX2 one for 8-wide heads, at key counts around their 16-key blocks (one key
+    /// to 16 for the few-keys kernel), odd row
+    /// counts (the one-row tail), and peaked softmaxes (scores spread over hundreds: most weights at the floor).
+    #[test]
+    fn avx512_backward_matches_the_portable_kernel() {
+        use super::{head_grad_dispatch, HeadInputs, HeadOutputs, OutPtr, Problem};
+        if !(super::super::cpu::has_avx512f() && super::super::cpu::has_avx2_fma()) {
+            eprintln!("no AVX-512F on this CPU: the AVX-512 attention backward is not exercised");
+            return;
+        }
+        let mut rng = NoiseRng::new(5);
+        let (heads, d) = (3, 8);
+        let width = heads * d;
+        for (n, m, spread) in [
+            (1, 16, 4.0),
+            (8, 8, 4.0),
+            (16, 16, 4.0),
+            (5, 1, 4.0),
+            (16, 16, 16.0),
+            (7, 17, 4.0),
+            (33, 40, 4.0),
+            (240, 240, 4.0),
+            (5, 961, 4.0),
+            (9, 100, 16.0),
+        ] {
+            let data = |rng: &mut NoiseRng, rows: usize| -> Vec<f32> {
+                (0..rows * width)
+                    .map(|_| (rng.uniform() - 0.5) * spread)
+                    .collect()
+            };
+            let (q, k, v, dout) = (
+                data(&mut rng, n),
+                data(&mut rng, m),
+                data(&mut rng, m),
+                data(&mut rng, n),
+            );
+            let run = |wide: bool| {
+                let (mut dq, mut dk, mut dv) = (
+                    vec![0f32; n * width],
+                    vec![0f32; m * width],
+                    vec![0f32; m * width],
+                );
+                for h in 0..heads {
+                    let at = h * d;
+                    let inputs = HeadInputs {
+                        q: &q[at..],
+                        k: &k[at..],
+                        v: &v[at..],
+                        dout: &dout[at..],
+                    };
+                    let outputs = HeadOutputs {
+                        dq: OutPtr(dq[at..].as_mut_ptr()),
+                        dk: OutPtr(dk[at..].as_mut_ptr()),
+                        dv: OutPtr(dv[at..].as_mut_ptr()),
+                    };
+                    let problem = Problem {
+                        n,
+                        m,
+                        d,
+                        width,
+                        scale: 0.35,
+                    };
+                    head_grad_dispatch(
+                        (
+                            true,
+                            if wide {
+                                super::wide_kernel(problem)
+                            } else {
+                                super::Wide::No
+                            },
+                        ),
+                        &inputs,
+                        outputs,
+                        problem,
+                    );
+                }
+                [dq, dk, dv]
+            };
+            let (want, got) = (run(false), run(true));
+            for (name, (w, g)) in ["dq", "dk", "dv"].iter().zip(want.iter().zip(&got)) {
+                let big = w.iter().fold(0f32, |a, x| a.max(x.abs()));
+                for (i, (a, b)) in w.iter().zip(g).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 2e-5 * big.max(1.0),
+                        "n {n}, m {m}, spread {spread}: {name}[{i}] AVX2 {a}, AVX-512 {b} (largest {big})"
+                    );
+                }
+            }
         }
     }
 }

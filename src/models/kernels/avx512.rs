@@ -1,5 +1,6 @@
-//! AVX-512 build of the 8-wide-head attention over many keys (`x86_64::attention_rows_head8`'s job): the spatial
-//! self-attention at 24x40 and up, 29% of the 5.1 M + 28.3 M composed run (docs/performance.md, session 13).
+//! AVX-512 builds of the 8-wide-head attention over many keys (`x86_64::attention_rows_head8`'s job): the spatial
+//! self-attention at 24x40 and up, 29% of the 5.1 M + 28.3 M composed run (docs/performance.md, session 13); and
+//! its backward for training (`attention_grad_head8`, `attention_grad`'s portable kernel's job for 8-wide heads).
 //!
 //! The AVX2 kernel is bound by loads and by `exp`, not by FMAs: per block of 8 keys it loads 8 key and 8 value
 //! channel-vectors and runs one 8-lane `exp`. Here a block is 16 keys in one 512-bit register (half the loads,
@@ -186,6 +187,315 @@ impl HeadRows {
                 let inv = 1.0 / _mm512_reduce_add_ps(sum[r]);
                 for (c, a) in acc[r].iter().enumerate() {
                     *out[r].add(c) = _mm512_reduce_add_ps(*a) * inv;
+                }
+            }
+        }
+    }
+}
+
+/// Scratch floats `attention_grad_head8` needs for m keys: the transposed keys, values and their gradients, and
+/// two rows in flight of scores (then exponentials) and of `dp`.
+pub(crate) fn grad_scratch_len(m: usize) -> usize {
+    let m16 = m.next_multiple_of(KEYS);
+    4 * HEAD * m16 + 4 * m16
+}
+
+/// The backward of one 8-wide head (`attention_grad`'s module comment has the math): dQ, dK and dV for n query
+/// rows over m keys, every pointer at the head's first column and rows `stride` apart. Two query rows per pass
+/// share every key, value and key/value-gradient load, 16 keys to a register, in three passes over the keys:
+/// (A) scores and `dp = dO vᵀ`, (B) the exponentials with their sum and `Σ e·dp` (so `D = p·dp` needs no pass of
+/// its own), (C) `ds = p (dp − D)` into dQ (register accumulators, one horizontal sum per row and channel) and
+/// into dKᵀ and dVᵀ (loaded and stored once per row pair). Agrees with `attention_grad`'s portable kernel to
+/// float rounding (`attention_grad::tests::avx512_backward_matches_the_portable_kernel`).
+///
+/// # Safety
+/// The CPU has AVX-512F; q and dout are readable for n rows, k and v for m rows, of HEAD floats `stride` apart;
+/// dq (n rows) and dk, dv (m rows) are writable there and nothing else touches them; `scratch` holds
+/// `grad_scratch_len(m)` floats; m > 0.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attention_grad_head8(
+    (q, k, v, dout): (*const f32, *const f32, *const f32, *const f32),
+    (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
+    (n, m, stride): (usize, usize, usize),
+    scale: f32,
+    scratch: &mut [f32],
+) {
+    let m16 = m.next_multiple_of(KEYS);
+    assert!(m > 0 && scratch.len() >= grad_scratch_len(m));
+    let (kt, rest) = scratch.split_at_mut(HEAD * m16);
+    let (vt, rest) = rest.split_at_mut(HEAD * m16);
+    let (dkt, rest) = rest.split_at_mut(HEAD * m16);
+    let (dvt, rest) = rest.split_at_mut(HEAD * m16);
+    let (p, dp) = rest.split_at_mut(2 * m16);
+    // The padded keys are zero, so their dp is 0 and, with p masked to 0, so are their ds and gradients.
+    kt.fill(0.0);
+    vt.fill(0.0);
+    dkt.fill(0.0);
+    dvt.fill(0.0);
+    // SAFETY (whole body): rows j < m of k, v, dk, dv and i < n of q, dout, dq are the caller's (contract).
+    unsafe {
+        for j in 0..m {
+            for c in 0..HEAD {
+                kt[c * m16 + j] = *k.add(j * stride + c);
+                vt[c * m16 + j] = *v.add(j * stride + c);
+            }
+        }
+        let head = GradRows {
+            kt: kt.as_ptr(),
+            vt: vt.as_ptr(),
+            dkt: dkt.as_mut_ptr(),
+            dvt: dvt.as_mut_ptr(),
+            m16,
+            blocks: m16 / KEYS,
+            tail: (u32::MAX >> (32 - (m - (m16 / KEYS - 1) * KEYS))) as __mmask16,
+            scale,
+        };
+        let (pp, dpp) = (p.as_mut_ptr(), dp.as_mut_ptr());
+        let mut i = 0;
+        while i + 2 <= n {
+            let at = |x: *const f32| [x.add(i * stride), x.add((i + 1) * stride)];
+            head.rows::<2>(
+                at(q),
+                at(dout),
+                [dq.add(i * stride), dq.add((i + 1) * stride)],
+                pp,
+                dpp,
+            );
+            i += 2;
+        }
+        if i < n {
+            head.rows::<1>(
+                [q.add(i * stride)],
+                [dout.add(i * stride)],
+                [dq.add(i * stride)],
+                pp,
+                dpp,
+            );
+        }
+        for j in 0..m {
+            for c in 0..HEAD {
+                *dk.add(j * stride + c) = dkt[c * m16 + j];
+                *dv.add(j * stride + c) = dvt[c * m16 + j];
+            }
+        }
+    }
+}
+
+/// Scratch floats `attention_grad_head8_few` needs: keys and values transposed into one register each per
+/// channel, and one row of `ds` per query row.
+pub(crate) fn few_grad_scratch_len(n: usize) -> usize {
+    2 * HEAD * KEYS + n * KEYS
+}
+
+/// `attention_grad_head8` for at most 16 keys (the temporal attention: one key per frame), keys in the lanes of
+/// one register: per query row, its scores and `dp` are 8 FMAs each against the head's transposed keys and values,
+/// the softmax is three horizontal reductions, and dKᵀ and dVᵀ stay in 16 register accumulators for the whole
+/// head. dQ = scale · dS K runs after all rows, on the key rows as they are (8 channels to a register).
+///
+/// # Safety
+/// As `attention_grad_head8`, with 0 < m ≤ 16 and `scratch` of `few_grad_scratch_len(n)` floats.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn attention_grad_head8_few(
+    (q, k, v, dout): (*const f32, *const f32, *const f32, *const f32),
+    (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
+    (n, m, stride): (usize, usize, usize),
+    scale: f32,
+    scratch: &mut [f32],
+) {
+    assert!(m > 0 && m <= KEYS && scratch.len() >= few_grad_scratch_len(n));
+    let (kt, rest) = scratch.split_at_mut(HEAD * KEYS);
+    let (vt, ds_rows) = rest.split_at_mut(HEAD * KEYS);
+    kt.fill(0.0);
+    vt.fill(0.0);
+    let lanes = (u32::MAX >> (32 - m)) as __mmask16;
+    // SAFETY (whole body): rows j < m of k, v, dk, dv and i < n of q, dout, dq are the caller's (contract);
+    // scratch rows as split above.
+    unsafe {
+        for j in 0..m {
+            for c in 0..HEAD {
+                kt[c * KEYS + j] = *k.add(j * stride + c);
+                vt[c * KEYS + j] = *v.add(j * stride + c);
+            }
+        }
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        let floor = _mm512_set1_ps(-80.0);
+        let scale16 = _mm512_set1_ps(scale);
+        let mut dkt = [_mm512_setzero_ps(); HEAD];
+        let mut dvt = [_mm512_setzero_ps(); HEAD];
+        for i in 0..n {
+            let (qi, di) = (q.add(i * stride), dout.add(i * stride));
+            // Two chains each for the scores and dp (channels 0-3 and 4-7), so the FMAs' latency overlaps.
+            let mut s = [_mm512_setzero_ps(); 2];
+            let mut d = [_mm512_setzero_ps(); 2];
+            for c in 0..HEAD {
+                let kc = _mm512_loadu_ps(kt.as_ptr().add(c * KEYS));
+                let vc = _mm512_loadu_ps(vt.as_ptr().add(c * KEYS));
+                s[c / 4] = _mm512_fmadd_ps(_mm512_set1_ps(*qi.add(c)), kc, s[c / 4]);
+                d[c / 4] = _mm512_fmadd_ps(_mm512_set1_ps(*di.add(c)), vc, d[c / 4]);
+            }
+            let s = _mm512_mask_blend_ps(lanes, neg_inf, _mm512_add_ps(s[0], s[1]));
+            let dp = _mm512_add_ps(d[0], d[1]);
+            let shift = _mm512_set1_ps(_mm512_reduce_max_ps(s) * scale);
+            // The −80 floor: `attention_grad_head8`'s pass B says why.
+            let x = _mm512_max_ps(_mm512_fmsub_ps(s, scale16, shift), floor);
+            let e = _mm512_maskz_mov_ps(lanes, exp16_nonpositive(x));
+            let p = _mm512_mul_ps(e, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e)));
+            let big_d = _mm512_set1_ps(_mm512_reduce_add_ps(_mm512_mul_ps(p, dp)));
+            let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, big_d));
+            _mm512_storeu_ps(ds_rows.as_mut_ptr().add(i * KEYS), ds);
+            for c in 0..HEAD {
+                dkt[c] = _mm512_fmadd_ps(_mm512_set1_ps(scale * *qi.add(c)), ds, dkt[c]);
+                dvt[c] = _mm512_fmadd_ps(_mm512_set1_ps(*di.add(c)), p, dvt[c]);
+            }
+        }
+        // dq_i = scale Σ_j ds_ij k_j, on the key rows (8 channels in the low half of a register).
+        for i in 0..n {
+            let mut acc = [_mm256_setzero_ps(); 2];
+            for j in 0..m {
+                let w = _mm256_set1_ps(ds_rows[i * KEYS + j]);
+                acc[j % 2] = _mm256_fmadd_ps(w, _mm256_loadu_ps(k.add(j * stride)), acc[j % 2]);
+            }
+            let sum = _mm256_mul_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(dq.add(i * stride), sum);
+        }
+        let (dkt_rows, dvt_rows) = (kt, vt);
+        for c in 0..HEAD {
+            _mm512_storeu_ps(dkt_rows.as_mut_ptr().add(c * KEYS), dkt[c]);
+            _mm512_storeu_ps(dvt_rows.as_mut_ptr().add(c * KEYS), dvt[c]);
+        }
+        for j in 0..m {
+            for c in 0..HEAD {
+                *dk.add(j * stride + c) = dkt_rows[c * KEYS + j];
+                *dv.add(j * stride + c) = dvt_rows[c * KEYS + j];
+            }
+        }
+    }
+}
+
+/// One head's transposed keys, values and gradient accumulators for `attention_grad_head8`'s row passes.
+struct GradRows {
+    kt: *const f32,
+    vt: *const f32,
+    dkt: *mut f32,
+    dvt: *mut f32,
+    m16: usize,
+    blocks: usize,
+    tail: __mmask16,
+    scale: f32,
+}
+
+impl GradRows {
+    /// R query rows' share of the backward (`attention_grad_head8`'s passes A, B, C).
+    ///
+    /// # Safety
+    /// AVX-512F; q and dout rows readable and dq rows writable for HEAD floats; p and dp hold R · m16 floats.
+    #[inline(always)]
+    unsafe fn rows<const R: usize>(
+        &self,
+        q: [*const f32; R],
+        dout: [*const f32; R],
+        dq: [*mut f32; R],
+        p: *mut f32,
+        dp: *mut f32,
+    ) {
+        let (kp, vp, m16) = (self.kt, self.vt, self.m16);
+        // SAFETY (whole body): block b of a transposed row is inside its m16 columns; row r's p and dp at r · m16.
+        unsafe {
+            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+            // (loops, not `array::from_fn`: a closure does not inherit the target feature)
+            let mut qc = [[0f32; HEAD]; R];
+            let mut doc = [[0f32; HEAD]; R];
+            for r in 0..R {
+                for c in 0..HEAD {
+                    qc[r][c] = *q[r].add(c);
+                    doc[r][c] = *dout[r].add(c);
+                }
+            }
+            // A: s = q Kᵀ (unscaled), dp = dO Vᵀ, and the rows' max.
+            let mut mx = [neg_inf; R];
+            for b in 0..self.blocks {
+                let o = b * KEYS;
+                let mut s = [_mm512_setzero_ps(); R];
+                let mut d = [_mm512_setzero_ps(); R];
+                for c in 0..HEAD {
+                    let kc = _mm512_loadu_ps(kp.add(c * m16 + o));
+                    let vc = _mm512_loadu_ps(vp.add(c * m16 + o));
+                    for r in 0..R {
+                        s[r] = _mm512_fmadd_ps(_mm512_set1_ps(qc[r][c]), kc, s[r]);
+                        d[r] = _mm512_fmadd_ps(_mm512_set1_ps(doc[r][c]), vc, d[r]);
+                    }
+                }
+                for r in 0..R {
+                    if b + 1 == self.blocks {
+                        s[r] = _mm512_mask_blend_ps(self.tail, neg_inf, s[r]);
+                    }
+                    _mm512_storeu_ps(p.add(r * m16 + o), s[r]);
+                    _mm512_storeu_ps(dp.add(r * m16 + o), d[r]);
+                    mx[r] = _mm512_max_ps(mx[r], s[r]);
+                }
+            }
+            // B: e = exp(scale · (s − max)) in place of s, Σ e and Σ e·dp. The exponent is kept above −80, not
+            // −87.3 as in the forward: p = e / Σ e then stays a normal float for up to ~2000 keys (subnormal FMA
+            // operands take microcode assists); e^−80 is 2e-35 of the row's largest weight.
+            let scale16 = _mm512_set1_ps(self.scale);
+            let floor = _mm512_set1_ps(-80.0);
+            let mut shift = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]) * self.scale);
+            }
+            let mut sum = [_mm512_setzero_ps(); R];
+            let mut edp = [_mm512_setzero_ps(); R];
+            for b in 0..self.blocks {
+                let o = b * KEYS;
+                for r in 0..R {
+                    let s = _mm512_loadu_ps(p.add(r * m16 + o));
+                    let x = _mm512_max_ps(_mm512_fmsub_ps(s, scale16, shift[r]), floor);
+                    let mut e = exp16_nonpositive(x);
+                    if b + 1 == self.blocks {
+                        e = _mm512_maskz_mov_ps(self.tail, e);
+                    }
+                    _mm512_storeu_ps(p.add(r * m16 + o), e);
+                    sum[r] = _mm512_add_ps(sum[r], e);
+                    edp[r] = _mm512_fmadd_ps(e, _mm512_loadu_ps(dp.add(r * m16 + o)), edp[r]);
+                }
+            }
+            let mut inv = [_mm512_setzero_ps(); R];
+            let mut big_d = [_mm512_setzero_ps(); R];
+            for r in 0..R {
+                let i = 1.0 / _mm512_reduce_add_ps(sum[r]);
+                inv[r] = _mm512_set1_ps(i);
+                big_d[r] = _mm512_set1_ps(_mm512_reduce_add_ps(edp[r]) * i);
+            }
+            // C: p = e / Σ e, ds = p (dp − D); dq_c += ds · kᵀ_c, dKᵀ_c += scale q_c ds, dVᵀ_c += dO_c p.
+            let mut acc = [[_mm512_setzero_ps(); HEAD]; R];
+            for b in 0..self.blocks {
+                let o = b * KEYS;
+                let mut pr = [_mm512_setzero_ps(); R];
+                let mut ds = [_mm512_setzero_ps(); R];
+                for r in 0..R {
+                    pr[r] = _mm512_mul_ps(_mm512_loadu_ps(p.add(r * m16 + o)), inv[r]);
+                    let d = _mm512_sub_ps(_mm512_loadu_ps(dp.add(r * m16 + o)), big_d[r]);
+                    ds[r] = _mm512_mul_ps(pr[r], d);
+                }
+                for c in 0..HEAD {
+                    let at = c * m16 + o;
+                    let kc = _mm512_loadu_ps(kp.add(at));
+                    let mut dk = _mm512_loadu_ps(self.dkt.add(at));
+                    let mut dv = _mm512_loadu_ps(self.dvt.add(at));
+                    for r in 0..R {
+                        acc[r][c] = _mm512_fmadd_ps(ds[r], kc, acc[r][c]);
+                        dk = _mm512_fmadd_ps(_mm512_set1_ps(self.scale * qc[r][c]), ds[r], dk);
+                        dv = _mm512_fmadd_ps(_mm512_set1_ps(doc[r][c]), pr[r], dv);
+                    }
+                    _mm512_storeu_ps(self.dkt.add(at), dk);
+                    _mm512_storeu_ps(self.dvt.add(at), dv);
+                }
+            }
+            for r in 0..R {
+                for c in 0..HEAD {
+                    *dq[r].add(c) = self.scale * _mm512_reduce_add_ps(acc[r][c]);
                 }
             }
         }

@@ -10,11 +10,11 @@ use rayon::prelude::*;
 use super::activation::{exp, silu};
 use super::cpu::{
     apply3, apply3_differentiable, contiguous_f32, fused_f32_cpu, has_avx2_fma, norm_operands,
-    output_buffer, unpack_grads, with_f32, Grads3,
+    output_buffer, unpack_grads, with_f32, with_thread_buffer, Grads3,
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
-use super::portable::{squared_deviations, sum, MulAdd, Plain};
+use super::portable::{squared_deviations, sum, MulAdd, Plain, LANES};
 
 /// `torch.nn.GroupNorm` (`groups`, `eps`, per-channel `weight` / `bias`): statistics over each group of channels and
 /// every position after the channel axis (for a 5-D (b, c, f, h, w) input that includes the frames, as
@@ -114,14 +114,6 @@ fn geometry(shape: &Shape, groups: usize) -> candle_core::Result<(usize, usize, 
     Ok((dims[0], dims[1], s))
 }
 
-/// Mean and 1/std of one block.
-fn block_stats(x: &[f32], eps: f64) -> (f32, f32) {
-    let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    (mean, 1.0 / (var + eps as f32).sqrt())
-}
-
 impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
         "vadapt-group-norm"
@@ -213,7 +205,8 @@ impl CustomOp3 for GroupNormGrad {
         let (_, c, s) = geometry(l1.shape(), self.groups)?;
         let cg = c / self.groups;
         let block = cg * s;
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = output_buffer(x.len());
+        let eps = self.eps as f32;
         // Per block: the per-channel partial sums of dy·x̂ and dy, reduced over the batch afterwards.
         let partials: Vec<Vec<(f32, f32)>> = with_f32(
             [self.silu_bias.as_ref()],
@@ -224,16 +217,24 @@ impl CustomOp3 for GroupNormGrad {
                     .zip(x.par_chunks(block))
                     .zip(dy.par_chunks(block))
                     .enumerate()
-                    .map(|(i, ((dxb, xb), dy_out))| {
-                        let (mean, rstd) = block_stats(xb, self.eps);
+                    .map(|(i, ((dxb, xb), dyb))| {
                         let c0 = (i % self.groups) * cg;
-                        let gamma = &w[c0..c0 + cg];
-                        // After a fused SiLU, its backward first, at the block's own statistics.
-                        let dz = beta.map(|beta| {
-                            silu_grad_block(xb, dy_out, gamma, &beta[c0..c0 + cg], mean, rstd)
-                        });
-                        let dyb = dz.as_deref().unwrap_or(dy_out);
-                        group_norm_grad_block(xb, dyb, dxb, gamma, mean, rstd)
+                        let channels = c0..c0 + cg;
+                        let silu_beta = beta.map(|beta| &beta[channels.clone()]);
+                        let scratch_len = if silu_beta.is_some() { block } else { 0 };
+                        with_thread_buffer(&GRAD_SCRATCH, scratch_len, |dz| {
+                            group_norm_grad_block(
+                                BlockGrad {
+                                    x: xb,
+                                    dy: dyb,
+                                    gamma: &w[channels],
+                                    silu_beta,
+                                    eps,
+                                },
+                                dxb,
+                                dz,
+                            )
+                        })
                     })
                     .collect())
             },
@@ -255,67 +256,111 @@ impl CustomOp3 for GroupNormGrad {
     }
 }
 
-/// `dy · silu'(z)` for one GroupNorm block, with `z = x̂ · γ + β` its GroupNorm output (the SiLU step of a fused
-/// GroupNorm + SiLU backward): `silu'(z) = σ(z) · (1 + z · (1 − σ(z)))`. `gamma` / `beta`: the block's channels.
-fn silu_grad_block(
-    xb: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: f32,
-    rstd: f32,
-) -> Vec<f32> {
-    let s = xb.len() / gamma.len();
-    let mut dz = output_buffer(xb.len());
-    for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
-        // z = x·a + c per channel.
-        let a = rstd * g;
-        let c = b - mean * a;
-        let range = k * s..(k + 1) * s;
-        for ((d, &xv), &dyv) in dz[range.clone()]
-            .iter_mut()
-            .zip(&xb[range.clone()])
-            .zip(&dy[range])
-        {
-            let z = xv * a + c;
-            let sig = 1.0 / (1.0 + exp(-z));
-            *d = dyv * sig * (1.0 + z * (1.0 - sig));
-        }
-    }
-    dz
+thread_local! {
+    /// Each thread's `dy · silu'(z)` block in the backward of a fused GroupNorm + SiLU.
+    static GRAD_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One GroupNorm block's `dx` (into `dxb`) and its per-channel `(Σ dy · x̂, Σ dy)`; `gamma`: the block's channels.
-fn group_norm_grad_block(
-    xb: &[f32],
-    dyb: &[f32],
-    dxb: &mut [f32],
-    gamma: &[f32],
-    mean: f32,
-    rstd: f32,
-) -> Vec<(f32, f32)> {
-    let (cg, block) = (gamma.len(), xb.len());
-    let s = block / cg;
-    let mut sums = Vec::with_capacity(cg);
-    let (mut sum_dxh, mut sum_dxh_xh) = (0f32, 0f32);
-    for (k, &g) in gamma.iter().enumerate() {
-        let (mut dgamma, mut dbeta) = (0f32, 0f32);
-        for j in k * s..(k + 1) * s {
-            let xh = (xb[j] - mean) * rstd;
-            dgamma += dyb[j] * xh;
-            dbeta += dyb[j];
-            let dxh = dyb[j] * g;
-            sum_dxh += dxh;
-            sum_dxh_xh += dxh * xh;
+/// One GroupNorm block's backward operands: x and dy of the block (`gamma.len()` channels of equal length), the
+/// block's channels of γ, and of β where the forward applied SiLU.
+struct BlockGrad<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    gamma: &'a [f32],
+    silu_beta: Option<&'a [f32]>,
+    eps: f32,
+}
+
+/// One GroupNorm block's `dx` (into `dx`) and its per-channel `(Σ dy · x̂, Σ dy)`, with the AVX2 + FMA build where
+/// the CPU has it; `dz`: scratch of the block's length when SiLU is fused.
+fn group_norm_grad_block(b: BlockGrad, dx: &mut [f32], dz: &mut [f32]) -> Vec<(f32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(b: BlockGrad, dx: &mut [f32], dz: &mut [f32]) -> Vec<(f32, f32)> {
+            group_norm_grad_block_impl::<Fused>(b, dx, dz)
         }
+        // SAFETY: the CPU has AVX2 and FMA (checked).
+        return unsafe { avx2(b, dx, dz) };
+    }
+    group_norm_grad_block_impl::<Plain>(b, dx, dz)
+}
+
+/// `group_norm_grad_block`: the statistics recomputed as the forward computes them; after a fused SiLU, dy first
+/// through it (`dy · silu'(z)`, `silu'(z) = σ(z) · (1 + z · (1 − σ(z)))` at `z = x̂ · γ + β`); then per channel
+/// `dγ_c = Σ dy · x̂` and `dβ_c = Σ dy` in LANES accumulators, from which the block's `mean(dx̂)` = Σ_c γ_c dβ_c / N
+/// and `mean(dx̂ · x̂)` = Σ_c γ_c dγ_c / N follow; last `dx = rstd · (dy γ − mean(dx̂) − x̂ mean(dx̂ · x̂))`.
+#[inline(always)]
+fn group_norm_grad_block_impl<F: MulAdd>(
+    BlockGrad {
+        x,
+        dy,
+        gamma,
+        silu_beta,
+        eps,
+    }: BlockGrad,
+    dx: &mut [f32],
+    dz: &mut [f32],
+) -> Vec<(f32, f32)> {
+    let n = x.len() as f32;
+    let s = x.len() / gamma.len();
+    let mean = sum(x) / n;
+    let rstd = 1.0 / (squared_deviations::<F>(x, mean) / n + eps).sqrt();
+    let dy: &[f32] = match silu_beta {
+        Some(beta) => {
+            for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
+                // z = x·a + c per channel.
+                let a = rstd * g;
+                let c = b - mean * a;
+                let range = k * s..(k + 1) * s;
+                for ((d, &xv), &dyv) in dz[range.clone()]
+                    .iter_mut()
+                    .zip(&x[range.clone()])
+                    .zip(&dy[range])
+                {
+                    let z = F::mul_add(xv, a, c);
+                    let sig = 1.0 / (1.0 + exp(-z));
+                    *d = dyv * sig * F::mul_add(z, 1.0 - sig, 1.0);
+                }
+            }
+            dz
+        }
+        None => dy,
+    };
+    let mut sums = Vec::with_capacity(gamma.len());
+    let (mut mean_dxh, mut mean_dxh_xh) = (0f32, 0f32);
+    for (k, &g) in gamma.iter().enumerate() {
+        let range = k * s..(k + 1) * s;
+        let (xs, ds) = (&x[range.clone()], &dy[range]);
+        let (mut acc_g, mut acc_b) = ([0f32; LANES], [0f32; LANES]);
+        let (xc, dc) = (xs.chunks_exact(LANES), ds.chunks_exact(LANES));
+        let (mut dgamma, mut dbeta) = (0f32, 0f32);
+        for (&xv, &dv) in xc.remainder().iter().zip(dc.remainder()) {
+            dgamma += dv * (xv - mean) * rstd;
+            dbeta += dv;
+        }
+        for (xl, dl) in xc.zip(dc) {
+            for l in 0..LANES {
+                acc_g[l] = F::mul_add(dl[l], (xl[l] - mean) * rstd, acc_g[l]);
+                acc_b[l] += dl[l];
+            }
+        }
+        dgamma += acc_g.iter().sum::<f32>();
+        dbeta += acc_b.iter().sum::<f32>();
+        mean_dxh += g * dbeta;
+        mean_dxh_xh += g * dgamma;
         sums.push((dgamma, dbeta));
     }
-    let nb = block as f32;
-    let (m1, m2) = (sum_dxh / nb, sum_dxh_xh / nb);
+    let (m1, m2) = (mean_dxh / n, mean_dxh_xh / n);
     for (k, &g) in gamma.iter().enumerate() {
-        for j in k * s..(k + 1) * s {
-            let xh = (xb[j] - mean) * rstd;
-            dxb[j] = rstd * (dyb[j] * g - m1 - xh * m2);
+        let range = k * s..(k + 1) * s;
+        for ((d, &xv), &dv) in dx[range.clone()]
+            .iter_mut()
+            .zip(&x[range.clone()])
+            .zip(&dy[range])
+        {
+            let xh = (xv - mean) * rstd;
+            *d = rstd * (dv * g - m1 - xh * m2);
         }
     }
     sums
