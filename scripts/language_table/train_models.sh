@@ -11,7 +11,9 @@
 # (session 12; 8-12 s before), batch 2, 8 frames, 1.7 M parameters, 2 threads, so its recipe's 3000 steps take about
 # 70 minutes on a quiet machine (the shipped run was split across sessions); it resumes bit-exactly from
 # out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
-# model.init_from: a warm restart with fresh AdamW moments). Evaluation: 8 episodes ~3 min with --threads 2.
+# model.init_from: a warm restart with fresh AdamW moments). sr_92x160 (stage 3b): ~5-6 s a step at 92x160, batch
+# 1, 1.2 M parameters, so its 600 steps take about an hour (the shipped run: 2026-12-07, 58 minutes beside other
+# work). Evaluation: 8 episodes ~3 min with --threads 2 for the base alone, ~9 min with the SR stage.
 # The restyle model (stage 5, not shipped yet): two 1000-step phases, ~80 minutes, then ~6 minutes of evaluation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,37 +29,60 @@ bash scripts/language_table/setup.sh >/dev/null
 [ -d "$DATA/eval/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/eval" --seeds 900-907 \
     --size 180x320 --appearances 4 --jobs 2
 
+# train_or_continue RUN NAME: pipelines/train_lt_NAME.toml into RUN, resumed from RUN's checkpoints; without them,
+# a warm restart from the shipped models/language_table/NAME (model.init_from: fresh AdamW moments) unless
+# FROM_SCRATCH is set.
+train_or_continue() {
+    local recipe="pipelines/train_lt_$2.toml"
+    local more=(${STOP_AFTER:+--stop-after "$STOP_AFTER"})
+    if [ -d "$1/checkpoints" ]; then
+        more+=(--resume)
+    elif [ -d "models/language_table/$2" ] && [ -z "${FROM_SCRATCH:-}" ]; then
+        local warm="$DATA/train_lt_$2.continue.toml"
+        sed "s|^\[model\]\$|[model]\ninit_from = \"models/language_table/$2\"|" "$recipe" > "$warm"
+        recipe="$warm"
+    fi
+    "$VADAPT" train --config "$recipe" "${more[@]}"
+}
+
 # 2. edge_to_sim: any appearance (and the default look itself) -> the default look, 40x72.
 RUN=out/train/lt_edge_to_sim
-recipe=pipelines/train_lt_edge_to_sim.toml
-more=(${STOP_AFTER:+--stop-after "$STOP_AFTER"})
-if [ -d "$RUN/checkpoints" ]; then
-    more+=(--resume)
-elif [ -d models/language_table/edge_to_sim ] && [ -z "${FROM_SCRATCH:-}" ]; then
-    recipe="$DATA/train_lt_edge_to_sim.continue.toml"
-    sed 's|^\[model\]$|[model]\ninit_from = "models/language_table/edge_to_sim"|' pipelines/train_lt_edge_to_sim.toml \
-        > "$recipe"
-fi
-"$VADAPT" train --config "$recipe" "${more[@]}"
+train_or_continue "$RUN" edge_to_sim
 
-# 3. Export: the newest checkpoint's EMA model, weights stored as F16 (half the bytes; loaded as F32).
-latest=$(ls -d "$RUN"/checkpoints/step-* | sort | tail -1)
-rm -rf models/language_table/edge_to_sim.tmp
-"$PY" scripts/language_table/to_f16.py "$latest" models/language_table/edge_to_sim.tmp
-rm -rf models/language_table/edge_to_sim
-mv models/language_table/edge_to_sim.tmp models/language_table/edge_to_sim
-echo "exported $latest"
+# 3. Export: the newest checkpoint's EMA model of run $1 into models/language_table/$2, weights stored as F16 (half
+#    the bytes; loaded as F32).
+export_f16() {
+    local latest
+    latest=$(ls -d "$1"/checkpoints/step-* | sort | tail -1)
+    rm -rf "models/language_table/$2.tmp"
+    "$PY" scripts/language_table/to_f16.py "$latest" "models/language_table/$2.tmp"
+    rm -rf "models/language_table/$2"
+    mv "models/language_table/$2.tmp" "models/language_table/$2"
+    echo "exported $latest"
+}
+export_f16 "$RUN" edge_to_sim
 
-# 4. Evaluation at 90x160 on the unseen seeds: reconstruction (default look in) and real-to-sim (appearance_0 in).
-for input in rgb appearance_0; do
-    out="$DATA/eval_$input"
-    rm -rf "$out"
-    sed "s|^image_key = .*|image_key = \"observation.images.$input\"|" pipelines/language_table.toml \
-        > "$DATA/eval_$input.toml"
-    "$VADAPT" augment --pipeline "$DATA/eval_$input.toml" --input "$DATA/eval" --output "$out" --threads 2 --quiet
-    echo "== sim_aug from $input, against the default look"
-    "$VADAPT" eval "$out" --key observation.images.sim_aug --condition-key "observation.images.$input" \
-        --reference-key observation.images.rgb --size 90x160
+# 3b. sr_92x160: the super-resolution stage after edge_to_sim (the default look through 24x43 and back, plus the
+#     edges of any camera at 92x160 -> the default look at 92x160), 600 steps.
+SR_RUN=out/train/lt_sr_92x160
+train_or_continue "$SR_RUN" sr_92x160
+export_f16 "$SR_RUN" sr_92x160
+# An x0-prediction stage: trailing timesteps start its 2 DDIM steps at t = 999, where the input is pure noise.
+sed -i 's/"timestep_spacing": "leading"/"timestep_spacing": "trailing"/; s/"steps_offset": 1/"steps_offset": 0/' \
+    models/language_table/sr_92x160/scheduler/scheduler_config.json
+
+# 4. Evaluation at 90x160 on the unseen seeds: reconstruction (default look in) and real-to-sim (appearance_0 in),
+#    for the base alone (pipelines/language_table.toml) and with the SR stage (language_table_sr.toml).
+for pipe in language_table language_table_sr; do
+    for input in rgb appearance_0; do
+        out="$DATA/eval${pipe#language_table}_$input"
+        rm -rf "$out"
+        sed "s|^image_key = .*|image_key = \"observation.images.$input\"|" "pipelines/$pipe.toml" > "$out.toml"
+        "$VADAPT" augment --pipeline "$out.toml" --input "$DATA/eval" --output "$out" --threads 2 --quiet
+        echo "== $pipe: sim_aug from $input, against the default look"
+        "$VADAPT" eval "$out" --key observation.images.sim_aug --condition-key "observation.images.$input" \
+            --reference-key observation.images.rgb --size 90x160
+    done
 done
 "$VADAPT" preview "$DATA/eval_appearance_0" --out "$DATA/eval_appearance_0.png"
 
