@@ -58,6 +58,9 @@ export_f16() {
     "$PY" scripts/language_table/to_f16.py "$latest" "models/language_table/$2.tmp"
     rm -rf "models/language_table/$2"
     mv "models/language_table/$2.tmp" "models/language_table/$2"
+    # x0-prediction models: trailing timesteps start their few DDIM steps at t = 999, where the input is pure noise.
+    sed -i 's/"timestep_spacing": "leading"/"timestep_spacing": "trailing"/; s/"steps_offset": 1/"steps_offset": 0/' \
+        "models/language_table/$2/scheduler/scheduler_config.json"
     echo "exported $latest"
 }
 export_f16 "$RUN" edge_to_sim
@@ -67,9 +70,6 @@ export_f16 "$RUN" edge_to_sim
 SR_RUN=out/train/lt_sr_92x160
 train_or_continue "$SR_RUN" sr_92x160
 export_f16 "$SR_RUN" sr_92x160
-# An x0-prediction stage: trailing timesteps start its 2 DDIM steps at t = 999, where the input is pure noise.
-sed -i 's/"timestep_spacing": "leading"/"timestep_spacing": "trailing"/; s/"steps_offset": 1/"steps_offset": 0/' \
-    models/language_table/sr_92x160/scheduler/scheduler_config.json
 
 # 4. Evaluation at 90x160 on the unseen seeds: reconstruction (default look in) and real-to-sim (appearance_0 in),
 #    for the base alone (pipelines/language_table.toml) and with the SR stage (language_table_sr.toml).

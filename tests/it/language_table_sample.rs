@@ -262,8 +262,9 @@ fn language_table_generator_refuses_reserved_seeds() {
 }
 
 /// Floors of `sim_aug`'s reconstruction of the first bundled episode at 90x160: the shipped step-3000 model measures
-/// 22.33 dB and 0.819 here (step 900: 21.25 and 0.759; step 400: 19.22 and 0.569), 21.6 dB and 0.83 on unseen seeds
-/// (docs/results.md); the demo's procedural models 7.2 dB and 0.41.
+/// 22.17 dB and 0.816 here at 6 trailing DDIM steps (10 leading steps: 22.33 and 0.819; step 900: 21.25 and 0.759;
+/// step 400: 19.22 and 0.569), 21.65 dB and 0.83 on unseen seeds (docs/results.md); the demo's procedural models 7.2
+/// dB and 0.41.
 const PSNR_FLOOR: f64 = 18.0;
 const EDGE_FLOOR: f64 = 0.6;
 
@@ -278,7 +279,7 @@ fn language_table_pipeline_reconstructs_the_default_look() {
 }
 
 /// The same through `pipelines/language_table_sr.toml`: the 40x72 base, then the shipped super-resolution stage
-/// at 92x160 (22.59 dB and edge correlation 0.869 on this episode, against the base's 22.33 and 0.819).
+/// at 92x160 (23.02 dB and edge correlation 0.869 on this episode, against the base's 22.17 and 0.816).
 #[test]
 fn language_table_cascade_reconstructs_the_default_look() {
     reconstructs_the_default_look("pipelines/language_table_sr.toml");
