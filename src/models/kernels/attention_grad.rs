@@ -196,17 +196,18 @@ fn head_grad_dispatch(
 ) {
     #[cfg(target_arch = "x86_64")]
     if wide != Wide::No {
-        let (few, kernel): (_, unsafe fn(_, _, _, _, &mut [f32])) = match wide {
-            Wide::FewKeys => (true, super::avx512::attention_grad_head8_few),
-            _ => (false, super::avx512::attention_grad_head8),
-        };
-        let len = if few {
-            super::avx512::few_grad_scratch_len(problem.n)
-        } else {
-            super::avx512::grad_scratch_len(problem.m)
+        let (kernel, len): (unsafe fn(_, _, _, _, &mut [f32]), _) = match wide {
+            Wide::FewKeys => (
+                super::avx512::attention_grad_head8_few,
+                super::avx512::few_grad_scratch_len(problem.n),
+            ),
+            _ => (
+                super::avx512::attention_grad_head8,
+                super::avx512::grad_scratch_len(problem.m),
+            ),
         };
         with_thread_buffer(&SCRATCH, len, |scratch| {
-            // SAFETY: `wide` holds only where the CPU has AVX-512F and d = HEAD (and m ≤ 16 for `few`); the
+            // SAFETY: `wide` holds only where the CPU has AVX-512F and d = HEAD (and m ≤ 16 for the few-keys kernel); the
             // inputs hold this head's n (q, dout) and m (k, v) rows `width` apart, and the outputs are this task's
             // alone (call site).
             unsafe {
@@ -445,6 +446,7 @@ mod tests {
     use candle_core::{Device, Tensor, Var};
 
     use super::super::grad_check::assert_same_function;
+    use crate::rng::NoiseRng;
 
     /// The fused attention's backward equals candle's autograd through split heads, batched matmuls and softmax,
     /// for the UNets' shapes: many keys (spatial), few (temporal, text), 8-wide heads and others, one key.
@@ -473,11 +475,9 @@ mod tests {
         }
     }
 
-    use crate::rng::NoiseRng;
-
     /// The AVX-512 kernels against the AVX2 one for 8-wide heads, at key counts around their 16-key blocks (one key
-    /// to 16 for the few-keys kernel), odd row
-    /// counts (the one-row tail), and peaked softmaxes (scores spread over hundreds: most weights at the floor).
+    /// to 16 for the few-keys kernel), odd row counts (the one-row tail), and peaked softmaxes (scores spread over
+    /// hundreds: most weights at the floor).
     #[test]
     fn avx512_backward_matches_the_portable_kernel() {
         use super::{head_grad_dispatch, HeadInputs, HeadOutputs, OutPtr, Problem};

@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::x86_64::HEAD;
+use super::x86_64::{transpose_head, HEAD};
 
 /// Keys per block: one 512-bit register of scores.
 pub(crate) const KEYS: usize = 16;
@@ -213,7 +213,6 @@ pub(crate) fn grad_scratch_len(m: usize) -> usize {
 /// dq (n rows) and dk, dv (m rows) are writable there and nothing else touches them; `scratch` holds
 /// `grad_scratch_len(m)` floats; m > 0.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attention_grad_head8(
     (q, k, v, dout): (*const f32, *const f32, *const f32, *const f32),
     (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
@@ -228,19 +227,15 @@ pub(crate) unsafe fn attention_grad_head8(
     let (dkt, rest) = rest.split_at_mut(HEAD * m16);
     let (dvt, rest) = rest.split_at_mut(HEAD * m16);
     let (p, dp) = rest.split_at_mut(2 * m16);
-    // The padded keys are zero, so their dp is 0 and, with p masked to 0, so are their ds and gradients.
-    kt.fill(0.0);
-    vt.fill(0.0);
+    // The padded keys are zero (`transpose_head`), so their dp is 0 and, with p masked to 0, so are their ds and
+    // gradients.
     dkt.fill(0.0);
     dvt.fill(0.0);
-    // SAFETY (whole body): rows j < m of k, v, dk, dv and i < n of q, dout, dq are the caller's (contract).
+    // SAFETY (whole body): rows j < m of k, v, dk, dv and i < n of q, dout, dq are the caller's (contract);
+    // AVX-512F implies the AVX2 that `transpose_head` needs.
     unsafe {
-        for j in 0..m {
-            for c in 0..HEAD {
-                kt[c * m16 + j] = *k.add(j * stride + c);
-                vt[c * m16 + j] = *v.add(j * stride + c);
-            }
-        }
+        transpose_head(k, stride, m, kt);
+        transpose_head(v, stride, m, vt);
         let head = GradRows {
             kt: kt.as_ptr(),
             vt: vt.as_ptr(),
@@ -273,11 +268,23 @@ pub(crate) unsafe fn attention_grad_head8(
                 dpp,
             );
         }
-        for j in 0..m {
-            for c in 0..HEAD {
-                *dk.add(j * stride + c) = dkt[c * m16 + j];
-                *dv.add(j * stride + c) = dvt[c * m16 + j];
-            }
+        untranspose_head(dkt, dk, stride, m);
+        untranspose_head(dvt, dv, stride, m);
+    }
+}
+
+/// The inverse of `x86_64::transpose_head`: the first m columns of `xt` (HEAD, cols) back into m rows of HEAD
+/// floats, `stride` apart, at `x`.
+///
+/// # Safety
+/// `x` is valid for exclusive writes of those m rows; `xt` holds HEAD rows of at least m columns.
+#[inline(always)]
+unsafe fn untranspose_head(xt: &[f32], x: *mut f32, stride: usize, m: usize) {
+    let cols = xt.len() / HEAD;
+    for j in 0..m {
+        for c in 0..HEAD {
+            // SAFETY: row j < m of x (the caller's contract).
+            unsafe { *x.add(j * stride + c) = xt[c * cols + j] };
         }
     }
 }
@@ -296,7 +303,6 @@ pub(crate) fn few_grad_scratch_len(n: usize) -> usize {
 /// # Safety
 /// As `attention_grad_head8`, with 0 < m ≤ 16 and `scratch` of `few_grad_scratch_len(n)` floats.
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn attention_grad_head8_few(
     (q, k, v, dout): (*const f32, *const f32, *const f32, *const f32),
     (dq, dk, dv): (*mut f32, *mut f32, *mut f32),
@@ -307,18 +313,12 @@ pub(crate) unsafe fn attention_grad_head8_few(
     assert!(m > 0 && m <= KEYS && scratch.len() >= few_grad_scratch_len(n));
     let (kt, rest) = scratch.split_at_mut(HEAD * KEYS);
     let (vt, ds_rows) = rest.split_at_mut(HEAD * KEYS);
-    kt.fill(0.0);
-    vt.fill(0.0);
     let lanes = (u32::MAX >> (32 - m)) as __mmask16;
     // SAFETY (whole body): rows j < m of k, v, dk, dv and i < n of q, dout, dq are the caller's (contract);
-    // scratch rows as split above.
+    // scratch rows as split above; AVX-512F implies the AVX2 that `transpose_head` needs.
     unsafe {
-        for j in 0..m {
-            for c in 0..HEAD {
-                kt[c * KEYS + j] = *k.add(j * stride + c);
-                vt[c * KEYS + j] = *v.add(j * stride + c);
-            }
-        }
+        transpose_head(k, stride, m, kt);
+        transpose_head(v, stride, m, vt);
         let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
         let floor = _mm512_set1_ps(-80.0);
         let scale16 = _mm512_set1_ps(scale);
@@ -365,12 +365,8 @@ pub(crate) unsafe fn attention_grad_head8_few(
             _mm512_storeu_ps(dkt_rows.as_mut_ptr().add(c * KEYS), dkt[c]);
             _mm512_storeu_ps(dvt_rows.as_mut_ptr().add(c * KEYS), dvt[c]);
         }
-        for j in 0..m {
-            for c in 0..HEAD {
-                *dk.add(j * stride + c) = dkt_rows[c * KEYS + j];
-                *dv.add(j * stride + c) = dvt_rows[c * KEYS + j];
-            }
-        }
+        untranspose_head(dkt_rows, dk, stride, m);
+        untranspose_head(dvt_rows, dv, stride, m);
     }
 }
 

@@ -304,8 +304,7 @@ fn group_norm_grad_block_impl<F: MulAdd>(
 ) -> Vec<(f32, f32)> {
     let n = x.len() as f32;
     let s = x.len() / gamma.len();
-    let mean = sum(x) / n;
-    let rstd = 1.0 / (squared_deviations::<F>(x, mean) / n + eps).sqrt();
+    let (mean, rstd) = block_statistics::<F>(x, eps);
     let dy: &[f32] = match silu_beta {
         Some(beta) => {
             for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
@@ -606,6 +605,18 @@ unsafe fn layer_norm_rows_avx2(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[
     layer_norm_rows_impl::<Fused>(x, y, gamma, beta, eps)
 }
 
+/// Mean and 1/sqrt(σ² + eps) of one GroupNorm block, σ² the biased variance from a second pass (as torch): one
+/// function for the forward and the backward, which recomputes them and must get the same bits.
+#[inline(always)]
+fn block_statistics<F: MulAdd>(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = sum(x) / n;
+    (
+        mean,
+        1.0 / (squared_deviations::<F>(x, mean) / n + eps).sqrt(),
+    )
+}
+
 /// One GroupNorm block (one batch item, one group: `cg` channels of `s` positions), optionally followed by SiLU:
 /// `y = (x − μ) / sqrt(σ² + eps) · γ_c + β_c` with the biased variance from a second pass, as torch. `gamma`/`beta`
 /// are the group's `cg` channel parameters.
@@ -619,9 +630,7 @@ fn group_norm_block_impl<F: MulAdd>(
     eps: f32,
     with_silu: bool,
 ) {
-    let n = x.len() as f32;
-    let mean = sum(x) / n;
-    let rstd = 1.0 / (squared_deviations::<F>(x, mean) / n + eps).sqrt();
+    let (mean, rstd) = block_statistics::<F>(x, eps);
     for (k, (&g, &b)) in gamma.iter().zip(beta).enumerate() {
         // y = x · a + c with a = rstd·γ, c = β − μ·a
         let a = rstd * g;
