@@ -8,7 +8,8 @@
 //! DIR/scheduler/scheduler_config.json   optional diffusers scheduler config (default: DDIM, squaredcos_cap_v2)
 //! DIR/vae/                        optional: an AutoencoderKL; the model then works in that VAE's latent space
 //! DIR/vadapt.json                 optional: {"conditioning": ["edges", "first_frame"], "frames": 8,
-//!                                            "height": 24, "width": 40, "fps": 10}
+//!                                            "height": 24, "width": 40, "fps": 10,
+//!                                            "reference_tiles": 4}   (restyle models: vision::tiles)
 //! ```
 //! `conditioning` lists the channels concatenated after the noisy video, in this order (docs/design.md: [noisy RGB,
 //! edges, first frame]; a super-resolution stage adds `low_res`); when `vadapt.json` is absent it is inferred from
@@ -114,6 +115,10 @@ pub struct ModelMeta {
     pub width: usize,
     #[serde(default = "d_fps")]
     pub fps: f64,
+    /// A restyle model trained on tile-shuffled reference stills (`data.first_frame = "target_far_shuffled"`): the
+    /// grid, so that sampling shuffles a target's `reference` the same way (vision::tiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_tiles: Option<usize>,
 }
 
 impl Default for ModelMeta {
@@ -124,6 +129,7 @@ impl Default for ModelMeta {
             height: d_h(),
             width: d_w(),
             fps: d_fps(),
+            reference_tiles: None,
         }
     }
 }
@@ -137,6 +143,9 @@ impl ModelMeta {
         check_count(self.frames, MAX_MODEL_FRAMES, "frames", at("frames"))?;
         check_count(self.height, MAX_MODEL_SIDE, "height", at("height"))?;
         check_count(self.width, MAX_MODEL_SIDE, "width", at("width"))?;
+        if let Some(g) = self.reference_tiles {
+            check_count(g, 16, "reference_tiles", at("reference_tiles"))?;
+        }
         check_fps(self.fps, at("fps"))
     }
 }

@@ -14,6 +14,7 @@ use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::vision::resize::resize_rgb;
 use crate::vision::tensor::tensor_to_frames;
+use crate::vision::tiles::{shuffle_tiles, REFERENCE_PERMUTATION_SEED};
 
 /// One model with its prompt template resolved for an episode.
 pub struct ModelUse<'a> {
@@ -134,10 +135,14 @@ impl<'a> TargetSampler<'a> {
             .iter()
             .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
             .collect::<Result<_>>()?;
-        let reference = self
-            .reference
-            .as_ref()
-            .map(|r| resize_rgb(r, h as u32, w as u32));
+        // A model trained on tile-shuffled stills gets its reference shuffled too (vision::tiles).
+        let reference = self.reference.as_ref().map(|r| {
+            let r = resize_rgb(r, h as u32, w as u32);
+            match model.meta.reference_tiles {
+                Some(g) => shuffle_tiles(&r, g, &mut NoiseRng::new(REFERENCE_PERMUTATION_SEED)),
+                None => r,
+            }
+        });
         let starts = window_starts(n, f, self.overlap.min(f - 1));
         let mut windows = Vec::with_capacity(starts.len());
         for &st in &starts {

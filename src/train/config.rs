@@ -12,7 +12,9 @@
 //! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
 //!                                               # a list pairs the target with each camera in turn
 //! first_frame = "condition"                     # or "target_far": the target's frame farthest from the clip
-//!                                                # (a reference still of the look: pipelines/train_lt_restyle.toml)
+//!                                                # (a reference still of the look: pipelines/train_lt_restyle.toml);
+//!                                                # "target_far_shuffled": that still's tiles permuted
+//! # reference_tiles = 4                          # with "target_far_shuffled": a grid of 4 x 4 tiles
 //! prompt = "{task}"                             # text template; {task} is the episode's task, {appearance} the
 //!                                                # target camera's name (episodes table: appearance/<camera>/name)
 //! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
@@ -107,6 +109,10 @@ pub struct DataConfig {
     /// Where the first-frame conditioning channel comes from (for recipes with `first_frame` conditioning).
     #[serde(default)]
     pub first_frame: FirstFrameSource,
+    /// With `first_frame = "target_far_shuffled"`: the still is cut into this many tiles a side (default 4), and
+    /// the exported model's `vadapt.json` records it so that sampling shuffles its reference the same way.
+    #[serde(default)]
+    pub reference_tiles: Option<usize>,
 }
 
 /// `data.first_frame`: the image behind the first-frame conditioning channel while training.
@@ -125,6 +131,21 @@ pub enum FirstFrameSource {
     /// where the clip's do, so copying the still's scene is never right. A model trained on `target_far` alone
     /// learned to paste the still's blocks over the motion (docs/results.md, "Restyle").
     TargetFarMirrored,
+    /// `target_far` cut into `data.reference_tiles` x `data.reference_tiles` tiles, permuted and each mirrored at
+    /// random per clip (vision::tiles): the look's colours and textures survive, no position of the still does.
+    /// The mirror alone left the still's blocks and arm to copy in part (docs/results.md, "Restyle").
+    TargetFarShuffled,
+}
+
+/// The grid of `data.reference_tiles` when it is not given.
+pub const DEFAULT_REFERENCE_TILES: usize = 4;
+
+impl DataConfig {
+    /// The tile grid of the reference stills this recipe trains on, `None` unless `first_frame` shuffles them.
+    pub fn reference_tiles(&self) -> Option<usize> {
+        (self.first_frame == FirstFrameSource::TargetFarShuffled)
+            .then(|| self.reference_tiles.unwrap_or(DEFAULT_REFERENCE_TILES))
+    }
 }
 
 /// One camera key or a list of them; written back the way it was given.
@@ -624,6 +645,18 @@ impl TrainConfig {
                 "data.prompt_clause_dropout",
                 format!("{p} must lie in [0, 1)"),
             );
+        }
+        match (self.data.reference_tiles, self.data.first_frame) {
+            (Some(_), f) if f != FirstFrameSource::TargetFarShuffled => {
+                return bad(
+                    "data.reference_tiles",
+                    "only with first_frame = \"target_far_shuffled\"".into(),
+                )
+            }
+            (Some(g), _) if !(2..=16).contains(&g) => {
+                return bad("data.reference_tiles", format!("{g} must lie in 2..=16"))
+            }
+            _ => {}
         }
         let lists = [
             ("data.target_key", Some(&self.data.target_key)),

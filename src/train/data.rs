@@ -29,11 +29,16 @@ use super::config::{FirstFrameSource, TrainConfig};
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
 use crate::model_dir::Conditioning;
-use crate::rng::NoiseRng;
+use crate::rng::{derive_seed, NoiseRng};
 use crate::sampling::conditioning::{SignalBuilder, Signals};
 use crate::vision::edges::edge_channel;
 use crate::vision::resize::resize_rgb;
 use crate::vision::tensor::frames_to_tensor;
+use crate::vision::tiles::shuffle_tiles;
+
+/// The global seed of the `target_far_shuffled` tile permutations ([`derive_seed`]'s first argument; the clip's
+/// episode and start are the rest).
+const REFERENCE_TILES_STREAM: u64 = 0x7469_6c65;
 
 /// One episode at the model resolution.
 pub struct EpisodeClips {
@@ -76,6 +81,8 @@ pub struct ClipSet {
     width: usize,
     conditioning: Vec<Conditioning>,
     first_frame: FirstFrameSource,
+    /// `data.reference_tiles` for `target_far_shuffled`.
+    reference_tiles: usize,
     /// Pixels per sample along height and width: 1, or the VAE's downscale for a latent recipe.
     downscale: usize,
 }
@@ -219,6 +226,7 @@ impl ClipSet {
             width: m.width,
             conditioning: m.conditioning.clone(),
             first_frame: d.first_frame,
+            reference_tiles: d.reference_tiles().unwrap_or(1),
             downscale,
         })
     }
@@ -300,7 +308,9 @@ impl ClipSet {
     }
 
     /// The image behind a clip's first-frame channel (`data.first_frame`): the condition camera's frame at the
-    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last), mirrored or not.
+    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last), mirrored, tiles
+    /// shuffled or as it is. A clip's shuffle is drawn from the clip alone (episode and start), so resuming and
+    /// sample sheets see the same stills.
     pub fn first_frame_image(&self, clip: ClipRef, holdout: bool) -> Cow<'_, RgbImage> {
         let pool = if holdout { &self.holdout } else { &self.train };
         let ep = &pool[clip.episode];
@@ -314,6 +324,20 @@ impl ClipSet {
             FirstFrameSource::TargetFar => Cow::Borrowed(far()),
             FirstFrameSource::TargetFarMirrored => {
                 Cow::Owned(image::imageops::flip_horizontal(far()))
+            }
+            FirstFrameSource::TargetFarShuffled => {
+                let pool_name = if holdout { "holdout" } else { "train" };
+                let seed = derive_seed(
+                    REFERENCE_TILES_STREAM,
+                    clip.episode as u64,
+                    pool_name,
+                    clip.start as u64,
+                );
+                Cow::Owned(shuffle_tiles(
+                    far(),
+                    self.reference_tiles,
+                    &mut NoiseRng::new(seed),
+                ))
             }
         }
     }

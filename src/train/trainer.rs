@@ -364,16 +364,17 @@ impl Trainer {
             &self.config.scheduler_config_json(),
         )?;
         let m = &self.config.model;
-        write_json(
-            &dir.join("vadapt.json"),
-            &serde_json::json!({
-                "conditioning": m.conditioning,
-                "frames": m.frames,
-                "height": m.height,
-                "width": m.width,
-                "fps": m.fps,
-            }),
-        )?;
+        let mut meta = serde_json::json!({
+            "conditioning": m.conditioning,
+            "frames": m.frames,
+            "height": m.height,
+            "width": m.width,
+            "fps": m.fps,
+        });
+        if let Some(g) = self.config.data.reference_tiles() {
+            meta["reference_tiles"] = g.into();
+        }
+        write_json(&dir.join("vadapt.json"), &meta)?;
         Ok(())
     }
 

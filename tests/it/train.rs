@@ -905,8 +905,58 @@ fn first_frame_from_the_far_end_of_the_target_episode() {
         *mirrored.first_frame_image(early, false),
         image::imageops::flip_horizontal(&ep.target[last])
     );
-    let err = TrainConfig::from_toml(&far.replace("target_far", "sideways"), Path::new("t.toml"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("first_frame"), "{err}");
+    // Shuffled tiles: the far still's pixels, rearranged, a different arrangement for another clip, the same for
+    // the same clip (a resumed run sees the same stills).
+    let shuffled = ClipSet::load(&config(&far.replace(
+        "first_frame = \"target_far\"",
+        "first_frame = \"target_far_shuffled\"\nreference_tiles = 2",
+    )))
+    .unwrap();
+    let s = shuffled.first_frame_image(early, false).into_owned();
+    let histogram = |img: &image::RgbImage| {
+        let mut p: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        p.sort_unstable();
+        p
+    };
+    assert_eq!(
+        histogram(&s),
+        histogram(&ep.target[last]),
+        "the still's pixels, moved"
+    );
+    assert_eq!(s, *shuffled.first_frame_image(early, false));
+    let other = ClipRef {
+        episode: 0,
+        start: 1,
+    };
+    let moved = (0..last + 1 - span)
+        .map(|start| ClipRef { episode: 0, start })
+        .filter(|c| *shuffled.first_frame_image(*c, false) != ep.target[last])
+        .count();
+    assert!(moved > 0, "no clip's still was rearranged");
+    assert_eq!(
+        histogram(&shuffled.first_frame_image(other, false)),
+        histogram(&ep.target[last])
+    );
+    for (bad, key) in [
+        (
+            far.replace(
+                "first_frame = \"target_far\"",
+                "first_frame = \"target_far\"\nreference_tiles = 4",
+            ),
+            "reference_tiles",
+        ),
+        (
+            far.replace(
+                "first_frame = \"target_far\"",
+                "first_frame = \"target_far_shuffled\"\nreference_tiles = 1",
+            ),
+            "reference_tiles",
+        ),
+        (far.replace("target_far", "sideways"), "first_frame"),
+    ] {
+        let err = TrainConfig::from_toml(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
 }

@@ -16,6 +16,8 @@ use vadapt::io::video::{decode_all, encode_frames, EncoderOptions, VideoCodec};
 use vadapt::pipeline::regenerate::regenerate;
 use vadapt::pipeline::units::WorkDir;
 use vadapt::pipeline::{self, PipelineConfig};
+use vadapt::rng::NoiseRng;
+use vadapt::vision::tiles::{shuffle_tiles, REFERENCE_PERMUTATION_SEED};
 
 use crate::common::{
     assert_columns_equal_but_indices, f32_list_column, repo, vadapt, vadapt_fails,
@@ -602,6 +604,54 @@ fn reference_images_replace_the_first_frame_and_are_drawn_per_variant() {
     assert!(
         again.frames == unit(&drawn, 0, "restyled.v2"),
         "variant 2 regenerated"
+    );
+
+    // A model trained on tile-shuffled stills (vadapt.json `reference_tiles`) gets its reference shuffled by the
+    // fixed sampling permutation: the same frames as the plain model given the shuffled still.
+    let tiled = dir.path().join("tiled");
+    crate::parity_latent::copy_dir(&repo().join(lt_model), &tiled);
+    let meta_path = tiled.join("vadapt.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["reference_tiles"] = 4.into();
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+    let ramp = image::RgbImage::from_fn(72, 40, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 6) as u8, 128])
+    });
+    let (ramp_path, shuffled_path) = (dir.path().join("ramp.png"), dir.path().join("shuffled.png"));
+    ramp.save(&ramp_path).unwrap();
+    shuffle_tiles(&ramp, 4, &mut NoiseRng::new(REFERENCE_PERMUTATION_SEED))
+        .save(&shuffled_path)
+        .unwrap();
+    let reference = |p: &Path| format!("reference = {p:?}");
+    let by_tiled = unit(
+        &run(
+            "tiled_ramp",
+            tiled.to_str().unwrap(),
+            &reference(&ramp_path),
+        )
+        .unwrap(),
+        0,
+        "restyled",
+    );
+    let by_plain = unit(
+        &run("plain_ramp", lt_model, &reference(&ramp_path)).unwrap(),
+        0,
+        "restyled",
+    );
+    let pre_shuffled = unit(
+        &run("plain_shuffled", lt_model, &reference(&shuffled_path)).unwrap(),
+        0,
+        "restyled",
+    );
+    assert!(
+        by_tiled == pre_shuffled,
+        "the tiled model shuffles its reference by the fixed permutation"
+    );
+    let moved = mean_abs(&by_tiled, &by_plain);
+    assert!(
+        moved > 0.2,
+        "the shuffled reference changes the frames (mean abs {moved})"
     );
 
     let err = |adapter: &str, extra: &str| run("bad", adapter, extra).unwrap_err().to_string();
