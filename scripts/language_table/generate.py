@@ -105,6 +105,9 @@ def parse_args(argv):
   p.add_argument("--seeds", default="0-7", help="environment seeds, e.g. 0-299 or 3,5,8 (0-999 only)")
   p.add_argument("--size", default="90x160", help="stored frame size HxW (native render: 180x320)")
   p.add_argument("--appearances", type=int, default=4, help="paired appearance cameras per episode")
+  p.add_argument("--appearance-pool", type=int, default=0,
+                 help="draw every appearance camera from a pool of this many looks shared by all episodes (0: a "
+                      "fresh look per camera); each is labelled appearance/<key>/look")
   p.add_argument("--max-steps", type=int, default=100, help="oracle steps before an episode is cut")
   p.add_argument("--crf", type=int, default=18, help="x264 quality (lower: better, larger)")
   p.add_argument("--stage", help="staging directory (default: OUT.episodes)")
@@ -120,12 +123,23 @@ def _stage_in_parallel(args, todo, stage):
   so the staged bytes are the same as with one process)."""
   jobs = min(args.jobs, len(todo))
   common = ["--out", args.out, "--stage", stage, "--size", args.size, "--appearances", str(args.appearances),
+            "--appearance-pool", str(args.appearance_pool),
             "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"]
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--seeds",
                              ",".join(str(s) for s in todo[j::jobs])] + common) for j in range(jobs)]
   failed = [j for j, p in enumerate(procs) if p.wait() != 0]
   if failed:
     raise SystemExit(f"generate.py: workers {failed} failed")
+
+
+POOL_SEED = 0x9001  # the shared looks of --appearance-pool: the same pool in every run and process
+
+
+def appearance_pool(n):
+  """`n` appearance parameter sets drawn from POOL_SEED (none for 0)."""
+  import numpy as np
+  import appearance
+  return [appearance.sample(np.random.default_rng([POOL_SEED, i])) for i in range(n)] or None
 
 
 def main(argv=None):
@@ -142,13 +156,15 @@ def main(argv=None):
     done = set(lerobot_v3.staged_seeds(stage))
     todo = [s for s in seeds if s not in done]
     print(f"generate.py: {len(seeds) - len(todo)} of {len(seeds)} seeds already staged in {stage}", flush=True)
+    pool = appearance_pool(args.appearance_pool)
     if args.jobs > 1 and todo:
       _stage_in_parallel(args, todo, stage)
       todo = []
     for i, seed in enumerate(todo):
       t = time.time()
       reward, block_mode = task_of_seed(seed)
-      ep = rollout.run_episode(stage, seed, reward, block_mode, size, args.appearances, args.max_steps, args.crf)
+      ep = rollout.run_episode(stage, seed, reward, block_mode, size, args.appearances, args.max_steps, args.crf,
+                               pool)
       print(f"seed {seed} ({i + 1}/{len(todo)}): {reward} {block_mode}, {ep['steps']} steps, "
             f"{'success' if ep['success'] else 'cut'}, {time.time() - t:.1f} s: {ep['instruction']!r}", flush=True)
   if args.no_finalize:

@@ -285,6 +285,8 @@ def finalize(stage_dir, seeds, out_dir, extra_info, size, name_of=None):
       cols[f"appearance/{k}/name"] = pa.array([m["appearances"][k]["name"] for m in metas], pa.string())
       cols[f"appearance/{k}/params"] = pa.array(
           [json.dumps(m["appearances"][k], sort_keys=True) for m in metas], pa.string())
+      if "look" in metas[0]["appearances"][k]:
+        cols[f"appearance/{k}/look"] = pa.array([m["appearances"][k]["look"] for m in metas], pa.string())
   os.makedirs(os.path.join(tmp, "meta", "episodes", "chunk-000"))
   pq.write_table(pa.table(cols), os.path.join(tmp, "meta", "episodes", "chunk-000", "file-000.parquet"),
                  compression="snappy")

@@ -1,5 +1,6 @@
 """One oracle episode: simulate, render the default camera and the paired appearance cameras, stage it."""
 
+import copy
 import os
 import shutil
 
@@ -31,14 +32,25 @@ def _fit(img, size):
   return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def _draw_appearances(world, env, seed, count, size, render_size):
-  """`count` appearances whose first frame passes appearance.check_and_measure, named from the rendered colours."""
+def _draw_appearances(world, env, seed, count, size, render_size, pool=None):
+  """`count` appearances whose first frame passes appearance.check_and_measure, named from the rendered colours.
+  Drawn fresh, or with `pool` (a list of appearance parameters shared by every episode) taken from the pool in an
+  order drawn from the seed, each distinct, and labelled `look` = "pool-NNN" so that other episodes of the same
+  look can be found (a restyle model's references: docs/results.md, "Restyle")."""
   rng = np.random.default_rng([seed, 0xA77E])
+  order = iter(rng.permutation(len(pool)) if pool else [])
   blocks = scene.block_bodies(env)
   out = []
   for k in range(count):
     for attempt in range(MAX_APPEARANCE_TRIES):
-      params = appearance_module.sample(rng)
+      if pool:
+        i = next(order, None)
+        if i is None:
+          raise RuntimeError(f"seed {seed}: the appearance pool has no acceptable look left for camera {k}")
+        params = copy.deepcopy(pool[i])
+        params["look"] = f"pool-{i:03d}"
+      else:
+        params = appearance_module.sample(rng)
       raw, seg = world.render(render_size, params, segmentation=True)
       img = appearance_module.post_process(_fit(raw, size), params, np.random.default_rng([seed, k, 0]))
       seg = cv2.resize(seg, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
@@ -56,7 +68,7 @@ def _draw_appearances(world, env, seed, count, size, render_size):
   return out
 
 
-def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf):
+def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf, pool=None):
   """Simulate seed `seed` and stage it under stage_dir; returns the episode's metadata."""
   tmp = os.path.join(stage_dir, f"seed-{seed:04d}.tmp")
   shutil.rmtree(tmp, ignore_errors=True)
@@ -78,7 +90,7 @@ def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_st
     if not np.array_equal(default, mirrored):
       raise RuntimeError(f"seed {seed}: the render world does not reproduce the simulator's image "
                          f"(max difference {np.abs(default.astype(int) - mirrored).max()})")
-    appearances = _draw_appearances(world, env, seed, n_appearances, size, render_size)
+    appearances = _draw_appearances(world, env, seed, n_appearances, size, render_size, pool)
     rows = {k: [] for k in ("observation.state", "observation.effector_target_translation", "action",
                             "next.reward", "is_first", "is_last", "is_terminal")}
     state = env.compute_state()

@@ -14,7 +14,7 @@
 # model.init_from: a warm restart with fresh AdamW moments). sr_92x160 (stage 3b): ~5-6 s a step at 92x160, batch
 # 1, 1.2 M parameters, so its 600 steps take about an hour (the shipped run: 2026-12-07, 58 minutes beside other
 # work). Evaluation: 8 episodes ~3 min with --threads 2 for the base alone, ~9 min with the SR stage.
-# The restyle model (stage 5, not shipped yet): two 1000-step phases, ~80 minutes, then ~6 minutes of evaluation.
+# The restyle model (stage 5): its pooled-look data ~25 minutes, 1000 steps ~17 minutes, evaluation ~15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-$HOME/.cache/vadapt/langtable-venv/bin/python}"
@@ -39,7 +39,7 @@ train_or_continue() {
         more+=(--resume)
     elif [ -d "models/language_table/$2" ] && [ -z "${FROM_SCRATCH:-}" ]; then
         local warm="$DATA/train_lt_$2.continue.toml"
-        sed "s|^\[model\]\$|[model]\ninit_from = \"models/language_table/$2\"|" "$recipe" > "$warm"
+        sed -e '/^init_from = /d' -e "s|^\[model\]\$|[model]\ninit_from = \"models/language_table/$2\"|" "$recipe" > "$warm"
         recipe="$warm"
     fi
     "$VADAPT" train --config "$recipe" "${more[@]}"
@@ -86,11 +86,16 @@ for pipe in language_table language_table_sr; do
 done
 "$VADAPT" preview "$DATA/eval_appearance_0" --out "$DATA/eval_appearance_0.png"
 
-# 5. restyle: the default look's edges + a reference still -> the still's look (two phases of 1000 steps from
-#    edge_to_sim, ~40 minutes each on 2 cores; docs/results.md, "Restyle"), exported as F16 and scored. Not shipped
-#    yet (it pastes the reference's scene over the motion), so it goes to out/, not models/.
-[ -d out/train/lt_restyle/model ] || "$VADAPT" train --config pipelines/train_lt_restyle.toml
-[ -d out/train/lt_restyle_mirrored/model ] || "$VADAPT" train --config pipelines/train_lt_restyle_mirrored.toml
-rm -rf "$DATA/restyle"
-"$PY" scripts/language_table/to_f16.py out/train/lt_restyle_mirrored/model "$DATA/restyle"
-PY=.venv/bin/python bash scripts/language_table/restyle_eval.sh "$DATA/restyle" "$DATA/eval" "$DATA/restyle_eval"
+# 5. restyle: the default look's edges and first frame + a reference still -> the still's look (docs/results.md,
+#    "Restyle"): its own data, whose appearance cameras come from a pool of 64 looks shared across episodes so that
+#    a clip's reference can be another episode of the same look (~25 minutes with --jobs 2), then 1000 steps from
+#    edge_to_sim (~17 minutes on 2 quiet cores), exported as F16 and scored with a reference from its own look and
+#    from another episode's (the round trip through sim_aug).
+[ -d "$DATA/pool/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/pool" --seeds 0-85 \
+    --size 180x320 --appearances 4 --appearance-pool 64 --jobs 2
+train_or_continue out/train/lt_restyle restyle
+export_f16 out/train/lt_restyle restyle
+PY=.venv/bin/python bash scripts/language_table/restyle_eval.sh models/language_table/restyle "$DATA/eval" \
+    "$DATA/restyle_eval"
+PY=.venv/bin/python SHIFT=1 bash scripts/language_table/restyle_eval.sh models/language_table/restyle "$DATA/eval" \
+    "$DATA/restyle_eval_shift"

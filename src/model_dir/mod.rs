@@ -48,13 +48,17 @@ pub enum Conditioning {
     /// A super-resolution stage's input: the previous stage's video upsampled to this model's resolution, in
     /// [-1, 1], 3 channels per frame.
     LowRes,
+    /// A still of the look to render (a target's `reference`) in [-1, 1], its tiles shuffled when `vadapt.json` has
+    /// `reference_tiles` (vision::tiles), repeated over time, 3 channels: a restyle model takes the look from it
+    /// and the scene from the edges and the first frame.
+    Reference,
 }
 
 impl Conditioning {
     pub fn channels(self) -> usize {
         match self {
             Conditioning::Edges => 1,
-            Conditioning::FirstFrame | Conditioning::LowRes => 3,
+            Conditioning::FirstFrame | Conditioning::LowRes | Conditioning::Reference => 3,
         }
     }
 }
@@ -115,7 +119,7 @@ pub struct ModelMeta {
     pub width: usize,
     #[serde(default = "d_fps")]
     pub fps: f64,
-    /// A restyle model trained on tile-shuffled reference stills (`data.first_frame = "target_far_shuffled"`): the
+    /// A restyle model (`reference` conditioning) trained on tile-shuffled stills (`data.reference_tiles`): the
     /// grid, so that sampling shuffles a target's `reference` the same way (vision::tiles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_tiles: Option<usize>,

@@ -304,9 +304,10 @@ pub struct TargetConfig {
     /// Prompt templates, one drawn per variant (instead of `prompt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<Vec<String>>,
-    /// A reference image of the look to render (PNG/JPEG), for an adapter with first-frame conditioning trained
-    /// on references (`data.first_frame = "target_far"`, `pipelines/train_lt_restyle.toml`): every window's
-    /// first-frame channel gets it instead of the source's frame. Relative paths as for `adapter`.
+    /// A reference image of the look to render (PNG/JPEG): for a restyle adapter (`reference` conditioning,
+    /// `pipelines/train_lt_restyle.toml`) its reference channel, tiles shuffled as its `vadapt.json` says; for an
+    /// adapter with first-frame conditioning alone, every window's first-frame channel instead of the source's
+    /// frame. Relative paths as for `adapter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<PathBuf>,
     /// Reference images, one drawn per variant (instead of `reference`): domain randomization over named looks.

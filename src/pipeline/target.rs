@@ -138,7 +138,9 @@ fn load_references(
         (None, Some(l)) => (l.iter().collect(), "references"),
         (None, None) => return Ok(BTreeMap::new()),
     };
-    if !small.conditioning.contains(&Conditioning::FirstFrame) {
+    if !small.conditioning.contains(&Conditioning::FirstFrame)
+        && !small.conditioning.contains(&Conditioning::Reference)
+    {
         return Err(Error::config(
             loc(key),
             format!(

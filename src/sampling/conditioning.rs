@@ -8,6 +8,8 @@
 //! first_frame  the clip's first frame in [-1, 1], repeated over time, 3 channels
 //! low_res      a super-resolution stage's input: the previous stage's video upsampled to this resolution, in
 //!              [-1, 1], 3 channels per frame
+//! reference    a still of the look to render in [-1, 1] (tiles shuffled for models trained so), repeated over
+//!              time, 3 channels
 //! ```
 //! each average-pooled to the sample resolution (by the VAE's downscale for a latent model, unchanged for a pixel
 //! model) and concatenated in the order the model's `conditioning` lists (edges, then the first frame, as
@@ -33,6 +35,8 @@ pub struct Signals {
     pub first_frame: Option<Tensor>,
     /// The previous stage's video upsampled, (3, F, h, w) in [-1, 1].
     pub low_res: Option<Tensor>,
+    /// The look's reference still, (3, h, w) in [-1, 1].
+    pub reference: Option<Tensor>,
 }
 
 /// Builds each signal from frames at the model's pixel resolution: the one recipe of the module docs.
@@ -85,6 +89,7 @@ impl<'a> SignalBuilder<'a> {
             edges: Some(self.edges(frames)?),
             first_frame: Some(self.first_frame(&frames[0])?),
             low_res: low_res.map(|l| self.low_res(l)).transpose()?,
+            reference: None,
         })
     }
 
@@ -144,13 +149,15 @@ impl Signals {
                         })?
                         .unsqueeze(0)?,
                 ),
-                Conditioning::FirstFrame => {
-                    let f = self.first_frame.as_ref().ok_or_else(|| {
-                        Error::config(
-                            Location::file(model).field("first_frame"),
-                            "this model is conditioned on the first frame; give a video",
-                        )
-                    })?;
+                Conditioning::FirstFrame | Conditioning::Reference => {
+                    let (signal, field, msg) = if *c == Conditioning::FirstFrame {
+                        (&self.first_frame, "first_frame", "this model is conditioned on the first frame; give a video")
+                    } else {
+                        (&self.reference, "reference", "this model restyles after a reference image; give the target one (reference = ...)")
+                    };
+                    let f = signal
+                        .as_ref()
+                        .ok_or_else(|| Error::config(Location::file(model).field(field), msg))?;
                     let (c, h, w) = f.dims3()?;
                     parts.push(
                         f.unsqueeze(1)?

@@ -9,7 +9,7 @@ use super::compose::{composed_eps, ComposeSettings, Conditioned, Prior, Strength
 use super::conditioning::{SignalBuilder, Signals};
 use super::window::{denoise_windows, initial_noise, window_starts};
 use crate::error::{Error, Location, Result};
-use crate::model_dir::ModelDir;
+use crate::model_dir::{Conditioning, ModelDir};
 use crate::rng::{derive_seed, NoiseRng};
 use crate::schedulers::{NoiseSchedule, SchedulerConfig};
 use crate::vision::resize::resize_rgb;
@@ -34,8 +34,8 @@ pub struct TargetSampler<'a> {
     pub steps: usize,
     pub frames: usize,
     pub overlap: usize,
-    /// The first-frame signal of every window instead of the window's first source frame: a reference image of
-    /// the look to render (resized to the source frames).
+    /// A reference image of the look to render (resized to the source frames): the reference channel of a model
+    /// that has one, else the first-frame signal of every window instead of the window's first source frame.
     pub reference: Option<&'a RgbImage>,
 }
 
@@ -135,7 +135,9 @@ impl<'a> TargetSampler<'a> {
             .iter()
             .map(|(p, _)| p.model.embed(&p.prompt, 1, device))
             .collect::<Result<_>>()?;
-        // A model trained on tile-shuffled stills gets its reference shuffled too (vision::tiles).
+        // A model trained on tile-shuffled stills gets its reference shuffled too (vision::tiles). A restyle model
+        // reads it on its own channel; a model with only a first-frame channel gets it there instead of the window's
+        // first frame.
         let reference = self.reference.as_ref().map(|r| {
             let r = resize_rgb(r, h as u32, w as u32);
             match model.meta.reference_tiles {
@@ -143,14 +145,23 @@ impl<'a> TargetSampler<'a> {
                 None => r,
             }
         });
+        let own_channel = model.conditioning.contains(&Conditioning::Reference);
+        let reference_signal = match (&reference, own_channel) {
+            (Some(r), true) => Some(build.first_frame(r)?),
+            _ => None,
+        };
         let starts = window_starts(n, f, self.overlap.min(f - 1));
         let mut windows = Vec::with_capacity(starts.len());
         for &st in &starts {
             // The window's own signals: its frames' edges and low_res, its first frame.
             let window = Signals {
                 edges: Some(edges.narrow(1, st, f)?),
-                first_frame: Some(build.first_frame(reference.as_ref().unwrap_or(&clip[st]))?),
+                first_frame: Some(build.first_frame(match &reference {
+                    Some(r) if !own_channel => r,
+                    _ => &clip[st],
+                })?),
                 low_res: low_res.as_ref().map(|l| l.narrow(1, st, f)).transpose()?,
+                reference: reference_signal.clone(),
             };
             let small = Conditioned {
                 model: &model.unet,

@@ -12,9 +12,10 @@
 //! condition_key = "observation.images.real"     # edges and first frame come from here (default: target_key);
 //!                                               # a list pairs the target with each camera in turn
 //! first_frame = "condition"                     # or "target_far": the target's frame farthest from the clip
-//!                                                # (a reference still of the look: pipelines/train_lt_restyle.toml);
-//!                                                # "target_far_shuffled": that still's tiles permuted
-//! # reference_tiles = 4                          # with "target_far_shuffled": a grid of 4 x 4 tiles
+//!                                                # (a reference still of the look)
+//! # reference = "same_look"                     # with `reference` conditioning: the reference still, from
+//!                                                # another episode of the same look (default "far_still")
+//! # reference_tiles = 4                          # ... cut into 4 x 4 tiles, shuffled (vision::tiles)
 //! prompt = "{task}"                             # text template; {task} is the episode's task, {appearance} the
 //!                                                # target camera's name (episodes table: appearance/<camera>/name)
 //! holdout_episodes = 1                          # the last N episodes only feed the sample sheets
@@ -109,10 +110,30 @@ pub struct DataConfig {
     /// Where the first-frame conditioning channel comes from (for recipes with `first_frame` conditioning).
     #[serde(default)]
     pub first_frame: FirstFrameSource,
-    /// With `first_frame = "target_far_shuffled"`: the still is cut into this many tiles a side (default 4), and
-    /// the exported model's `vadapt.json` records it so that sampling shuffles its reference the same way.
+    /// With `reference` conditioning: the reference still (`data.reference`) is cut into this many tiles a side
+    /// and shuffled per clip (default 1: the whole still); the exported `vadapt.json` records it so that sampling
+    /// shuffles a target's reference the same way.
     #[serde(default)]
     pub reference_tiles: Option<usize>,
+    /// With `reference` conditioning: where the reference still comes from (default `far_still`).
+    #[serde(default)]
+    pub reference: Option<ReferenceSource>,
+}
+
+/// `data.reference`: the still behind the reference channel while training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceSource {
+    /// The target camera's frame farthest from the clip in its own episode: the same look, the same scene with
+    /// the pushed block and the arm elsewhere.
+    #[default]
+    FarStill,
+    /// A frame of another episode whose target camera shows the same look (the episodes table's
+    /// `appearance/<camera>/look`, as `generate.py --appearance-pool` writes it; else its `appearance/<camera>/name`;
+    /// a camera with neither shows one look in every episode): the same board, background and light around
+    /// another scene, as a pipeline target's `reference` is. A clip whose look no other episode shows falls back
+    /// to `far_still`.
+    SameLook,
 }
 
 /// `data.first_frame`: the image behind the first-frame conditioning channel while training.
@@ -131,22 +152,10 @@ pub enum FirstFrameSource {
     /// where the clip's do, so copying the still's scene is never right. A model trained on `target_far` alone
     /// learned to paste the still's blocks over the motion (docs/results.md, "Restyle").
     TargetFarMirrored,
-    /// `target_far` cut into `data.reference_tiles` x `data.reference_tiles` tiles, permuted and each mirrored at
-    /// random per clip (vision::tiles): the look's colours and textures survive, no position of the still does.
-    /// The mirror alone left the still's blocks and arm to copy in part (docs/results.md, "Restyle").
-    TargetFarShuffled,
 }
 
 /// The grid of `data.reference_tiles` when it is not given.
-pub const DEFAULT_REFERENCE_TILES: usize = 4;
-
-impl DataConfig {
-    /// The tile grid of the reference stills this recipe trains on, `None` unless `first_frame` shuffles them.
-    pub fn reference_tiles(&self) -> Option<usize> {
-        (self.first_frame == FirstFrameSource::TargetFarShuffled)
-            .then(|| self.reference_tiles.unwrap_or(DEFAULT_REFERENCE_TILES))
-    }
-}
+pub const DEFAULT_REFERENCE_TILES: usize = 1;
 
 /// One camera key or a list of them; written back the way it was given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -552,6 +561,14 @@ impl TrainConfig {
     }
 
     /// Parse and validate TOML text; `path` names it in errors.
+    /// The tile grid of the reference stills this recipe trains on; `None` without `reference` conditioning.
+    pub fn reference_tiles(&self) -> Option<usize> {
+        self.model
+            .conditioning
+            .contains(&Conditioning::Reference)
+            .then(|| self.data.reference_tiles.unwrap_or(DEFAULT_REFERENCE_TILES))
+    }
+
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let config = Self::parse(text, path)?;
         config.validate(path)?;
@@ -646,17 +663,23 @@ impl TrainConfig {
                 format!("{p} must lie in [0, 1)"),
             );
         }
-        match (self.data.reference_tiles, self.data.first_frame) {
-            (Some(_), f) if f != FirstFrameSource::TargetFarShuffled => {
+        match (self.data.reference_tiles, self.reference_tiles()) {
+            (Some(_), None) => {
                 return bad(
                     "data.reference_tiles",
-                    "only with first_frame = \"target_far_shuffled\"".into(),
+                    "only for a model with a `reference` channel in model.conditioning".into(),
                 )
             }
-            (Some(g), _) if !(2..=16).contains(&g) => {
-                return bad("data.reference_tiles", format!("{g} must lie in 2..=16"))
+            (Some(g), _) if !(1..=16).contains(&g) => {
+                return bad("data.reference_tiles", format!("{g} must lie in 1..=16"))
             }
             _ => {}
+        }
+        if self.data.reference.is_some() && self.reference_tiles().is_none() {
+            return bad(
+                "data.reference",
+                "only for a model with a `reference` channel in model.conditioning".into(),
+            );
         }
         let lists = [
             ("data.target_key", Some(&self.data.target_key)),

@@ -25,7 +25,7 @@ use image::RgbImage;
 
 use std::borrow::Cow;
 
-use super::config::{FirstFrameSource, TrainConfig};
+use super::config::{FirstFrameSource, ReferenceSource, TrainConfig};
 use crate::error::{Error, Location, Result};
 use crate::io::open_dataset;
 use crate::model_dir::Conditioning;
@@ -53,6 +53,11 @@ pub struct EpisodeClips {
     /// Each target frame through `model.low_res` and back to the model resolution; empty unless the recipe
     /// conditions on low_res.
     pub low_res: Arc<Vec<RgbImage>>,
+    /// The source episode (its position in the datasets, counted across them).
+    pub source: usize,
+    /// The target camera's look in this episode (`data.reference = "same_look"`): its
+    /// `appearance/<camera>/look`, else its `appearance/<camera>/name`, else the camera key.
+    pub look: String,
 }
 
 /// A batch of clips, ready for the model.
@@ -81,8 +86,12 @@ pub struct ClipSet {
     width: usize,
     conditioning: Vec<Conditioning>,
     first_frame: FirstFrameSource,
-    /// `data.reference_tiles` for `target_far_shuffled`.
-    reference_tiles: usize,
+    /// The reference channel's tile grid (`data.reference_tiles`); `None` without `reference` conditioning.
+    reference_tiles: Option<usize>,
+    /// Per entry of `train` / `holdout`, the entries of other source episodes in the same pool with the same look
+    /// (`data.reference = "same_look"`; empty otherwise).
+    train_partners: Vec<Vec<usize>>,
+    holdout_partners: Vec<Vec<usize>>,
     /// Pixels per sample along height and width: 1, or the VAE's downscale for a latent recipe.
     downscale: usize,
 }
@@ -154,6 +163,10 @@ impl ClipSet {
                         None => Vec::new(),
                     });
                     let prompt = episode_prompt(&d.prompt, &ep, tkey, &loc)?;
+                    let look = ["look", "name"]
+                        .iter()
+                        .find_map(|f| ep.episode_columns.string(&format!("appearance/{tkey}/{f}")))
+                        .unwrap_or_else(|| tkey.clone());
                     let target = Arc::new(target);
                     let conditions = match &d.condition_key {
                         Some(keys) => keys.keys(),
@@ -191,6 +204,8 @@ impl ClipSet {
                             condition,
                             edges,
                             low_res: low_res.clone(),
+                            source: all.len(),
+                            look: look.clone(),
                         });
                     }
                 }
@@ -217,16 +232,29 @@ impl ClipSet {
             ));
         }
         let holdout_eps = all.split_off(train_n);
+        let train: Vec<EpisodeClips> = all.into_iter().flatten().collect();
+        let holdout: Vec<EpisodeClips> = holdout_eps.into_iter().flatten().collect();
+        let same_look = d.reference == Some(ReferenceSource::SameLook);
         Ok(Self {
-            train: all.into_iter().flatten().collect(),
-            holdout: holdout_eps.into_iter().flatten().collect(),
+            train_partners: if same_look {
+                look_partners(&train)
+            } else {
+                Vec::new()
+            },
+            holdout_partners: if same_look {
+                look_partners(&holdout)
+            } else {
+                Vec::new()
+            },
+            train,
+            holdout,
             frames: m.frames,
             stride: d.frame_stride,
             height: m.height,
             width: m.width,
             conditioning: m.conditioning.clone(),
             first_frame: d.first_frame,
-            reference_tiles: d.reference_tiles().unwrap_or(1),
+            reference_tiles: config.reference_tiles(),
             downscale,
         })
     }
@@ -286,10 +314,15 @@ impl ClipSet {
                 let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.low_res[i].clone()).collect();
                 Some(build.low_res(&frames)?)
             };
+            let reference = self
+                .reference_image(*c, holdout)
+                .map(|r| build.first_frame(&r))
+                .transpose()?;
             let signals = Signals {
                 edges: Some(edges),
                 first_frame: Some(first_frame),
                 low_res,
+                reference,
             };
             if let Some(ch) = signals.channels(&self.conditioning, f, Path::new(&ep.name))? {
                 channels.push(ch);
@@ -308,37 +341,61 @@ impl ClipSet {
     }
 
     /// The image behind a clip's first-frame channel (`data.first_frame`): the condition camera's frame at the
-    /// clip's start, or the target camera's frame farthest from the clip (frame 0 or the last), mirrored, tiles
-    /// shuffled or as it is. A clip's shuffle is drawn from the clip alone (episode and start), so resuming and
-    /// sample sheets see the same stills.
+    /// clip's start, or the target camera's frame farthest from the clip, mirrored or not.
     pub fn first_frame_image(&self, clip: ClipRef, holdout: bool) -> Cow<'_, RgbImage> {
-        let pool = if holdout { &self.holdout } else { &self.train };
-        let ep = &pool[clip.episode];
-        let far = || {
-            let last = ep.target.len() - 1;
-            let after = last - (clip.start + self.span() - 1);
-            &ep.target[if clip.start >= after { 0 } else { last }]
-        };
+        let ep = &self.pool(holdout)[clip.episode];
         match self.first_frame {
             FirstFrameSource::Condition => Cow::Borrowed(&ep.condition[clip.start]),
-            FirstFrameSource::TargetFar => Cow::Borrowed(far()),
-            FirstFrameSource::TargetFarMirrored => {
-                Cow::Owned(image::imageops::flip_horizontal(far()))
+            FirstFrameSource::TargetFar => Cow::Borrowed(self.far_still(clip, holdout)),
+            FirstFrameSource::TargetFarMirrored => Cow::Owned(image::imageops::flip_horizontal(
+                self.far_still(clip, holdout),
+            )),
+        }
+    }
+
+    /// The image behind a clip's reference channel (`reference` conditioning): a frame of another episode with
+    /// the same look (`data.reference = "same_look"`, where one exists) or the target camera's frame farthest from
+    /// the clip, its `data.reference_tiles` tiles shuffled. The draws come from the clip alone (pool, episode and
+    /// start), so a resumed run and the sample sheets see the same stills. `None` without a reference channel.
+    pub fn reference_image(&self, clip: ClipRef, holdout: bool) -> Option<RgbImage> {
+        let grid = self.reference_tiles?;
+        let pool_name = if holdout { "holdout" } else { "train" };
+        let seed = derive_seed(
+            REFERENCE_TILES_STREAM,
+            clip.episode as u64,
+            pool_name,
+            clip.start as u64,
+        );
+        let mut rng = NoiseRng::new(seed);
+        let partners = if holdout {
+            &self.holdout_partners
+        } else {
+            &self.train_partners
+        };
+        let still = match partners.get(clip.episode).filter(|p| !p.is_empty()) {
+            Some(p) => {
+                let other = &self.pool(holdout)[p[rng.below(p.len())]];
+                &other.target[rng.below(other.target.len())]
             }
-            FirstFrameSource::TargetFarShuffled => {
-                let pool_name = if holdout { "holdout" } else { "train" };
-                let seed = derive_seed(
-                    REFERENCE_TILES_STREAM,
-                    clip.episode as u64,
-                    pool_name,
-                    clip.start as u64,
-                );
-                Cow::Owned(shuffle_tiles(
-                    far(),
-                    self.reference_tiles,
-                    &mut NoiseRng::new(seed),
-                ))
-            }
+            None => self.far_still(clip, holdout),
+        };
+        Some(shuffle_tiles(still, grid, &mut rng))
+    }
+
+    /// The target camera's frame farthest from the clip in its episode (its first or its last): a still of the
+    /// clip's look whose blocks and arm stand elsewhere.
+    fn far_still(&self, clip: ClipRef, holdout: bool) -> &RgbImage {
+        let ep = &self.pool(holdout)[clip.episode];
+        let last = ep.target.len() - 1;
+        let after = last - (clip.start + self.span() - 1);
+        &ep.target[if clip.start >= after { 0 } else { last }]
+    }
+
+    fn pool(&self, holdout: bool) -> &[EpisodeClips] {
+        if holdout {
+            &self.holdout
+        } else {
+            &self.train
         }
     }
 
@@ -377,6 +434,24 @@ impl ClipSet {
             .map(|i| pool[clip.episode].target[clip.start + i * self.stride].clone())
             .collect()
     }
+}
+
+/// Per entry, the entries of other source episodes with the same look, in order.
+fn look_partners(entries: &[EpisodeClips]) -> Vec<Vec<usize>> {
+    let mut by_look: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, e) in entries.iter().enumerate() {
+        by_look.entry(&e.look).or_default().push(i);
+    }
+    entries
+        .iter()
+        .map(|e| {
+            by_look[e.look.as_str()]
+                .iter()
+                .copied()
+                .filter(|&j| entries[j].source != e.source)
+                .collect()
+        })
+        .collect()
 }
 
 /// The episode's prompt: `template` with `{task}` replaced by its task and `{appearance}` by the target camera's

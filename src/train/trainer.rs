@@ -31,7 +31,7 @@ use super::report::{self, LossRow};
 pub use super::step::StepStats;
 use super::step::{new_optimizer, step_on_batch, Batch, Draws};
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::model_dir::ModelDir;
+use crate::model_dir::{Conditioning, ModelDir, ModelMeta};
 use crate::models::text::corpus_words;
 use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
@@ -86,17 +86,6 @@ impl Trainer {
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         let data = ClipSet::load(&config)?;
         let vae_config = config.vae_config(Path::new("the recipe"))?;
-        let unet_config = match &config.model.init_from {
-            Some(dir) => {
-                let p = unet_dir(dir).join("config.json");
-                let text = std::fs::read_to_string(&p).at(&p)?;
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::config(Location::file(&p), e.to_string()))?
-            }
-            None => config.unet_config_json(vae_config.as_ref().map(|(_, c)| c)),
-        };
-        let parsed: UNet3DConfig = serde_json::from_value(unet_config.clone())
-            .map_err(|e| Error::config(Location::none().field("model"), e.to_string()))?;
         let sample_channels = vae_config.as_ref().map_or(3, |(_, c)| c.latent_channels);
         let want_in = sample_channels
             + config
@@ -105,6 +94,31 @@ impl Trainer {
                 .iter()
                 .map(|c| c.channels())
                 .sum::<usize>();
+        let unet_config = match &config.model.init_from {
+            Some(dir) => {
+                let p = unet_dir(dir).join("config.json");
+                let text = std::fs::read_to_string(&p).at(&p)?;
+                let mut c: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| Error::config(Location::file(&p), e.to_string()))?;
+                // Conditioning listed after the init model's (a `reference` channel added to an edge_to_sim):
+                // the UNet takes the extra channels, their conv_in weights start at zero (load_model_weights).
+                let conditioning = &config.model.conditioning;
+                let init_meta = dir.join("vadapt.json");
+                if init_meta.exists() && conditioning.last() == Some(&Conditioning::Reference) {
+                    let text = std::fs::read_to_string(&init_meta).at(&init_meta)?;
+                    let meta: ModelMeta = serde_json::from_str(&text)
+                        .map_err(|e| Error::config(Location::file(&init_meta), e.to_string()))?;
+                    if meta.conditioning.as_deref() == Some(&conditioning[..conditioning.len() - 1])
+                    {
+                        c["in_channels"] = want_in.into();
+                    }
+                }
+                c
+            }
+            None => config.unet_config_json(vae_config.as_ref().map(|(_, c)| c)),
+        };
+        let parsed: UNet3DConfig = serde_json::from_value(unet_config.clone())
+            .map_err(|e| Error::config(Location::none().field("model"), e.to_string()))?;
         if parsed.out_channels != sample_channels {
             return Err(Error::config(
                 Location::none().field("model.init_from"),
@@ -371,7 +385,7 @@ impl Trainer {
             "width": m.width,
             "fps": m.fps,
         });
-        if let Some(g) = self.config.data.reference_tiles() {
+        if let Some(g) = self.config.reference_tiles().filter(|&g| g > 1) {
             meta["reference_tiles"] = g.into();
         }
         write_json(&dir.join("vadapt.json"), &meta)?;
@@ -682,6 +696,7 @@ fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
         for (name, t) in tensors {
             if let Some(var) = vars.get(&format!("{prefix}{name}")) {
                 let t = extend_vocabulary(&prefix, &name, var, t)?;
+                let t = widen_conv_in(&prefix, &name, var, t)?;
                 if var.shape() != t.shape() {
                     return Err(Error::model(
                         Location::file(&file).field(name),
@@ -697,6 +712,22 @@ fn load_model_weights(vars: &BTreeMap<String, Var>, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The input convolution of a model fine-tuned with conditioning channels added after its own (a `reference`
+/// channel): the stored weights fill the first input channels and the new ones start at zero, so the model begins
+/// exactly where the stored one was (ControlNet's zero-initialised inputs). Any other tensor comes back unchanged.
+fn widen_conv_in(prefix: &str, name: &str, var: &Var, t: Tensor) -> Result<Tensor> {
+    if prefix != UNET || name != "conv_in.weight" || t.rank() != 4 || var.rank() != 4 {
+        return Ok(t);
+    }
+    let (have, want) = (t.dim(1)?, var.dim(1)?);
+    if have >= want || t.dim(0)? != var.dim(0)? {
+        return Ok(t);
+    }
+    let (o, _, kh, kw) = t.dims4()?;
+    let zeros = Tensor::zeros((o, want - have, kh, kw), t.dtype(), t.device())?;
+    Ok(Tensor::cat(&[&t, &zeros], 1)?)
 }
 
 /// A byte-token embedding loaded into an encoder that adds word tokens (`tokens = "words"` fine-tuning a bytes

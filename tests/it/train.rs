@@ -461,6 +461,168 @@ fn target_key_list_with_appearance_prompts_trains_a_prior_on_every_camera() {
     );
 }
 
+/// A recipe with a `reference` channel: the first frame stays the condition camera's, the reference is the target
+/// camera's far still with its tiles shuffled per clip (the same for the same clip, so a resumed run sees the same
+/// stills); `reference_tiles` is refused without that channel or out of range.
+#[test]
+fn reference_channel_takes_the_far_still_with_its_tiles_shuffled() {
+    use vadapt::train::data::{ClipRef, ClipSet};
+    let dir = tempfile::tempdir().unwrap();
+    let plain = recipe(dir.path(), "");
+    let with_reference = plain
+        .replace(
+            "holdout_episodes = 1",
+            "holdout_episodes = 1\nreference_tiles = 2",
+        )
+        .replace(
+            "width = 16",
+            "width = 16\nconditioning = [\"edges\", \"first_frame\", \"reference\"]",
+        );
+    let (a, b) = (
+        ClipSet::load(&config(&plain)).unwrap(),
+        ClipSet::load(&config(&with_reference)).unwrap(),
+    );
+    let ep = &b.train[0];
+    let last = ep.target.len() - 1;
+    let early = ClipRef {
+        episode: 0,
+        start: 0,
+    };
+    assert!(
+        a.reference_image(early, false).is_none(),
+        "no reference channel"
+    );
+    assert_eq!(*b.first_frame_image(early, false), ep.condition[0]);
+    let sorted = |img: &image::RgbImage| {
+        let mut p: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        p.sort_unstable();
+        p
+    };
+    let still = b.reference_image(early, false).unwrap();
+    assert_eq!(
+        sorted(&still),
+        sorted(&ep.target[last]),
+        "the far still's pixels, moved"
+    );
+    assert_eq!(Some(still), b.reference_image(early, false));
+    let moved = (0..8)
+        .filter(|&start| {
+            b.reference_image(ClipRef { episode: 0, start }, false)
+                .unwrap()
+                != ep.target[last]
+        })
+        .count();
+    assert!(
+        moved >= 4,
+        "only {moved} of 8 clips' stills were rearranged"
+    );
+    // `same_look`: a whole frame of another episode of the same look (this camera has no appearance columns, so
+    // one look in every episode).
+    let same_look = ClipSet::load(&config(
+        &with_reference.replace("reference_tiles = 2", "reference = \"same_look\""),
+    ))
+    .unwrap();
+    for start in 0..4 {
+        let r = same_look
+            .reference_image(ClipRef { episode: 0, start }, false)
+            .unwrap();
+        let from: Vec<usize> = (0..same_look.train.len())
+            .filter(|&e| same_look.train[e].target.contains(&r))
+            .collect();
+        assert!(
+            !from.is_empty() && !from.contains(&0),
+            "clip {start}'s reference is a frame of episodes {from:?}, not of another episode"
+        );
+    }
+    for (bad, why) in [
+        (
+            plain.replace(
+                "holdout_episodes = 1",
+                "holdout_episodes = 1\nreference = \"same_look\"",
+            ),
+            "channel",
+        ),
+        (
+            plain.replace(
+                "holdout_episodes = 1",
+                "holdout_episodes = 1\nreference_tiles = 4",
+            ),
+            "channel",
+        ),
+        (
+            with_reference.replace("reference_tiles = 2", "reference_tiles = 0"),
+            "1..=16",
+        ),
+        (
+            with_reference.replace("reference_tiles = 2", "reference_tiles = 17"),
+            "1..=16",
+        ),
+    ] {
+        let err = TrainConfig::from_toml(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data.reference") && err.contains(why), "{err}");
+    }
+}
+
+/// A `reference` channel added to a trained model (`init_from` a model conditioned on edges and the first frame):
+/// the UNet takes three more input channels whose conv_in weights start at zero, every other weight as stored, so
+/// the run starts where the stored model was; the exported `vadapt.json` lists the channel and its tile grid.
+#[test]
+fn a_reference_channel_added_to_a_trained_model_starts_at_zero_weight() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    let first_frame = |text: String| {
+        text.replace(
+            "width = 16",
+            "width = 16\nconditioning = [\"edges\", \"first_frame\"]",
+        )
+    };
+    run_to_end(config(
+        &first_frame(recipe(&base_dir, "")).replace("steps = 6", "steps = 1"),
+    ));
+    let widened_dir = dir.path().join("widened");
+    let widened = recipe(&widened_dir, "")
+        .replace("steps = 6", "steps = 1")
+        .replace(
+            "width = 16",
+            &format!(
+                "width = 16\nconditioning = [\"edges\", \"first_frame\", \"reference\"]\ninit_from = \"{}\"",
+                base_dir.join("model").display()
+            ),
+        );
+    let mut c = config(&widened);
+    c.optim.lr = 1e-12; // one step that barely moves the weights
+    c.optim.ema_decay = 0.0;
+    run_to_end(c);
+    let conv_in = |run: &Path| {
+        let t = candle_core::safetensors::load(
+            run.join("model/unet/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        t["conv_in.weight"].clone()
+    };
+    let (stored, grown) = (conv_in(&base_dir), conv_in(&widened_dir));
+    assert_eq!(stored.dim(1).unwrap(), 7);
+    assert_eq!(grown.dim(1).unwrap(), 10);
+    assert!(max_abs_diff(&grown.narrow(1, 0, 7).unwrap(), &stored) < 1e-9);
+    let zeros = grown.narrow(1, 7, 3).unwrap();
+    assert!(max_abs_diff(&zeros, &zeros.zeros_like().unwrap()) < 1e-9);
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(widened_dir.join("model/vadapt.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        meta["conditioning"],
+        serde_json::json!(["edges", "first_frame", "reference"])
+    );
+    assert!(
+        meta.get("reference_tiles").is_none(),
+        "whole stills by default: {meta}"
+    );
+}
+
 /// Train `config` to its `steps` with the full loop (checkpoints, model export, sample sheet at the end); the
 /// losses of every step.
 fn run_to_end(c: TrainConfig) -> (Trainer, Vec<f64>) {
@@ -905,58 +1067,8 @@ fn first_frame_from_the_far_end_of_the_target_episode() {
         *mirrored.first_frame_image(early, false),
         image::imageops::flip_horizontal(&ep.target[last])
     );
-    // Shuffled tiles: the far still's pixels, rearranged, a different arrangement for another clip, the same for
-    // the same clip (a resumed run sees the same stills).
-    let shuffled = ClipSet::load(&config(&far.replace(
-        "first_frame = \"target_far\"",
-        "first_frame = \"target_far_shuffled\"\nreference_tiles = 2",
-    )))
-    .unwrap();
-    let s = shuffled.first_frame_image(early, false).into_owned();
-    let histogram = |img: &image::RgbImage| {
-        let mut p: Vec<[u8; 3]> = img.pixels().map(|p| p.0).collect();
-        p.sort_unstable();
-        p
-    };
-    assert_eq!(
-        histogram(&s),
-        histogram(&ep.target[last]),
-        "the still's pixels, moved"
-    );
-    assert_eq!(s, *shuffled.first_frame_image(early, false));
-    let other = ClipRef {
-        episode: 0,
-        start: 1,
-    };
-    let moved = (0..last + 1 - span)
-        .map(|start| ClipRef { episode: 0, start })
-        .filter(|c| *shuffled.first_frame_image(*c, false) != ep.target[last])
-        .count();
-    assert!(moved > 0, "no clip's still was rearranged");
-    assert_eq!(
-        histogram(&shuffled.first_frame_image(other, false)),
-        histogram(&ep.target[last])
-    );
-    for (bad, key) in [
-        (
-            far.replace(
-                "first_frame = \"target_far\"",
-                "first_frame = \"target_far\"\nreference_tiles = 4",
-            ),
-            "reference_tiles",
-        ),
-        (
-            far.replace(
-                "first_frame = \"target_far\"",
-                "first_frame = \"target_far_shuffled\"\nreference_tiles = 1",
-            ),
-            "reference_tiles",
-        ),
-        (far.replace("target_far", "sideways"), "first_frame"),
-    ] {
-        let err = TrainConfig::from_toml(&bad, Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains(key), "{err}");
-    }
+    let err = TrainConfig::from_toml(&far.replace("target_far", "sideways"), Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("first_frame"), "{err}");
 }
