@@ -2,8 +2,10 @@
 of generated episodes, as JPEGs named after their look, plus looks.json with each one's full appearance name, episode
 and camera. Development time, like generate.py (the interop venv has PyAV and pyarrow):
 
-  python scripts/language_table/looks.py out/language_table/train out/language_table/looks \
-      11:appearance_0 16:appearance_0 6:appearance_0 32:appearance_0 17:appearance_1 36:appearance_0 12:appearance_0 23:appearance_1
+  python scripts/language_table/looks.py out/language_table/pool models/language_table/looks \
+      0:appearance_0 0:appearance_2 4:appearance_0 4:appearance_3 5:appearance_1 6:appearance_0 8:appearance_1 32:appearance_1
+
+(eight looks of the pooled restyle data, `generate.py --appearance-pool 64`, with distinct board colours)
 """
 import sys, glob, json, av, pyarrow.parquet as pq
 root, out = sys.argv[1], sys.argv[2]

@@ -342,3 +342,123 @@ fn reconstructs_the_default_look(pipeline: &str) {
         pipeline.display()
     );
 }
+
+/// The restyled video's colour-histogram distance to its reference's camera, at most this fraction of sim_aug's
+/// (issue 21's styles bar: 40% lower). The shipped model measures 0.602 against 1.417 here (0.42); 0.626 against
+/// 1.112 on unseen seeds (docs/results.md).
+const RESTYLE_HISTOGRAM_RATIO: f64 = 0.6;
+/// The round trip's floor (restyled, then read back by sim_aug, against the source camera): 19.18 dB here; on unseen
+/// seeds 19.08 dB, against 19.60 dB for the true appearance camera read back the same way.
+const RESTYLE_ROUND_TRIP_FLOOR: f64 = 17.0;
+
+/// The shipped restyle model (`models/language_table/restyle`) on the first bundled episode, whose appearance cameras
+/// show looks it never trained on (the bundle draws a fresh look per camera; the model learned 54 pooled ones): with
+/// a still of the episode's `appearance_0` camera as the reference (its last frame: the arm and the pushed block
+/// elsewhere), the restyled video's colour histogram is much nearer that camera's than sim_aug's default look is
+/// (issue 21's styles bar asks for 40% lower), and it keeps the scene: read back by sim_aug, it still reconstructs
+/// the default look.
+#[test]
+fn language_table_restyle_takes_the_look_of_its_reference() {
+    let repo = common::repo();
+    let dir = tempfile::tempdir().unwrap();
+    let ds = open();
+    let index = ds.episode_indices()[0];
+    let frames = ds.read_episode(index).unwrap().cameras["observation.images.appearance_0"]
+        .decode()
+        .unwrap();
+    let still = dir.path().join("still.png");
+    frames.last().unwrap().save(&still).unwrap();
+    let pipeline = dir.path().join("restyle.toml");
+    let target = |name: &str, model: &str, extra: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nadapter = \"{}\"\nguidance = 1.0\nsteps = 6\nwindow_overlap = 2\n{extra}\n",
+            repo.join(model).display()
+        )
+    };
+    std::fs::write(
+        &pipeline,
+        format!(
+            "seed = 0\n[input]\nimage_key = \"{DEFAULT_CAMERA}\"\n[output]\nlayout = \"paired\"\ncodec = \"h264\"\n{}{}",
+            target("sim_aug", "models/language_table/edge_to_sim", ""),
+            target(
+                "restyled",
+                "models/language_table/restyle",
+                &format!("reference = {:?}", still)
+            ),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let run = |pipeline: &Path, input: &Path, out: &Path| {
+        common::vadapt(&[
+            "augment",
+            "--pipeline",
+            pipeline.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--limit",
+            "1",
+            "--threads",
+            "2",
+            "--quiet",
+        ])
+    };
+    run(&pipeline, &root(), &out);
+    let eval = |out: &Path, key: &str, condition: &str, reference: &str| {
+        let json = dir.path().join(format!("{key}.{reference}.json"));
+        common::vadapt(&[
+            "eval",
+            out.to_str().unwrap(),
+            "--key",
+            key,
+            "--condition-key",
+            condition,
+            "--reference-key",
+            reference,
+            "--size",
+            "90x160",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (
+            e["mean"]["histogram_distance"].as_f64().unwrap(),
+            e["mean"]["psnr"].as_f64().unwrap(),
+        )
+    };
+    let look = "observation.images.appearance_0";
+    let (restyled, _) = eval(&out, "observation.images.restyled", DEFAULT_CAMERA, look);
+    let (sim_aug, _) = eval(&out, "observation.images.sim_aug", DEFAULT_CAMERA, look);
+    println!("histogram distance to {look}: restyled {restyled:.3}, sim_aug {sim_aug:.3}");
+    assert!(
+        restyled <= RESTYLE_HISTOGRAM_RATIO * sim_aug,
+        "restyled {restyled:.3} vs sim_aug {sim_aug:.3}: not {RESTYLE_HISTOGRAM_RATIO} of it"
+    );
+    // The round trip: sim_aug reads the restyled video back to the default look.
+    let back = dir.path().join("back.toml");
+    std::fs::write(
+        &back,
+        format!(
+            "seed = 0\n[input]\nimage_key = \"observation.images.restyled\"\n[output]\nlayout = \"paired\"\n\
+             codec = \"h264\"\n{}",
+            target("back", "models/language_table/edge_to_sim", "")
+        ),
+    )
+    .unwrap();
+    let back_out = dir.path().join("back");
+    run(&back, &out, &back_out);
+    let (_, psnr) = eval(
+        &back_out,
+        "observation.images.back",
+        "observation.images.restyled",
+        DEFAULT_CAMERA,
+    );
+    println!("round trip: {psnr:.2} dB against the source");
+    assert!(
+        psnr >= RESTYLE_ROUND_TRIP_FLOOR,
+        "the restyled video read back by sim_aug reaches {psnr:.2} dB against its source (floor \
+         {RESTYLE_ROUND_TRIP_FLOOR} dB): the scene was not kept"
+    );
+}
