@@ -290,20 +290,7 @@ fn reconstructs_the_default_look(pipeline: &str) {
     let pipeline = repo.join(pipeline);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    common::vadapt(&[
-        "augment",
-        "--pipeline",
-        pipeline.to_str().unwrap(),
-        "--input",
-        root().to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--limit",
-        "1",
-        "--threads",
-        "2",
-        "--quiet",
-    ]);
+    augment_first_episode(&pipeline, &root(), &out);
     let ds = open_dataset(&out).unwrap();
     let cam = &ds.features()["observation.images.sim_aug"];
     assert_eq!(
@@ -311,22 +298,12 @@ fn reconstructs_the_default_look(pipeline: &str) {
         open().features()[DEFAULT_CAMERA].shape,
         "sim_aug at the source's size"
     );
-    let json = dir.path().join("eval.json");
-    common::vadapt(&[
-        "eval",
-        out.to_str().unwrap(),
-        "--key",
+    let e = eval_at_90x160(
+        &out,
         "observation.images.sim_aug",
-        "--condition-key",
         DEFAULT_CAMERA,
-        "--reference-key",
         DEFAULT_CAMERA,
-        "--size",
-        "90x160",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    );
     let (psnr, edges) = (
         e["mean"]["psnr"].as_f64().unwrap(),
         e["mean"]["edge_correlation"].as_f64().unwrap(),
@@ -389,40 +366,9 @@ fn language_table_restyle_takes_the_look_of_its_reference() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let run = |pipeline: &Path, input: &Path, out: &Path| {
-        common::vadapt(&[
-            "augment",
-            "--pipeline",
-            pipeline.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--limit",
-            "1",
-            "--threads",
-            "2",
-            "--quiet",
-        ])
-    };
-    run(&pipeline, &root(), &out);
+    augment_first_episode(&pipeline, &root(), &out);
     let eval = |out: &Path, key: &str, condition: &str, reference: &str| {
-        let json = dir.path().join(format!("{key}.{reference}.json"));
-        common::vadapt(&[
-            "eval",
-            out.to_str().unwrap(),
-            "--key",
-            key,
-            "--condition-key",
-            condition,
-            "--reference-key",
-            reference,
-            "--size",
-            "90x160",
-            "--json",
-            json.to_str().unwrap(),
-        ]);
-        let e: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let e = eval_at_90x160(out, key, condition, reference);
         (
             e["mean"]["histogram_distance"].as_f64().unwrap(),
             e["mean"]["psnr"].as_f64().unwrap(),
@@ -448,7 +394,7 @@ fn language_table_restyle_takes_the_look_of_its_reference() {
     )
     .unwrap();
     let back_out = dir.path().join("back");
-    run(&back, &out, &back_out);
+    augment_first_episode(&back, &out, &back_out);
     let (_, psnr) = eval(
         &back_out,
         "observation.images.back",
@@ -461,4 +407,43 @@ fn language_table_restyle_takes_the_look_of_its_reference() {
         "the restyled video read back by sim_aug reaches {psnr:.2} dB against its source (floor \
          {RESTYLE_ROUND_TRIP_FLOOR} dB): the scene was not kept"
     );
+}
+
+/// `vadapt augment` of the first episode of `input` through `pipeline` into `out`, on 2 threads.
+fn augment_first_episode(pipeline: &Path, input: &Path, out: &Path) {
+    common::vadapt(&[
+        "augment",
+        "--pipeline",
+        pipeline.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+}
+
+/// `vadapt eval` of camera `key` of `out` at 90x160 (edges against `condition`, pixels against `reference`): its
+/// JSON report.
+fn eval_at_90x160(out: &Path, key: &str, condition: &str, reference: &str) -> serde_json::Value {
+    let json = out.with_extension(format!("{key}.{reference}.json"));
+    common::vadapt(&[
+        "eval",
+        out.to_str().unwrap(),
+        "--key",
+        key,
+        "--condition-key",
+        condition,
+        "--reference-key",
+        reference,
+        "--size",
+        "90x160",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
