@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the bundled data: set up, build, then augment
 # * the bundled LanguageTable sample (datasets/language_table: 6 real simulator episodes) with the LanguageTable models
-#   (pipelines/language_table.toml: sim_aug, any appearance -> the simulator's default look), into
+#   (pipelines/language_table.toml: sim_aug, any appearance -> the simulator's default look, and two restyled
+#   looks after reference stills), into
 #   out/demo/language_table (+ language_table_preview.png);
 # * the procedural sample (datasets/sample/lerobot) with the demo models (pipelines/demo.toml: edge-to-sim,
 #   edge-to-real, and two styled compositions with the demo prior), into out/demo/augmented (+ preview.png).
