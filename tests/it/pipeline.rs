@@ -812,3 +812,47 @@ pub fn kill_runs(args: &dyn Fn(bool) -> Vec<String>, delays_ms: &[u64]) -> usize
     }
     kills
 }
+
+/// Every shipped pipeline (`pipelines/*.toml` but the training recipes) parses and validates, and the adapters,
+/// stage models and reference stills it names exist. Every training recipe (`pipelines/train_*.toml`) is valid
+/// apart from its data, which only the development-time generators make.
+#[test]
+fn every_shipped_pipeline_and_recipe_loads() {
+    let repo = crate::common::repo();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo.join("pipelines"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let (mut pipelines, mut recipes) = (0, 0);
+    for p in &files {
+        let name = p.file_name().unwrap().to_str().unwrap();
+        if name.starts_with("train_") {
+            vadapt::train::TrainConfig::from_file_without_data(p)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            recipes += 1;
+        } else {
+            let cfg = PipelineConfig::load(p).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for t in &cfg.targets {
+                let named = std::iter::once(&t.adapter)
+                    .chain(t.prior.iter())
+                    .chain(t.stages.iter().map(|s| &s.adapter))
+                    .chain(t.reference.iter())
+                    .chain(t.references.iter().flatten());
+                for path in named {
+                    assert!(
+                        repo.join(path).exists(),
+                        "{name}: {} is missing",
+                        path.display()
+                    );
+                }
+            }
+            pipelines += 1;
+        }
+    }
+    assert!(
+        pipelines >= 8 && recipes >= 10,
+        "{pipelines} pipelines, {recipes} recipes"
+    );
+}
