@@ -36,8 +36,8 @@ use crate::vision::resize::resize_rgb;
 use crate::vision::tensor::frames_to_tensor;
 use crate::vision::tiles::shuffle_tiles;
 
-/// The global seed of the `target_far_shuffled` tile permutations ([`derive_seed`]'s first argument; the clip's
-/// episode and start are the rest).
+/// The global seed of a clip's reference draws (`data.reference_tiles` permutations, `same_look` stills; the first
+/// argument of [`derive_seed`], the clip's pool, episode and start the rest).
 const REFERENCE_TILES_STREAM: u64 = 0x7469_6c65;
 
 /// One episode at the model resolution.

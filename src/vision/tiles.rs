@@ -1,12 +1,13 @@
 //! Tile shuffling: a reference still cut into a grid of tiles, the tiles permuted.
 //!
-//! A restyle model takes the look to render (board material and colour, background, light) from a reference image in
-//! its first-frame channel and the geometry (blocks, arm) from the edges. Given whole stills it learned to paste the
-//! still's scene over the motion (docs/results.md, "Restyle"), and mirroring the still did not stop it. Shuffled
-//! tiles keep what a look is made of (colours, textures, their proportions) and break every position in the still,
-//! so copying its layout is never right. Training shuffles each still its own way (`data.first_frame =
-//! "target_far_shuffled"`); at sampling a model whose `vadapt.json` has `reference_tiles` gets its reference shuffled
-//! by [`REFERENCE_PERMUTATION_SEED`]'s permutation, one of the many it was trained on.
+//! A restyle model takes the look to render (board material and colour, background, light) from a reference still and
+//! the scene from the edges and the first frame. Shuffled tiles keep what a look is made of (colours, textures, their
+//! proportions) and break every position in the still, so that copying its layout is never right. Training shuffles
+//! each clip's still its own way (`data.reference_tiles`); at sampling a model whose `vadapt.json` has
+//! `reference_tiles` gets its reference shuffled by [`REFERENCE_PERMUTATION_SEED`]'s permutation, one of the many it
+//! was trained on. The shipped restyle model does not use it: with stills of the clip's own episode a board tile
+//! lands on the board often enough that pasting tiles still paid; stills of other episodes of the same look
+//! (`data.reference = "same_look"`) fixed that instead (docs/results.md, "Restyle").
 
 use image::RgbImage;
 
