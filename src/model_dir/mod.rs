@@ -139,6 +139,19 @@ impl Default for ModelMeta {
 }
 
 impl ModelMeta {
+    /// `DIR/vadapt.json`, parsed and checked; `None` where the directory has none.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join("vadapt.json");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).at(&path)?;
+        let meta: ModelMeta = serde_json::from_str(&text)
+            .map_err(|e| Error::config(Location::file(&path), e.to_string()))?;
+        meta.check(&path)?;
+        Ok(Some(meta))
+    }
+
     /// Refuse sizes past [`crate::limits`] before anything is allocated from them (a `frames` of 10^9 grew past
     /// 7 GB before it aborted); `path` is the `vadapt.json` named in the error.
     pub fn check(&self, path: &Path) -> Result<()> {
@@ -213,16 +226,9 @@ impl ModelDir {
             None
         };
         let meta_path = dir.join("vadapt.json");
-        let any_frames = pipeline && !meta_path.exists();
-        let meta: ModelMeta = if meta_path.exists() {
-            let text = std::fs::read_to_string(&meta_path).at(&meta_path)?;
-            let meta: ModelMeta = serde_json::from_str(&text)
-                .map_err(|e| Error::config(Location::file(&meta_path), e.to_string()))?;
-            meta.check(&meta_path)?;
-            meta
-        } else {
-            ModelMeta::default()
-        };
+        let stored_meta = ModelMeta::read(dir)?;
+        let any_frames = pipeline && stored_meta.is_none();
+        let meta = stored_meta.unwrap_or_default();
         let sample_channels = vae.as_ref().map_or(3, AutoencoderKL::latent_channels);
         let unet_config = unet_dir.join("config.json");
         if unet.out_channels() != sample_channels {

@@ -103,13 +103,9 @@ impl Trainer {
                 // Conditioning listed after the init model's (a `reference` channel added to an edge_to_sim):
                 // the UNet takes the extra channels, their conv_in weights start at zero (load_model_weights).
                 let conditioning = &config.model.conditioning;
-                let init_meta = dir.join("vadapt.json");
-                if init_meta.exists() && conditioning.last() == Some(&Conditioning::Reference) {
-                    let text = std::fs::read_to_string(&init_meta).at(&init_meta)?;
-                    let meta: ModelMeta = serde_json::from_str(&text)
-                        .map_err(|e| Error::config(Location::file(&init_meta), e.to_string()))?;
-                    if meta.conditioning.as_deref() == Some(&conditioning[..conditioning.len() - 1])
-                    {
+                if conditioning.last() == Some(&Conditioning::Reference) {
+                    let stored = ModelMeta::read(dir)?.and_then(|m| m.conditioning);
+                    if stored.as_deref() == Some(&conditioning[..conditioning.len() - 1]) {
                         c["in_channels"] = want_in.into();
                     }
                 }
