@@ -560,7 +560,6 @@ impl TrainConfig {
         Self::from_toml(&text, path)
     }
 
-    /// Parse and validate TOML text; `path` names it in errors.
     /// The tile grid of the reference stills this recipe trains on; `None` without `reference` conditioning.
     pub fn reference_tiles(&self) -> Option<usize> {
         self.model
@@ -569,6 +568,7 @@ impl TrainConfig {
             .then(|| self.data.reference_tiles.unwrap_or(DEFAULT_REFERENCE_TILES))
     }
 
+    /// Parse and validate TOML text; `path` names it in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         let config = Self::parse(text, path)?;
         config.validate(path)?;

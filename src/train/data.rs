@@ -234,18 +234,14 @@ impl ClipSet {
         let holdout_eps = all.split_off(train_n);
         let train: Vec<EpisodeClips> = all.into_iter().flatten().collect();
         let holdout: Vec<EpisodeClips> = holdout_eps.into_iter().flatten().collect();
-        let same_look = d.reference == Some(ReferenceSource::SameLook);
+        // Only `same_look` draws from other episodes; otherwise no entry has partners.
+        let partners = |entries: &[EpisodeClips]| match d.reference {
+            Some(ReferenceSource::SameLook) => look_partners(entries),
+            _ => Vec::new(),
+        };
         Ok(Self {
-            train_partners: if same_look {
-                look_partners(&train)
-            } else {
-                Vec::new()
-            },
-            holdout_partners: if same_look {
-                look_partners(&holdout)
-            } else {
-                Vec::new()
-            },
+            train_partners: partners(&train),
+            holdout_partners: partners(&holdout),
             train,
             holdout,
             frames: m.frames,
@@ -290,7 +286,7 @@ impl ClipSet {
 
     /// Assemble a batch; `holdout` picks the pool the refs point into.
     pub fn batch(&self, clips: &[ClipRef], holdout: bool, device: &Device) -> Result<Batch> {
-        let pool = if holdout { &self.holdout } else { &self.train };
+        let pool = self.pool(holdout);
         let (h, w, f) = (self.height, self.width, self.frames);
         let mut videos = Vec::with_capacity(clips.len());
         let mut channels = Vec::with_capacity(clips.len());
@@ -401,7 +397,7 @@ impl ClipSet {
 
     /// The condition frames of a clip (for sample sheets).
     pub fn condition_frames(&self, clip: ClipRef, holdout: bool) -> Vec<RgbImage> {
-        let pool = if holdout { &self.holdout } else { &self.train };
+        let pool = self.pool(holdout);
         (0..self.frames)
             .map(|i| pool[clip.episode].condition[clip.start + i * self.stride].clone())
             .collect()
@@ -409,7 +405,7 @@ impl ClipSet {
 
     /// The stored edge planes (`sobel_dx / 4`, H * W each) of a clip's condition frames (for sample sheets).
     pub fn condition_edges(&self, clip: ClipRef, holdout: bool) -> Vec<&[f32]> {
-        let pool = if holdout { &self.holdout } else { &self.train };
+        let pool = self.pool(holdout);
         (0..self.frames)
             .map(|i| pool[clip.episode].edges[clip.start + i * self.stride].as_slice())
             .collect()
@@ -418,7 +414,7 @@ impl ClipSet {
     /// The low_res input of a clip at the model resolution (for sample sheets); `None` unless the recipe
     /// conditions on low_res.
     pub fn low_res_frames(&self, clip: ClipRef, holdout: bool) -> Option<Vec<RgbImage>> {
-        let pool = if holdout { &self.holdout } else { &self.train };
+        let pool = self.pool(holdout);
         let ep = &pool[clip.episode];
         (!ep.low_res.is_empty()).then(|| {
             (0..self.frames)
@@ -429,7 +425,7 @@ impl ClipSet {
 
     /// The target frames of a clip (ground truth in sample sheets).
     pub fn target_frames(&self, clip: ClipRef, holdout: bool) -> Vec<RgbImage> {
-        let pool = if holdout { &self.holdout } else { &self.train };
+        let pool = self.pool(holdout);
         (0..self.frames)
             .map(|i| pool[clip.episode].target[clip.start + i * self.stride].clone())
             .collect()
