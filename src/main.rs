@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     }
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
+    vadapt::models::kernels::set_matmul_precision(args.matmul_precision);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -59,9 +59,15 @@ def main():
     ap.add_argument("--compose-min-t", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"])
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    # The precision vadapt's GEMMs ran in (`vadapt --matmul-precision`), granted to torch too: "medium" lets
+    # oneDNN compute f32 matmuls in bf16 (AMX where present); convolutions have their own switch.
+    torch.set_float32_matmul_precision(a.matmul_precision)
+    if a.matmul_precision == "medium" and hasattr(torch.backends.mkldnn, "conv"):
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
     small = UNet3DConditionModel.from_pretrained(a.small).eval()
     prior = UNet3DConditionModel.from_pretrained(a.prior).eval()
     kinds = {"small": prediction_type(a.small), "prior": prediction_type(a.prior)}
@@ -110,6 +116,7 @@ def main():
         "seconds": best,
         "seconds_per_step": best / a.steps,
         "threads": torch.get_num_threads(),
+        "matmul_precision": a.matmul_precision,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "prediction_types": kinds,

@@ -111,6 +111,12 @@ pub struct Args {
     pub train_steps: usize,
     #[arg(long, default_value_t = 2)]
     pub train_warmup: usize,
+    /// The matmul precision granted to the diffusers peer (torch.set_float32_matmul_precision; "medium" also lets
+    /// oneDNN's convolutions use bf16). Default: what vadapt's GEMMs compute in on this machine
+    /// (`--matmul-precision` where the CPU has AMX, highest elsewhere). `highest` measures a reduced-precision
+    /// vadapt against the f32 reference.
+    #[arg(long)]
+    pub peer_matmul_precision: Option<vadapt::models::kernels::MatmulPrecision>,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -475,6 +481,12 @@ fn run_peer(s: &Setup, args: &Args, ours_x0: &Tensor) -> anyhow::Result<Value> {
         ("--guidance", args.guidance.to_string()),
         ("--threads", args.threads.to_string()),
         ("--reps", args.reps.to_string()),
+        (
+            "--matmul-precision",
+            args.peer_matmul_precision
+                .unwrap_or_else(vadapt::models::kernels::effective_matmul_precision)
+                .to_string(),
+        ),
     ] {
         peer_args.extend([flag.into(), value.into()]);
     }
@@ -616,6 +628,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "threads": threads,
             "cpu": cpu_model(),
             "avx2_fma": vadapt::models::kernels::bench::has_avx2_fma(),
+            "matmul_precision": vadapt::models::kernels::matmul_precision().to_string(),
+            "matmul_precision_effective": vadapt::models::kernels::effective_matmul_precision().to_string(),
         },
         "shape": {"frames": args.frames, "size": args.size, "steps": args.steps, "lam": args.lam,
                   "guidance": args.guidance, "rule": "composed", "scheduler": "DDIM",

@@ -343,3 +343,54 @@ fn f16_compute_stays_near_the_f32_reference_and_bf16_on_cpu_is_refused() {
         }
     }
 }
+
+/// `--matmul-precision` (the GEMMs in bf16 on AMX). `high` (three bf16 products) within twice the f32 parity
+/// tolerance of diffusers (measured 8-9e-5; f32 5e-6). `medium` (one bf16 product) within 2e-2 of the output's
+/// scale: twice the F16 bound above, since bf16 keeps 3 fewer significand bits than f16 (measured 1.4-1.5e-2 of the
+/// scale, F16 3.8e-3). A CPU without AMX computes in f32 whatever is set, so there all three outputs are the same
+/// bits. Through the CLI, one process per precision: the setting is process-wide and the other tests here run in
+/// parallel threads.
+#[test]
+fn matmul_precision_high_and_medium_stay_near_the_f32_reference() {
+    let amx = vadapt::models::kernels::bench::has_amx();
+    eprintln!("AMX bf16 on this CPU: {amx}");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny", "modelscope_mini"] {
+        let model = fixture(&format!("unet3d/{name}"));
+        let inputs = fixture(&format!("unet3d/{name}/io.safetensors"));
+        let reference = load_f32(&inputs)["output"].1.clone();
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let run = |precision: &str| {
+            let out = dir.path().join(format!("{name}_{precision}.safetensors"));
+            vadapt(&[
+                "--matmul-precision",
+                precision,
+                "debug",
+                "forward",
+                "--model",
+                model.to_str().unwrap(),
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--output",
+                out.to_str().unwrap(),
+            ]);
+            load_f32(&out)["output"].1.clone()
+        };
+        let highest = run("highest");
+        for (precision, tol) in [("high", 2.0 * TOL), ("medium", 2e-2 * scale)] {
+            let got = run(precision);
+            let d = max_abs_diff(&got, &reference);
+            eprintln!("{name} {precision}: max abs diff {d:.3e} (output scale {scale:.2}, tolerance {tol:.1e})");
+            assert!(
+                d <= tol,
+                "{name} --matmul-precision {precision}: diff {d} > {tol}"
+            );
+            if !amx {
+                assert_eq!(
+                    got, highest,
+                    "{name} {precision}: without AMX the GEMMs must stay f32"
+                );
+            }
+        }
+    }
+}

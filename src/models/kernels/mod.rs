@@ -32,6 +32,8 @@
 //! `avx512` → `activation` (its scalar tails); nothing below an op file calls an op.
 
 mod activation;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 mod attention_grad;
 #[cfg(target_arch = "x86_64")]
@@ -54,6 +56,9 @@ mod x86_64;
 
 pub(crate) use attention::attention;
 pub(crate) use conv::{conv2d, conv2d_epilogue, temporal_conv};
+pub use gemm::{
+    effective_matmul_precision, matmul_precision, set_matmul_precision, MatmulPrecision,
+};
 pub(crate) use linear::{feed_forward_geglu, linear};
 pub(crate) use norm::{group_norm, group_norm_silu, layer_norm};
 pub(crate) use tokens::{add_tokens, group_norm_tokens, TokenLayout};
@@ -64,9 +69,42 @@ pub mod bench {
     pub use super::attention::fused_attention as attention;
     pub use super::conv::fused_conv2d as conv2d;
     pub use super::cpu::{has_avx2_fma, has_avx512f};
+
+    /// Whether this CPU runs the AMX bf16 GEMM (`--matmul-precision high | medium` take it). False off x86-64.
+    pub fn has_amx() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            super::amx::available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
     pub use super::linear::{
         fused_feed_forward_geglu as feed_forward_geglu, fused_linear as linear,
     };
     pub use super::norm::fused_layer_norm as layer_norm;
+
+    /// `c = a · b` for row-major (m, k) `a`, (k, n) `b` and (m, n) `c` through the kernels' GEMM (AMX where the
+    /// CPU has it, unless `VADAPT_NO_AMX`; gemm's otherwise), on rayon's pool.
+    pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        let threads = rayon::current_num_threads();
+        // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
+        unsafe {
+            super::gemm::gemm_into(
+                (m, n, k),
+                c.as_mut_ptr(),
+                n,
+                false,
+                a.as_ptr(),
+                (1, k),
+                b.as_ptr(),
+                (1, n),
+                gemm::Parallelism::Rayon(threads),
+            )
+        }
+    }
     pub use super::tokens::{fused_group_norm_tokens as group_norm_tokens, TokenLayout};
 }
