@@ -200,47 +200,25 @@ fn tiles<'a>(
     (as_tile(&mut head[at(0)..]), as_tile(tail))
 }
 
-/// Pack rows `r0..r0 + 32` (zero past `rows`) and K `k0..k1` of `a` as the A operand: per K block of 32, the hi
-/// parts as two 16 x 32 tiles (row-major), then the lo parts.
-fn pack_a_block(
-    a: Mat,
-    rows: usize,
-    r0: usize,
-    (k0, k1): (usize, usize),
-    parts: usize,
-    out: &mut [u16],
-) {
-    let mut spare = [[0u16; KB]; TILE];
-    for kb in 0..(k1 - k0).div_ceil(KB) {
-        let kk0 = k0 + kb * KB;
-        let nk = KB.min(k1 - kk0);
-        for t in 0..2 {
-            let i0 = r0 + t * TILE;
-            let ni = TILE.min(rows.saturating_sub(i0));
-            let (hi, lo) = tiles(out, kb, t, parts, &mut spare);
-            // SAFETY: rows i0..i0 + ni and K kk0..kk0 + nk lie inside the (rows, k) matrix.
-            unsafe {
-                tile_parts(
-                    a.ptr.add(i0.min(rows) * a.rs + kk0 * a.cs),
-                    (a.rs, a.cs),
-                    (ni, nk),
-                    hi,
-                    lo,
-                )
-            };
-        }
-    }
+/// Which operand a block is packed as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Operand {
+    /// Two 16 x 32 tiles per K block, row-major.
+    A,
+    /// Two tiles of 16 k-pairs x 16 columns x 2 (the "VNNI" layout `tdpbf16ps` reads: row q holds B[2q][j],
+    /// B[2q+1][j] side by side for each column j).
+    B,
 }
 
-/// Pack columns `c0..c0 + 32` (zero past `cols`) and K `k0..k1` of `b` as the B operand: per K block of 32, the
-/// hi parts as two tiles of 16 k-pairs x 16 columns x 2 (the "VNNI" layout `tdpbf16ps` reads: row q holds
-/// B[2q][j], B[2q+1][j] side by side for each column j), then the lo parts.
-fn pack_b_block(
-    b: Mat,
-    cols: usize,
-    c0: usize,
+/// Pack lines `l0..l0 + 32` (zero past `lines`) and K `k0..k1` of `m`, a (lines, k) view (A itself, or Bᵀ), as
+/// `operand`: per K block of 32, the hi parts as two tiles, then the lo parts.
+fn pack_block(
+    m: Mat,
+    lines: usize,
+    l0: usize,
     (k0, k1): (usize, usize),
     parts: usize,
+    operand: Operand,
     out: &mut [u16],
 ) {
     let mut spare = [[0u16; KB]; TILE];
@@ -248,19 +226,15 @@ fn pack_b_block(
         let kk0 = k0 + kb * KB;
         let nk = KB.min(k1 - kk0);
         for t in 0..2 {
-            let j0 = c0 + t * TILE;
-            let nj = TILE.min(cols.saturating_sub(j0));
+            let i0 = l0 + t * TILE;
+            let ni = TILE.min(lines.saturating_sub(i0));
             let (hi, lo) = tiles(out, kb, t, parts, &mut spare);
-            // SAFETY: K kk0..kk0 + nk and columns j0..j0 + nj lie inside the (k, cols) matrix.
-            unsafe {
-                tile_pairs(
-                    b.ptr.add(kk0 * b.rs + j0.min(cols) * b.cs),
-                    (b.rs, b.cs),
-                    (nk, nj),
-                    hi,
-                    lo,
-                )
-            };
+            // SAFETY: lines i0..i0 + ni and K kk0..kk0 + nk lie inside the (lines, k) view.
+            let src = unsafe { m.ptr.add(i0.min(lines) * m.rs + kk0 * m.cs) };
+            match operand {
+                Operand::A => unsafe { tile_parts(src, (m.rs, m.cs), (ni, nk), hi, lo) },
+                Operand::B => unsafe { tile_pairs(src, (m.cs, m.rs), (nk, ni), hi, lo) },
+            }
         }
     }
 }
@@ -751,10 +725,11 @@ pub(super) unsafe fn gemm(
         rs: a_rs,
         cs: a_cs,
     };
-    let b = Mat {
+    // B as the (n, k) view Bᵀ: its lines are B's columns.
+    let bt = Mat {
         ptr: b,
-        rs: b_rs,
-        cs: b_cs,
+        rs: b_cs,
+        cs: b_rs,
     };
     let parts = prec.parts();
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
@@ -766,9 +741,9 @@ pub(super) unsafe fn gemm(
     let pack = |own_side: bool, i: usize, (kb0, kb1): (usize, usize), out: &mut [u16]| {
         let ks = (kb0 * KB, (kb1 * KB).min(k));
         if own_side == panels_are_columns {
-            pack_b_block(b, n, i * BLOCK, ks, parts, out)
+            pack_block(bt, n, i * BLOCK, ks, parts, Operand::B, out)
         } else {
-            pack_a_block(a, m, i * BLOCK, ks, parts, out)
+            pack_block(a, m, i * BLOCK, ks, parts, Operand::A, out)
         }
     };
     let (shared_blocks, panels) = if panels_are_columns {
