@@ -28,8 +28,8 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Precision the CPU's f32 matmuls and convolutions may compute in, as PyTorch's
-    /// `torch.set_float32_matmul_precision`: highest (f32), high (three bf16 products each, ~1e-5 of f32) or
-    /// medium (bf16 products, f32 sums). high and medium use AMX where the CPU has it (Sapphire Rapids and later)
+    /// `torch.set_float32_matmul_precision`: highest (f32), high (three bf16 products each, relative error ~2⁻¹⁶)
+    /// or medium (bf16 products, f32 sums; outside the F16 tolerance). high and medium use AMX where the CPU has it (Sapphire Rapids and later)
     /// and change nothing elsewhere.
     #[arg(long, global = true, default_value = "highest")]
     pub matmul_precision: vadapt::models::kernels::MatmulPrecision,

@@ -63,13 +63,15 @@ fn modelscope_mini_intermediates_match() {
     }
 }
 
-#[test]
-fn debug_forward_cli_matches_fixture() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out.safetensors");
-    let model = fixture("unet3d/tiny");
-    let inputs = fixture("unet3d/tiny/io.safetensors");
+/// `vadapt --matmul-precision PRECISION debug forward` on the fixture `name`'s model and inputs, writing into
+/// `dir`: the output.
+fn cli_forward(name: &str, precision: &str, dir: &std::path::Path) -> Vec<f32> {
+    let model = fixture(&format!("unet3d/{name}"));
+    let inputs = fixture(&format!("unet3d/{name}/io.safetensors"));
+    let out = dir.join(format!("{name}_{precision}.safetensors"));
     vadapt(&[
+        "--matmul-precision",
+        precision,
         "debug",
         "forward",
         "--model",
@@ -79,9 +81,15 @@ fn debug_forward_cli_matches_fixture() {
         "--output",
         out.to_str().unwrap(),
     ]);
-    let got = load_f32(&out);
-    let want = load_f32(&inputs);
-    assert!(max_abs_diff(&got["output"].1, &want["output"].1) <= TOL);
+    load_f32(&out)["output"].1.clone()
+}
+
+#[test]
+fn debug_forward_cli_matches_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let got = cli_forward("tiny", "highest", dir.path());
+    let want = load_f32(&fixture("unet3d/tiny/io.safetensors"));
+    assert!(max_abs_diff(&got, &want["output"].1) <= TOL);
 }
 
 fn config(json: &str) -> UNet3DConfig {
@@ -356,26 +364,11 @@ fn matmul_precision_high_and_medium_stay_near_the_f32_reference() {
     eprintln!("AMX bf16 on this CPU: {amx}");
     let dir = tempfile::tempdir().unwrap();
     for name in ["tiny", "modelscope_mini"] {
-        let model = fixture(&format!("unet3d/{name}"));
-        let inputs = fixture(&format!("unet3d/{name}/io.safetensors"));
-        let reference = load_f32(&inputs)["output"].1.clone();
+        let reference = load_f32(&fixture(&format!("unet3d/{name}/io.safetensors")))["output"]
+            .1
+            .clone();
         let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let run = |precision: &str| {
-            let out = dir.path().join(format!("{name}_{precision}.safetensors"));
-            vadapt(&[
-                "--matmul-precision",
-                precision,
-                "debug",
-                "forward",
-                "--model",
-                model.to_str().unwrap(),
-                "--inputs",
-                inputs.to_str().unwrap(),
-                "--output",
-                out.to_str().unwrap(),
-            ]);
-            load_f32(&out)["output"].1.clone()
-        };
+        let run = |precision: &str| cli_forward(name, precision, dir.path());
         let highest = run("highest");
         for (precision, tol) in [("high", 2.0 * TOL), ("medium", 2e-2 * scale)] {
             let got = run(precision);

@@ -31,6 +31,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use super::cpu::OutPtr;
+
 /// How many bf16 products make one f32 product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Precision {
@@ -111,22 +113,13 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// bf16 of `x`, rounded to nearest even (NaN stays NaN).
-#[inline(always)]
-fn bf16_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    if x.is_nan() {
-        0x7fc0
-    } else {
-        rounded
-    }
-}
-
-/// The (hi, lo) bf16 parts of `x`: `hi = bf16(x)`, `lo = bf16(x − hi)`.
+/// The (hi, lo) bf16 parts of `x`: `hi = bf16(x)`, `lo = bf16(x − hi)`, rounded to nearest even.
 fn parts(x: f32) -> (u16, u16) {
-    let hi = bf16_bits(x);
-    (hi, bf16_bits(x - f32::from_bits((hi as u32) << 16)))
+    let hi = half::bf16::from_f32(x);
+    (
+        hi.to_bits(),
+        half::bf16::from_f32(x - hi.to_f32()).to_bits(),
+    )
 }
 
 /// A strided f32 matrix: element (r, c) at `ptr[r * rs + c * cs]`.
@@ -139,15 +132,6 @@ struct Mat {
 // SAFETY: read-only views shared by the parallel tasks.
 unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
-
-#[derive(Clone, Copy)]
-struct Dst {
-    ptr: *mut f32,
-    rs: usize,
-}
-// SAFETY: each task writes its own columns of C.
-unsafe impl Send for Dst {}
-unsafe impl Sync for Dst {}
 
 thread_local! {
     /// The operand packed once per K chunk and read by every panel task.
@@ -231,82 +215,60 @@ fn pack_block(
             let (hi, lo) = tiles(out, kb, t, parts, &mut spare);
             // SAFETY: lines i0..i0 + ni and K kk0..kk0 + nk lie inside the (lines, k) view.
             let src = unsafe { m.ptr.add(i0.min(lines) * m.rs + kk0 * m.cs) };
-            match operand {
-                Operand::A => unsafe { tile_parts(src, (m.rs, m.cs), (ni, nk), hi, lo) },
-                Operand::B => unsafe { tile_pairs(src, (m.cs, m.rs), (nk, ni), hi, lo) },
-            }
+            unsafe { tile(src, (m.rs, m.cs), (ni, nk), operand, hi, lo) };
         }
     }
 }
 
-/// The (hi, lo) bf16 parts of a 16 x 32 block of A (`n` = (rows, K) valid, zeros past them), row-major:
-/// `hi[r][c]` of element (r, c) at `src[r * rs + c * cs]`.
+/// The (hi, lo) bf16 parts of 16 lines x 32 K (the first `lines` lines and `nk` K valid, zeros past them), element
+/// (line l, K c) at `src[l * line_stride + c * k_stride]`, laid out as `operand`: `hi[l][c]` for A, `hi[c / 2][2l +
+/// c % 2]` for B (lines are B's columns). Where one direction is contiguous the AVX-512 loops read it (B's layout is
+/// A's transposed with K's pairs kept together); other strides take the scalar loop.
 ///
 /// # Safety
 /// The valid elements must be readable.
-unsafe fn tile_parts(
+unsafe fn tile(
     src: *const f32,
-    (rs, cs): (usize, usize),
-    (ni, nk): (usize, usize),
+    (line_stride, k_stride): (usize, usize),
+    (lines, nk): (usize, usize),
+    operand: Operand,
     hi: &mut [[u16; KB]; TILE],
     lo: &mut [[u16; KB]; TILE],
 ) {
-    if cs == 1 {
-        // SAFETY: forwarded; `available()` implies AVX-512F/BW/BF16.
-        return unsafe { simd::runs(src, rs, (ni, nk), false, hi, lo) };
+    // SAFETY (all four): forwarded; `available()` implies AVX-512F/BW/BF16.
+    match operand {
+        Operand::A if k_stride == 1 => {
+            return unsafe { simd::runs(src, line_stride, (lines, nk), false, hi, lo) }
+        }
+        Operand::A if line_stride == 1 => {
+            return unsafe { simd::pairs(src, k_stride, (nk, lines), true, hi, lo) }
+        }
+        Operand::B if line_stride == 1 => {
+            return unsafe { simd::pairs(src, k_stride, (nk, lines), false, hi, lo) }
+        }
+        Operand::B if k_stride == 1 => {
+            return unsafe { simd::runs(src, line_stride, (lines, nk), true, hi, lo) }
+        }
+        _ => {}
     }
-    if rs == 1 {
-        return unsafe { simd::pairs(src, cs, (nk, ni), true, hi, lo) };
-    }
-    for r in 0..TILE {
+    for l in 0..TILE {
         for c in 0..KB {
-            let x = if r < ni && c < nk {
-                unsafe { *src.add(r * rs + c * cs) }
+            let x = if l < lines && c < nk {
+                unsafe { *src.add(l * line_stride + c * k_stride) }
             } else {
                 0.0
             };
-            (hi[r][c], lo[r][c]) = parts(x);
-        }
-    }
-}
-
-/// The (hi, lo) parts of a 32 x 16 block of B (`n` = (K, columns) valid) in the pair layout: `hi[q][2j + e]` is
-/// element (2q + e, j) at `src[(2q + e) * rs + j * cs]`. The same as `tile_parts` of the transposed block read
-/// with K's pairs kept together, which is how the two contiguous cases are done.
-///
-/// # Safety
-/// The valid elements must be readable.
-unsafe fn tile_pairs(
-    src: *const f32,
-    (rs, cs): (usize, usize),
-    (nk, nj): (usize, usize),
-    hi: &mut [[u16; KB]; TILE],
-    lo: &mut [[u16; KB]; TILE],
-) {
-    if cs == 1 {
-        // SAFETY: forwarded; `available()` implies AVX-512F/BW/BF16.
-        return unsafe { simd::pairs(src, rs, (nk, nj), false, hi, lo) };
-    }
-    if rs == 1 {
-        return unsafe { simd::runs(src, cs, (nj, nk), true, hi, lo) };
-    }
-    for q in 0..TILE {
-        for j in 0..TILE {
-            for e in 0..2 {
-                let k = 2 * q + e;
-                let x = if k < nk && j < nj {
-                    unsafe { *src.add(k * rs + j * cs) }
-                } else {
-                    0.0
-                };
-                (hi[q][2 * j + e], lo[q][2 * j + e]) = parts(x);
-            }
+            let (row, col) = match operand {
+                Operand::A => (l, c),
+                Operand::B => (c / 2, 2 * l + c % 2),
+            };
+            (hi[row][col], lo[row][col]) = parts(x);
         }
     }
 }
 
 /// The AVX-512 packing loops: f32 to bf16 parts 16 lanes at a time (`vcvtneps2bf16` rounds to nearest even like
-/// `bf16_bits`), the pairs interleaved in 32-bit lanes, and a 16 x 16 transpose of 32-bit lanes where the
+/// `parts`), the pairs interleaved in 32-bit lanes, and a 16 x 16 transpose of 32-bit lanes where the
 /// source's contiguous direction is the other one.
 #[allow(unused_unsafe)]
 mod simd {
@@ -626,14 +588,14 @@ fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
 /// where the block crosses the output's edge.
 ///
 /// # Safety
-/// Tiles configured; `dst` addresses an (m, n) row-major matrix (unit column stride) whose block at (i0, j0) is
-/// written by this task only; the packed blocks hold `blocks` K blocks of `parts` parts.
+/// Tiles configured; `dst` addresses an (m, n) matrix with rows `dst_rs` apart and unit column stride, whose block
+/// at (i0, j0) is written by this task only; the packed blocks hold `blocks` K blocks of `parts` parts.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
     a: *const u16,
     b: *const u16,
     (blocks, parts): (usize, usize),
-    dst: Dst,
+    (dst, dst_rs): (OutPtr, usize),
     (m, n): (usize, usize),
     (i0, j0): (usize, usize),
     accumulate: bool,
@@ -650,8 +612,8 @@ unsafe fn block(
         if rows == TILE && cols == TILE {
             // SAFETY: the tile lies inside dst.
             *ct = CTile {
-                ptr: unsafe { dst.ptr.add(i * dst.rs + j) },
-                stride: 4 * dst.rs,
+                ptr: unsafe { dst.get().add(i * dst_rs + j) },
+                stride: 4 * dst_rs,
             };
             continue;
         }
@@ -659,8 +621,9 @@ unsafe fn block(
             scr.fill(0.0);
             for r in 0..rows {
                 // SAFETY: row i + r, columns j..j + cols of dst.
-                let d =
-                    unsafe { std::slice::from_raw_parts(dst.ptr.add((i + r) * dst.rs + j), cols) };
+                let d = unsafe {
+                    std::slice::from_raw_parts(dst.get().add((i + r) * dst_rs + j), cols)
+                };
                 scr[r * TILE..][..cols].copy_from_slice(d);
             }
         }
@@ -678,8 +641,9 @@ unsafe fn block(
         };
         for r in 0..rows {
             // SAFETY: as above.
-            let d =
-                unsafe { std::slice::from_raw_parts_mut(dst.ptr.add((i + r) * dst.rs + j), cols) };
+            let d = unsafe {
+                std::slice::from_raw_parts_mut(dst.get().add((i + r) * dst_rs + j), cols)
+            };
             d.copy_from_slice(&scr[r * TILE..][..cols]);
         }
     }
@@ -707,15 +671,11 @@ pub(super) unsafe fn gemm(
     if m == 0 || n == 0 {
         return;
     }
-    let dst = Dst {
-        ptr: dst,
-        rs: dst_rs,
-    };
     if k == 0 {
         if !read_dst {
             for i in 0..m {
                 // SAFETY: row i of dst.
-                unsafe { std::slice::from_raw_parts_mut(dst.ptr.add(i * dst_rs), n).fill(0.0) };
+                unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n).fill(0.0) };
             }
         }
         return;
@@ -731,6 +691,7 @@ pub(super) unsafe fn gemm(
         rs: b_cs,
         cs: b_rs,
     };
+    let dst = OutPtr(dst);
     let parts = prec.parts();
     let (row_blocks, col_blocks) = (m.div_ceil(BLOCK), n.div_ceil(BLOCK));
     let k_blocks = k.div_ceil(KB);
@@ -789,7 +750,7 @@ pub(super) unsafe fn gemm(
                                     pa,
                                     pb,
                                     (kb1 - kb0, parts),
-                                    dst,
+                                    (dst, dst_rs),
                                     (m, n),
                                     (rb * BLOCK, cb * BLOCK),
                                     read_dst || kb0 > 0,
@@ -814,15 +775,8 @@ mod tests {
     use super::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut rng = crate::rng::NoiseRng::new(seed);
+        (0..n).map(|_| rng.uniform() * 2.0 - 1.0).collect()
     }
 
     /// f64 reference of a strided product, plus the sum of |a||b| per element (the scale of rounding errors).

@@ -172,10 +172,11 @@ pub(super) fn with_f32<const N: usize, R>(
     f(data)
 }
 
-/// The output pointer shared by the parallel tasks, each of which writes its own rows of one head.
+/// The output pointer shared by the parallel tasks, each of which writes its own elements (the attention's rows of
+/// one head, the token layout's positions, the AMX GEMM's panels of C).
 #[derive(Clone, Copy)]
 pub(super) struct OutPtr(pub(super) *mut f32);
-// SAFETY: tasks write disjoint elements (distinct (batch, row, head) triples) and nothing reads them meanwhile.
+// SAFETY: tasks write disjoint elements and nothing reads them meanwhile.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 

@@ -28,8 +28,9 @@
 //! Files: one per op family (`attention`, `norm`, `tokens`, `linear` with the GEGLU feed-forward, `conv`,
 //! `activation`), the shared plumbing (`cpu`: storage access and the dispatch checks; `gemm`; `portable`: the
 //! building blocks of the auto-vectorised loops) and one per instruction set (`x86_64`: the AVX2 + FMA intrinsics;
-//! `avx512`: the attention over many keys, where the CPU has AVX-512F). Calls go one way: op files → `x86_64` /
-//! `avx512` → `activation` (its scalar tails); nothing below an op file calls an op.
+//! `avx512`: the attention over many keys, where the CPU has AVX-512F; `amx`: the GEMM on AMX tiles that `gemm`
+//! calls under `--matmul-precision high | medium`). Calls go one way: op files → `x86_64` / `avx512` / `gemm` →
+//! `activation` (its scalar tails) / `amx`; nothing below an op file calls an op.
 
 mod activation;
 #[cfg(target_arch = "x86_64")]
