@@ -118,6 +118,13 @@ pub struct DataConfig {
     /// With `reference` conditioning: where the reference still comes from (default `far_still`).
     #[serde(default)]
     pub reference: Option<ReferenceSource>,
+    /// A super-resolution recipe's low_res source: the previous stage's own outputs, one camera per condition camera
+    /// (in `condition_key`'s order, or `target_key`'s without one), e.g. `scripts/language_table/base_outputs.sh`'s
+    /// `observation.images.base_rgb`. Each is resized to `model.low_res` and back up, as a cascade feeds the stage,
+    /// so the stage trains on the errors of the model it follows (a blurred arm, blobs for blocks) and learns to
+    /// take what that model got wrong from the edges. Default: the target camera itself through `model.low_res`.
+    #[serde(default)]
+    pub low_res_key: Option<CameraKeys>,
 }
 
 /// `data.reference`: the still behind the reference channel while training.
@@ -560,6 +567,16 @@ impl TrainConfig {
         Self::from_toml(&text, path)
     }
 
+    /// The cameras whose edges and first frame condition the model: `data.condition_key`, else each target camera
+    /// conditions on itself.
+    pub fn condition_cameras(&self) -> &[String] {
+        self.data
+            .condition_key
+            .as_ref()
+            .unwrap_or(&self.data.target_key)
+            .keys()
+    }
+
     /// The tile grid of the reference stills this recipe trains on; `None` without `reference` conditioning.
     pub fn reference_tiles(&self) -> Option<usize> {
         self.model
@@ -684,6 +701,7 @@ impl TrainConfig {
         let lists = [
             ("data.target_key", Some(&self.data.target_key)),
             ("data.condition_key", self.data.condition_key.as_ref()),
+            ("data.low_res_key", self.data.low_res_key.as_ref()),
         ];
         for (field, keys) in lists {
             let Some(keys) = keys.map(CameraKeys::keys) else {
@@ -708,6 +726,26 @@ impl TrainConfig {
             .condition_key
             .as_ref()
             .map_or(0, |k| k.keys().len());
+        if let Some(low_res) = &self.data.low_res_key {
+            if !self.model.conditioning.contains(&Conditioning::LowRes) {
+                return bad(
+                    "data.low_res_key",
+                    "is set, but model.conditioning does not list \"low_res\"".into(),
+                );
+            }
+            let cameras = self.condition_cameras();
+            if low_res.keys().len() != cameras.len() {
+                return bad(
+                    "data.low_res_key",
+                    format!(
+                        "{} key(s), but the recipe has {} condition camera(s) {cameras:?}: give one low_res camera \
+                         for each, in that order",
+                        low_res.keys().len(),
+                        cameras.len()
+                    ),
+                );
+            }
+        }
         if self.data.target_key.keys().len() > 1 && conditions > 1 {
             return bad(
                 "data.condition_key",

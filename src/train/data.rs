@@ -12,7 +12,9 @@
 //!
 //! A super-resolution recipe (`model.low_res`) also gets each target frame resized down to the previous stage's
 //! resolution and back up with the same `resize_rgb` a cascade uses between stages (`pipeline::run`): training sees
-//! what inference feeds the stage, a lower-resolution video upsampled. A latent recipe (`model.vae`) gets every
+//! what inference feeds the stage, a lower-resolution video upsampled. With `data.low_res_key` that video is the
+//! previous stage's own output on the condition camera (a camera of the dataset), so the stage also sees that
+//! stage's errors. A latent recipe (`model.vae`) gets every
 //! signal average-pooled by the VAE's downscale. Every signal is built by `sampling::conditioning`, the builder
 //! sampling uses, so training and sampling build identical channels; the target video stays in pixels here and the
 //! trainer encodes it.
@@ -116,7 +118,8 @@ impl ClipSet {
         let mut all: Vec<Vec<EpisodeClips>> = Vec::new();
         for root in &d.dataset {
             let source = open_dataset(root)?;
-            for key in targets.iter().chain(condition_keys) {
+            let low_res_keys = d.low_res_key.as_ref().map_or(&[][..], |k| k.keys());
+            for key in targets.iter().chain(condition_keys).chain(low_res_keys) {
                 if !source.features().get(key).is_some_and(|f| f.is_visual()) {
                     let cams: Vec<&String> = source
                         .features()
@@ -133,35 +136,43 @@ impl ClipSet {
             for index in source.episode_indices() {
                 let ep = source.read_episode(index)?;
                 let loc = || Location::file(root).episode(index.0);
-                let decode = |key: &str| -> Result<Vec<RgbImage>> {
+                let decode_at = |key: &str, (h, w): (usize, usize)| -> Result<Vec<RgbImage>> {
                     let frames = ep.cameras.get(key).ok_or_else(|| {
                         Error::invalid(loc().field(key), "episode has no such camera")
                     })?;
                     Ok(frames
                         .decode()?
                         .iter()
-                        .map(|f| resize_rgb(f, m.height as u32, m.width as u32))
+                        .map(|f| resize_rgb(f, h as u32, w as u32))
                         .collect())
+                };
+                let decode = |key: &str| decode_at(key, (m.height, m.width));
+                // Frames at model.low_res back up to the model resolution (empty without low_res).
+                let up = |small: Vec<RgbImage>| -> Arc<Vec<RgbImage>> {
+                    Arc::new(
+                        small
+                            .iter()
+                            .map(|f| resize_rgb(f, m.height as u32, m.width as u32))
+                            .collect(),
+                    )
                 };
                 // One entry per (target camera, condition camera).
                 let mut per_camera = Vec::new();
                 let mut short = None;
-                for tkey in targets {
+                for (t, tkey) in targets.iter().enumerate() {
                     let target = decode(tkey)?;
                     if target.len() < span {
                         short = Some(target.len());
                         break;
                     }
-                    let low_res: Arc<Vec<RgbImage>> = Arc::new(match low_res {
-                        Some([lh, lw]) => target
+                    // Without data.low_res_key, the target itself through model.low_res.
+                    let target_low_res = match low_res {
+                        Some([lh, lw]) if low_res_keys.is_empty() => up(target
                             .iter()
-                            .map(|f| {
-                                let small = resize_rgb(f, lh as u32, lw as u32);
-                                resize_rgb(&small, m.height as u32, m.width as u32)
-                            })
-                            .collect(),
-                        None => Vec::new(),
-                    });
+                            .map(|f| resize_rgb(f, lh as u32, lw as u32))
+                            .collect()),
+                        _ => Arc::new(Vec::new()),
+                    };
                     let prompt = episode_prompt(&d.prompt, &ep, tkey, &loc)?;
                     let look = ["look", "name"]
                         .iter()
@@ -172,7 +183,26 @@ impl ClipSet {
                         Some(keys) => keys.keys(),
                         None => std::slice::from_ref(tkey),
                     };
-                    for key in conditions {
+                    for (c, key) in conditions.iter().enumerate() {
+                        // data.low_res_key pairs with the condition cameras (the targets without a condition_key).
+                        let low_res = match (low_res, d.condition_key.is_some()) {
+                            (Some(size), keyed) if !low_res_keys.is_empty() => {
+                                let lkey = &low_res_keys[if keyed { c } else { t }];
+                                let frames = up(decode_at(lkey, (size[0], size[1]))?);
+                                if frames.len() != target.len() {
+                                    return Err(Error::invalid(
+                                        loc().field(lkey),
+                                        format!(
+                                            "{} frames, but {tkey} has {}",
+                                            frames.len(),
+                                            target.len()
+                                        ),
+                                    ));
+                                }
+                                frames
+                            }
+                            _ => target_low_res.clone(),
+                        };
                         let condition = if key == tkey {
                             target.to_vec()
                         } else {
@@ -203,7 +233,7 @@ impl ClipSet {
                             target: target.clone(),
                             condition,
                             edges,
-                            low_res: low_res.clone(),
+                            low_res,
                             source: all.len(),
                             look: look.clone(),
                         });

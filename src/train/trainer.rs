@@ -31,7 +31,7 @@ use super::report::{self, LossRow};
 pub use super::step::StepStats;
 use super::step::{new_optimizer, step_on_batch, Batch, Draws};
 use crate::error::{Error, IoResultExt, Location, Result};
-use crate::model_dir::{Conditioning, ModelDir, ModelMeta};
+use crate::model_dir::{ModelDir, ModelMeta};
 use crate::models::text::corpus_words;
 use crate::models::text::TextEncoder;
 use crate::models::text::{ByteEncoderConfig, ByteTextEncoder, BYTE_MODEL_TYPE as MODEL_TYPE};
@@ -100,14 +100,15 @@ impl Trainer {
                 let text = std::fs::read_to_string(&p).at(&p)?;
                 let mut c: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| Error::config(Location::file(&p), e.to_string()))?;
-                // Conditioning listed after the init model's (a `reference` channel added to an edge_to_sim):
-                // the UNet takes the extra channels, their conv_in weights start at zero (load_model_weights).
+                // Conditioning listed after the init model's (a `reference` channel added to an edge_to_sim, a
+                // `first_frame` to a super-resolution stage): the UNet takes the extra channels, their conv_in
+                // weights start at zero (load_model_weights), so step 0 is the stored model.
                 let conditioning = &config.model.conditioning;
-                if conditioning.last() == Some(&Conditioning::Reference) {
-                    let stored = ModelMeta::read(dir)?.and_then(|m| m.conditioning);
-                    if stored.as_deref() == Some(&conditioning[..conditioning.len() - 1]) {
-                        c["in_channels"] = want_in.into();
-                    }
+                let stored = ModelMeta::read(dir)?.and_then(|m| m.conditioning);
+                if stored
+                    .is_some_and(|s| s.len() < conditioning.len() && conditioning.starts_with(&s))
+                {
+                    c["in_channels"] = want_in.into();
                 }
                 c
             }

@@ -595,20 +595,7 @@ fn a_reference_channel_added_to_a_trained_model_starts_at_zero_weight() {
     c.optim.lr = 1e-12; // one step that barely moves the weights
     c.optim.ema_decay = 0.0;
     run_to_end(c);
-    let conv_in = |run: &Path| {
-        let t = candle_core::safetensors::load(
-            run.join("model/unet/diffusion_pytorch_model.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        t["conv_in.weight"].clone()
-    };
-    let (stored, grown) = (conv_in(&base_dir), conv_in(&widened_dir));
-    assert_eq!(stored.dim(1).unwrap(), 7);
-    assert_eq!(grown.dim(1).unwrap(), 10);
-    assert!(max_abs_diff(&grown.narrow(1, 0, 7).unwrap(), &stored) < 1e-9);
-    let zeros = grown.narrow(1, 7, 3).unwrap();
-    assert!(max_abs_diff(&zeros, &zeros.zeros_like().unwrap()) < 1e-9);
+    assert_conv_in_widened(&base_dir, &widened_dir, 7, 3);
     let meta: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(widened_dir.join("model/vadapt.json")).unwrap(),
     )
@@ -621,6 +608,24 @@ fn a_reference_channel_added_to_a_trained_model_starts_at_zero_weight() {
         meta.get("reference_tiles").is_none(),
         "whole stills by default: {meta}"
     );
+}
+
+/// The exported conv_in of run `widened` is run `base`'s (`have` input channels) with `more` zero channels after.
+fn assert_conv_in_widened(base: &Path, widened: &Path, have: usize, more: usize) {
+    let conv_in = |run: &Path| {
+        let t = candle_core::safetensors::load(
+            run.join("model/unet/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        t["conv_in.weight"].clone()
+    };
+    let (stored, grown) = (conv_in(base), conv_in(widened));
+    assert_eq!(stored.dim(1).unwrap(), have);
+    assert_eq!(grown.dim(1).unwrap(), have + more);
+    assert!(max_abs_diff(&grown.narrow(1, 0, have).unwrap(), &stored) < 1e-9);
+    let zeros = grown.narrow(1, have, more).unwrap();
+    assert!(max_abs_diff(&zeros, &zeros.zeros_like().unwrap()) < 1e-9);
 }
 
 /// Train `config` to its `steps` with the full loop (checkpoints, model export, sample sheet at the end); the
@@ -843,6 +848,112 @@ fn sr_recipe_trains_a_low_res_stage() {
         .expect_err("model.low_res without low_res conditioning")
         .to_string();
     assert!(err.contains("model.low_res"), "{err}");
+}
+
+/// `data.low_res_key`: a super-resolution stage trained on the previous stage's own output, a camera of the dataset
+/// (here the sample's `real` camera stands in for it): its low_res channels are that camera's frames at
+/// `model.low_res` and back up, not the target's; the key list pairs with the condition cameras and names a
+/// camera the dataset has. A first_frame channel added to the trained stage starts at zero weight.
+#[test]
+fn sr_recipe_takes_low_res_from_a_camera_of_the_dataset() {
+    use vadapt::io::open_dataset;
+    use vadapt::train::data::ClipRef;
+    use vadapt::vision::resize::resize_rgb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = recipe(dir.path(), "").replace(
+        "[model]\n",
+        "[model]\nconditioning = [\"low_res\", \"edges\"]\nlow_res = [4, 8]\n",
+    );
+    let keyed = base.replace(
+        "holdout_episodes = 1\n",
+        "holdout_episodes = 1\nlow_res_key = \"observation.images.real\"\n",
+    );
+    let mut c = config(&keyed);
+    c.steps = 1;
+    let (t, losses) = run_to_end(c);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+    let clip = ClipRef {
+        episode: 1,
+        start: 3,
+    };
+    let data = repo().join("datasets/sample/lerobot");
+    let ds = open_dataset(&data).unwrap();
+    let ep = ds.read_episode(ds.episode_indices()[1]).unwrap();
+    let real = ep.cameras["observation.images.real"].decode().unwrap();
+    // frame_stride = 2: the clip's frames are 3, 5, 7, 9 of the source.
+    let want: Vec<_> = (0..4)
+        .map(|i| resize_rgb(&resize_rgb(&real[3 + 2 * i], 4, 8), 8, 16))
+        .collect();
+    let got = t
+        .data
+        .low_res_frames(clip, false)
+        .expect("an SR recipe has low_res frames");
+    assert!(
+        got == want,
+        "low_res frames are the real camera at 4x8 and back"
+    );
+    let from_target: Vec<_> = t
+        .data
+        .target_frames(clip, false)
+        .iter()
+        .map(|f| resize_rgb(&resize_rgb(f, 4, 8), 8, 16))
+        .collect();
+    assert!(got != from_target, "not the target's (sim) frames");
+
+    // A first_frame channel added to that stage (init_from it): conv_in grows by three zero channels.
+    let widened_dir = dir.path().join("widened");
+    let mut c = config(
+        &recipe(&widened_dir, "")
+            .replace("steps = 6", "steps = 1")
+            .replace(
+                "[model]\n",
+                &format!(
+                    "[model]\nconditioning = [\"low_res\", \"edges\", \"first_frame\"]\nlow_res = [4, 8]\n\
+                     init_from = \"{}\"\n",
+                    dir.path().join("model").display()
+                ),
+            ),
+    );
+    c.optim.lr = 1e-12;
+    c.optim.ema_decay = 0.0;
+    run_to_end(c);
+    assert_conv_in_widened(dir.path(), &widened_dir, 7, 3);
+
+    let two = base.replace(
+        "holdout_episodes = 1\n",
+        "holdout_episodes = 1\nlow_res_key = [\"observation.images.real\", \"observation.images.sim\"]\n",
+    );
+    let err = TrainConfig::from_toml(&two, Path::new("bad.toml"))
+        .expect_err("two low_res cameras for one condition camera")
+        .to_string();
+    assert!(
+        err.contains("data.low_res_key")
+            && err.contains("bad.toml")
+            && err.contains("1 condition camera"),
+        "{err}"
+    );
+    let plain = recipe(dir.path(), "").replace(
+        "holdout_episodes = 1\n",
+        "holdout_episodes = 1\nlow_res_key = \"observation.images.real\"\n",
+    );
+    let err = TrainConfig::from_toml(&plain, Path::new("bad.toml"))
+        .expect_err("low_res_key without low_res conditioning")
+        .to_string();
+    assert!(err.contains("data.low_res_key"), "{err}");
+    let missing = keyed.replace(
+        "low_res_key = \"observation.images.real\"",
+        "low_res_key = \"observation.images.base\"",
+    );
+    let err = match Trainer::new(config(&missing), &Device::Cpu) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a low_res camera the dataset lacks"),
+    };
+    assert!(
+        err.contains("observation.images.base") && err.contains("no such camera"),
+        "{err}"
+    );
 }
 
 /// `model.vae` must name a VAE (or pipeline) directory, and a latent model's pixel size must be a multiple of the
