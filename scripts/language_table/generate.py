@@ -108,6 +108,9 @@ def parse_args(argv):
   p.add_argument("--appearance-pool", type=int, default=0,
                  help="draw every appearance camera from a pool of this many looks shared by all episodes (0: a "
                       "fresh look per camera); each is labelled appearance/<key>/look")
+  p.add_argument("--looks", default="",
+                 help="pool looks for the appearance cameras, one each, e.g. 5,47 (with --appearance-pool; sets "
+                      "--appearances): every episode in those looks, to score styled targets against")
   p.add_argument("--max-steps", type=int, default=100, help="oracle steps before an episode is cut")
   p.add_argument("--crf", type=int, default=18, help="x264 quality (lower: better, larger)")
   p.add_argument("--stage", help="staging directory (default: OUT.episodes)")
@@ -115,7 +118,13 @@ def parse_args(argv):
   p.add_argument("--finalize-only", action="store_true", help="lay out the dataset from staged --seeds")
   p.add_argument("--force", action="store_true", help="replace an existing --out")
   p.add_argument("--jobs", type=int, default=1, help="worker processes staging seeds in parallel (same bytes)")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  args.look_list = [int(x) for x in args.looks.split(",") if x]
+  if args.look_list:
+    if not all(0 <= i < args.appearance_pool for i in args.look_list):
+      p.error(f"--looks {args.looks}: pool indices below --appearance-pool {args.appearance_pool}")
+    args.appearances = len(args.look_list)
+  return args
 
 
 def _stage_in_parallel(args, todo, stage):
@@ -123,7 +132,7 @@ def _stage_in_parallel(args, todo, stage):
   so the staged bytes are the same as with one process)."""
   jobs = min(args.jobs, len(todo))
   common = ["--out", args.out, "--stage", stage, "--size", args.size, "--appearances", str(args.appearances),
-            "--appearance-pool", str(args.appearance_pool),
+            "--appearance-pool", str(args.appearance_pool), "--looks", args.looks,
             "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"]
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--seeds",
                              ",".join(str(s) for s in todo[j::jobs])] + common) for j in range(jobs)]
@@ -164,7 +173,7 @@ def main(argv=None):
       t = time.time()
       reward, block_mode = task_of_seed(seed)
       ep = rollout.run_episode(stage, seed, reward, block_mode, size, args.appearances, args.max_steps, args.crf,
-                               pool)
+                               pool, args.look_list)
       print(f"seed {seed} ({i + 1}/{len(todo)}): {reward} {block_mode}, {ep['steps']} steps, "
             f"{'success' if ep['success'] else 'cut'}, {time.time() - t:.1f} s: {ep['instruction']!r}", flush=True)
   if args.no_finalize:

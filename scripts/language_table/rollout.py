@@ -32,18 +32,21 @@ def _fit(img, size):
   return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def _draw_appearances(world, env, seed, count, size, render_size, pool=None):
+def _draw_appearances(world, env, seed, count, size, render_size, pool=None, looks=None):
   """`count` appearances whose first frame passes appearance.check_and_measure, named from the rendered colours.
   Drawn fresh, or with `pool` (a list of appearance parameters shared by every episode) taken from the pool in an
   order drawn from the seed, each distinct, and labelled `look` = "pool-NNN" so that other episodes of the same
-  look can be found (a restyle model's references: docs/results.md, "Restyle")."""
+  look can be found (a restyle model's references: docs/results.md, "Restyle"). `looks` (pool indices, one per
+  camera) fixes the order instead: every episode shows those looks, e.g. a styled target's, to score it against."""
   rng = np.random.default_rng([seed, 0xA77E])
-  order = iter(rng.permutation(len(pool)) if pool else [])
+  order = iter(looks if looks else rng.permutation(len(pool)) if pool else [])
   blocks = scene.block_bodies(env)
   out = []
   for k in range(count):
     for attempt in range(MAX_APPEARANCE_TRIES):
       if pool:
+        if looks and attempt:
+          raise RuntimeError(f"seed {seed}: look pool-{looks[k]:03d} fails the block-colour check")
         i = next(order, None)
         if i is None:
           raise RuntimeError(f"seed {seed}: the appearance pool has no acceptable look left for camera {k}")
@@ -68,7 +71,7 @@ def _draw_appearances(world, env, seed, count, size, render_size, pool=None):
   return out
 
 
-def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf, pool=None):
+def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf, pool=None, looks=None):
   """Simulate seed `seed` and stage it under stage_dir; returns the episode's metadata."""
   tmp = os.path.join(stage_dir, f"seed-{seed:04d}.tmp")
   shutil.rmtree(tmp, ignore_errors=True)
@@ -90,7 +93,7 @@ def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_st
     if not np.array_equal(default, mirrored):
       raise RuntimeError(f"seed {seed}: the render world does not reproduce the simulator's image "
                          f"(max difference {np.abs(default.astype(int) - mirrored).max()})")
-    appearances = _draw_appearances(world, env, seed, n_appearances, size, render_size, pool)
+    appearances = _draw_appearances(world, env, seed, n_appearances, size, render_size, pool, looks)
     rows = {k: [] for k in ("observation.state", "observation.effector_target_translation", "action",
                             "next.reward", "is_first", "is_last", "is_terminal")}
     state = env.compute_state()

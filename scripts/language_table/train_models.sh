@@ -11,9 +11,10 @@
 # (session 12; 8-12 s before), batch 2, 8 frames, 1.7 M parameters, 2 threads, so its recipe's 3000 steps take about
 # 70 minutes on a quiet machine (the shipped run was split across sessions); it resumes bit-exactly from
 # out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
-# model.init_from: a warm restart with fresh AdamW moments). sr_92x160 (stage 3b): ~5-6 s a step at 92x160, batch
-# 1, 1.2 M parameters, so its 600 steps take about an hour (the shipped run: 2026-12-07, 58 minutes beside other
-# work). Evaluation: 8 episodes ~3 min with --threads 2 for the base alone, ~9 min with the SR stage.
+# model.init_from: a warm restart with fresh AdamW moments). sr_92x160 (stage 3b): the base's outputs on three
+# cameras ~33 minutes, then 800 steps at 92x160, batch 1, 1.2 M parameters, 2.2 s a step on 2 Sapphire Rapids cores
+# (31 minutes; 5-6 s a step on the older EPYC hosts). Evaluation: 8 episodes ~2 min with --threads 2 for the base
+# alone, ~2.5 min with the SR stage (Sapphire Rapids).
 # The restyle model (stage 5): its pooled-look data ~25 minutes, 1000 steps ~17 minutes, evaluation ~15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,8 +66,10 @@ export_f16() {
 }
 export_f16 "$RUN" edge_to_sim
 
-# 3b. sr_92x160: the super-resolution stage after edge_to_sim (the default look through 24x43 and back, plus the
-#     edges of any camera at 92x160 -> the default look at 92x160), 600 steps.
+# 3b. sr_92x160: the super-resolution stage after edge_to_sim (the base's own output on a camera, upsampled, plus that
+#     camera's edges and first frame at 92x160 -> the default look at 92x160), 800 steps. Its low_res cameras are the
+#     base's outputs on three cameras of every training episode (base_outputs.sh, ~10 minutes a camera).
+bash scripts/language_table/base_outputs.sh "$DATA/train" "$DATA/train_base" rgb appearance_0 appearance_1
 SR_RUN=out/train/lt_sr_92x160
 train_or_continue "$SR_RUN" sr_92x160
 export_f16 "$SR_RUN" sr_92x160
