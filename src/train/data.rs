@@ -183,22 +183,23 @@ impl ClipSet {
                         Some(keys) => keys.keys(),
                         None => std::slice::from_ref(tkey),
                     };
+                    // Every camera paired with the target has its frame count.
+                    let as_long_as_target = |key: &str, frames: usize| -> Result<()> {
+                        if frames == target.len() {
+                            return Ok(());
+                        }
+                        Err(Error::invalid(
+                            loc().field(key),
+                            format!("{frames} frames, but {tkey} has {}", target.len()),
+                        ))
+                    };
                     for (c, key) in conditions.iter().enumerate() {
                         // data.low_res_key pairs with the condition cameras (the targets without a condition_key).
                         let low_res = match (low_res, d.condition_key.is_some()) {
                             (Some(size), keyed) if !low_res_keys.is_empty() => {
                                 let lkey = &low_res_keys[if keyed { c } else { t }];
                                 let frames = up(decode_at(lkey, (size[0], size[1]))?);
-                                if frames.len() != target.len() {
-                                    return Err(Error::invalid(
-                                        loc().field(lkey),
-                                        format!(
-                                            "{} frames, but {tkey} has {}",
-                                            frames.len(),
-                                            target.len()
-                                        ),
-                                    ));
-                                }
+                                as_long_as_target(lkey, frames.len())?;
                                 frames
                             }
                             _ => target_low_res.clone(),
@@ -208,16 +209,7 @@ impl ClipSet {
                         } else {
                             decode(key)?
                         };
-                        if condition.len() != target.len() {
-                            return Err(Error::invalid(
-                                loc().field(key),
-                                format!(
-                                    "{} frames, but {tkey} has {}",
-                                    condition.len(),
-                                    target.len()
-                                ),
-                            ));
-                        }
+                        as_long_as_target(key, condition.len())?;
                         let edges = condition
                             .iter()
                             .map(|f| edge_channel(std::slice::from_ref(f)))

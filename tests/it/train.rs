@@ -755,6 +755,14 @@ fn latent_recipe_trains_a_model_that_samples_in_pixels() {
     );
 }
 
+/// The test recipe as a super-resolution stage from 4x8 (low_res, then edges).
+fn sr_recipe(output: &Path) -> String {
+    recipe(output, "").replace(
+        "[model]\n",
+        "[model]\nconditioning = [\"low_res\", \"edges\"]\nlow_res = [4, 8]\n",
+    )
+}
+
 /// A super-resolution recipe: the low_res channels are the target resized to `model.low_res` and back with the
 /// pipeline's resize, the saved model is a low_res-conditioned stage that the window sampler runs with a previous
 /// stage's video, and `model.low_res` is required exactly when the conditioning lists low_res.
@@ -768,10 +776,7 @@ fn sr_recipe_trains_a_low_res_stage() {
 
     let dir = tempfile::tempdir().unwrap();
     let base = recipe(dir.path(), "");
-    let sr = base.replace(
-        "[model]\n",
-        "[model]\nconditioning = [\"low_res\", \"edges\"]\nlow_res = [4, 8]\n",
-    );
+    let sr = sr_recipe(dir.path());
     let mut c = config(&sr);
     c.steps = 3;
     let (t, losses) = run_to_end(c);
@@ -861,10 +866,7 @@ fn sr_recipe_takes_low_res_from_a_camera_of_the_dataset() {
     use vadapt::vision::resize::resize_rgb;
 
     let dir = tempfile::tempdir().unwrap();
-    let base = recipe(dir.path(), "").replace(
-        "[model]\n",
-        "[model]\nconditioning = [\"low_res\", \"edges\"]\nlow_res = [4, 8]\n",
-    );
+    let base = sr_recipe(dir.path());
     let keyed = base.replace(
         "holdout_episodes = 1\n",
         "holdout_episodes = 1\nlow_res_key = \"observation.images.real\"\n",
