@@ -67,7 +67,8 @@ export_f16() {
 export_f16 "$RUN" edge_to_sim
 
 # 3b. sr_92x160: the super-resolution stage after edge_to_sim (the base's own output on a camera, upsampled, plus that
-#     camera's edges and first frame at 92x160 -> the default look at 92x160), 800 steps. Its low_res cameras are the
+#     camera's edges and first frame at 92x160 -> the default look at 92x160), 800 steps (the shipped stage: two such
+#     runs, the second a warm restart from the first's export). Its low_res cameras are the
 #     base's outputs on three cameras of every training episode (base_outputs.sh, ~10 minutes a camera).
 bash scripts/language_table/base_outputs.sh "$DATA/train" "$DATA/train_base" rgb appearance_0 appearance_1
 SR_RUN=out/train/lt_sr_92x160
