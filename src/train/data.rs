@@ -106,8 +106,11 @@ impl ClipSet {
         let m = &config.model;
         let span = (m.frames - 1) * d.frame_stride + 1;
         let targets = d.target_key.keys();
-        // Without a condition_key each target camera conditions on itself.
-        let condition_keys = d.condition_key.as_ref().map_or(targets, |k| k.keys());
+        let condition_keys = config.condition_cameras();
+        // data.low_res_key: the low_res camera of each condition camera, in the same order.
+        let low_res_keys = d.low_res_key.as_ref().map_or(&[][..], |k| k.keys());
+        let low_res_camera =
+            |condition: &str| low_res_keys.get(condition_keys.iter().position(|k| k == condition)?);
         let downscale = config
             .vae_config(Path::new("the recipe"))?
             .map_or(1, |(_, v)| v.downscale());
@@ -118,7 +121,6 @@ impl ClipSet {
         let mut all: Vec<Vec<EpisodeClips>> = Vec::new();
         for root in &d.dataset {
             let source = open_dataset(root)?;
-            let low_res_keys = d.low_res_key.as_ref().map_or(&[][..], |k| k.keys());
             for key in targets.iter().chain(condition_keys).chain(low_res_keys) {
                 if !source.features().get(key).is_some_and(|f| f.is_visual()) {
                     let cams: Vec<&String> = source
@@ -159,7 +161,7 @@ impl ClipSet {
                 // One entry per (target camera, condition camera).
                 let mut per_camera = Vec::new();
                 let mut short = None;
-                for (t, tkey) in targets.iter().enumerate() {
+                for tkey in targets {
                     let target = decode(tkey)?;
                     if target.len() < span {
                         short = Some(target.len());
@@ -193,12 +195,10 @@ impl ClipSet {
                             format!("{frames} frames, but {tkey} has {}", target.len()),
                         ))
                     };
-                    for (c, key) in conditions.iter().enumerate() {
-                        // data.low_res_key pairs with the condition cameras (the targets without a condition_key).
-                        let low_res = match (low_res, d.condition_key.is_some()) {
-                            (Some(size), keyed) if !low_res_keys.is_empty() => {
-                                let lkey = &low_res_keys[if keyed { c } else { t }];
-                                let frames = up(decode_at(lkey, (size[0], size[1]))?);
+                    for key in conditions {
+                        let low_res = match (low_res, low_res_camera(key)) {
+                            (Some([lh, lw]), Some(lkey)) => {
+                                let frames = up(decode_at(lkey, (lh, lw))?);
                                 as_long_as_target(lkey, frames.len())?;
                                 frames
                             }

@@ -400,12 +400,7 @@ mod simd {
                     load16(line.add(16), len.saturating_sub(16)),
                 );
             }
-            if transposed {
-                transpose16(&mut h);
-                transpose16(&mut l);
-            }
-            store(hi, &h);
-            store(lo, &l);
+            store_parts(h, l, transposed, hi, lo);
         }
     }
 
@@ -433,6 +428,21 @@ mod simd {
                 };
                 (h[q], l[q]) = pair_parts(even, odd);
             }
+            store_parts(h, l, transposed, hi, lo);
+        }
+    }
+
+    /// The packed (hi, lo) registers of `runs` / `pairs` into their tiles, transposed first where `transposed`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_parts(
+        mut h: [__m512i; TILE],
+        mut l: [__m512i; TILE],
+        transposed: bool,
+        hi: &mut [[u16; KB]; TILE],
+        lo: &mut [[u16; KB]; TILE],
+    ) {
+        unsafe {
             if transposed {
                 transpose16(&mut h);
                 transpose16(&mut l);
