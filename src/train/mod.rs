@@ -1,9 +1,9 @@
 //! Training of the small task models (and the demo prior): `vadapt train --config pipelines/train_*.toml`.
 //!
-//! `config` is the recipe, `data` cuts clips from any dataset vadapt reads, `init` seeds fresh weights,
-//! `optim` is AdamW + schedule + clipping + EMA, `step` one optimizer step on a prepared batch (shared with
-//! `vadapt bench --train`), `trainer` is the loop and its checkpoints, `report` the loss
-//! log, loss curve and sample sheets. A run directory holds:
+//! `config` is the recipe and `validate` its checks before any work starts, `data` cuts clips from any dataset
+//! vadapt reads, `init` seeds fresh weights, `optim` is AdamW + schedule + clipping + EMA, `step` one optimizer step
+//! on a prepared batch (shared with `vadapt bench --train`), `trainer` is the loop and its checkpoints, `report` the
+//! loss log, loss curve and sample sheets. A run directory holds:
 //! ```text
 //! OUT/model/                     the latest EMA model: a vadapt/diffusers model directory (unet/, text_encoder/, vae/,
 //!                                scheduler/, vadapt.json) that `vadapt sample` and pipelines load
@@ -20,6 +20,7 @@ pub mod optim;
 pub mod report;
 pub mod step;
 pub mod trainer;
+mod validate;
 
 pub use config::TrainConfig;
 pub use trainer::{StepStats, Trainer};
