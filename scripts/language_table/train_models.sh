@@ -11,7 +11,8 @@
 # (session 12; 8-12 s before), batch 2, 8 frames, 1.7 M parameters, 2 threads, so its recipe's 3000 steps take about
 # 70 minutes on a quiet machine (the shipped run was split across sessions); it resumes bit-exactly from
 # out/train/lt_edge_to_sim/checkpoints (or, without that directory, from the shipped F16 model with
-# model.init_from: a warm restart with fresh AdamW moments). sr_92x160 (stage 3b): the base's outputs on three
+# model.init_from: a warm restart with fresh AdamW moments); its continuation (stage 3a) 4000 more steps, ~75 minutes
+# at ~1.1 s a step on 2 Sapphire Rapids cores. sr_92x160 (stage 3b): the base's outputs on three
 # cameras ~33 minutes, then 800 steps at 92x160, batch 1, 1.2 M parameters, 2.2 s a step on 2 Sapphire Rapids cores
 # (31 minutes; 5-6 s a step on the older EPYC hosts). Evaluation: 8 episodes ~2 min with --threads 2 for the base
 # alone, ~2.5 min with the SR stage (Sapphire Rapids).
@@ -65,6 +66,17 @@ export_f16() {
     echo "exported $latest"
 }
 export_f16 "$RUN" edge_to_sim
+
+# 3a. The continuation (pipelines/train_lt_edge_to_sim_continue.toml, session 19): from that export, 2000 steps under
+#     a 2000-step schedule, then resumed to the file's 4000 (the schedule recomputed for the new length), exported
+#     over it: the shipped base.
+CONT=out/train/lt_edge_to_sim_continue
+CONT_RECIPE=pipelines/train_lt_edge_to_sim_continue.toml
+if [ ! -d "$CONT/checkpoints/step-00002000" ]; then
+    "$VADAPT" train --config "$CONT_RECIPE" --steps 2000 $([ -d "$CONT/checkpoints" ] && echo --resume)
+fi
+"$VADAPT" train --config "$CONT_RECIPE" --resume ${STOP_AFTER:+--stop-after "$STOP_AFTER"}
+export_f16 "$CONT" edge_to_sim
 
 # 3b. sr_92x160: the super-resolution stage after edge_to_sim (the base's own output on a camera, upsampled, plus that
 #     camera's edges and first frame at 92x160 -> the default look at 92x160), 800 steps (the shipped stage: two such
