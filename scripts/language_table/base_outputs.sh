@@ -11,6 +11,8 @@
 # shipped pipeline's sampler (6 trailing DDIM steps) on that camera, written at the source's size. The runs chain
 # (each reads the previous one's output, the paired layout keeps every column), so OUT ends with all of them.
 # Time on 2 cores (2026-12-07, Sapphire Rapids): ~0.14 s a frame, 4372 frames a camera, ~10 minutes a camera.
+# PREFIX (default base_) names the new cameras PREFIX<camera>; CODEC overrides the pipeline's codec; LIMIT=N reads
+# only the first N episodes (scripts/policy_benchmark/read_through.sh uses all three).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VADAPT="${VADAPT:-target/release/vadapt}"
@@ -18,6 +20,9 @@ IN="${1:-out/language_table/train}"
 OUT="${2:-out/language_table/train_base}"
 shift $(( $# > 2 ? 2 : $# )) || true
 CAMERAS=("$@")
+PREFIX="${PREFIX:-base_}"
+codec=()
+[ -z "${CODEC:-}" ] || codec=(-e "s|^codec = .*|codec = \"$CODEC\"|")
 [ ${#CAMERAS[@]} -gt 0 ] || CAMERAS=(rgb appearance_0 appearance_1)
 work="$OUT.parts"
 mkdir -p "$work"
@@ -25,15 +30,15 @@ prev="$IN"
 for cam in "${CAMERAS[@]}"; do
     step="$work/$cam"
     if [ ! -f "$step/.done" ]; then
-        pipeline="$work/base_$cam.toml"
+        pipeline="$work/$PREFIX$cam.toml"
         # The shipped pipeline's base target, renamed and reading this camera.
         sed -e '/^\[\[target\]\]/,$d' -e "s|^image_key = .*|image_key = \"observation.images.$cam\"|" \
-            pipelines/language_table.toml > "$pipeline"
+            "${codec[@]}" pipelines/language_table.toml > "$pipeline"
         sed -n '/^\[\[target\]\]/,/^$/p' pipelines/language_table.toml | sed -n '1,/^$/p' \
-            | sed -e "s|^name = .*|name = \"base_$cam\"|" >> "$pipeline"
-        resume=()
-        [ -d "$step" ] && resume=(--resume)
-        "$VADAPT" augment --pipeline "$pipeline" --input "$prev" --output "$step" --threads 2 --quiet "${resume[@]}"
+            | sed -e "s|^name = .*|name = \"$PREFIX$cam\"|" >> "$pipeline"
+        more=(${LIMIT:+--limit "$LIMIT"})
+        [ -d "$step" ] && more+=(--resume)
+        "$VADAPT" augment --pipeline "$pipeline" --input "$prev" --output "$step" --threads 2 --quiet "${more[@]}"
         touch "$step/.done"
     fi
     prev="$step"
