@@ -12,6 +12,7 @@ shadows, cool soft grainy camera", so that a text-conditioned prior can learn th
 
 import colorsys
 import math
+import os
 
 import cv2
 import numpy as np
@@ -274,13 +275,59 @@ def name(p, board_rgb, background_rgb):
           f'{"shadows" if light["shadow"] else "no shadows"}, {tint} {sharp} {noise} camera')
 
 
+PHOTO_TEXTURES = os.environ.get("PHOTO_TEXTURES", os.path.expanduser("~/.cache/vadapt/photo-textures"))
+
+
+def photo_look():
+  """The photo-like look (`generate.py --photo`; the data of edge_to_real, the pipeline's real_aug): one fixed
+  appearance, not a random draw, so that a model without a reference can learn it. Its board and background are
+  photographs (Sweet Home 3D's woodenFloor parquet and roughcast plaster, fetched by setup.sh), the light is a warm
+  key from the front left with shadows and a glossy highlight, the arm is dark, and the camera adds what a real
+  one does: lens softness, chromatic aberration, a filmic tone curve, vignetting and shot noise. Blocks keep their
+  colours (check_and_measure still applies)."""
+  return {
+      "board": {"material": "wooden", "photo": "woodenFloor.jpg", "repeat": [2, 3], "saturation": 0.3, "gain": 0.85,
+                "colour": [0.62, 0.45, 0.26], "texture_seed": 0},
+      "background": {"material": "concrete", "photo": "roughcast.jpg", "repeat": [6, 6], "gain": 0.5,
+                     "colour": [0.55, 0.52, 0.48], "texture_seed": 0},
+      "light": {"azimuth_deg": 35.0, "elevation_deg": 55.0, "temperature": -0.35, "tint": 0.0, "ambient": 0.55,
+                "diffuse": 0.6, "specular": 0.25, "shadow": True},
+      "camera": {"white_balance": -0.15, "exposure": 1.1, "gamma": 1.0, "saturation": 0.85, "vignette": 0.3,
+                 "blur": 0.0035, "noise": 3.0, "chromatic_aberration": 0.004, "tone": 0.35},
+      "arm_rgb": [0.16, 0.16, 0.17],
+      "look": "photo",
+  }
+
+
+def _photo_texture(part):
+  """A (2 TEXTURE_SIZE)^2 RGB float texture from the photograph `part["photo"]`, tiled `repeat` = [rows, cols] times
+  across the quad (its UVs span 0..1 once), its saturation scaled by `saturation` (a greyer wood keeps the red and
+  yellow blocks apart from the board: the full orange parquet fails check_and_measure on some seeds) and its values
+  by `gain`. The part's `colour` is not used (procedural textures' only)."""
+  path = os.path.join(PHOTO_TEXTURES, part["photo"])
+  img = cv2.imread(path, cv2.IMREAD_COLOR)
+  if img is None:
+    raise FileNotFoundError(f"{path}: the photo look's texture (scripts/language_table/setup.sh fetches it)")
+  rows, cols = part.get("repeat", [1, 1])
+  img = np.tile(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (rows, cols, 1))
+  n = TEXTURE_SIZE * 2
+  img = cv2.resize(img, (n, n), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+  grey = img.mean(axis=2, keepdims=True)
+  img = grey + (img - grey) * part.get("saturation", 1.0)
+  return np.clip(img * part.get("gain", 1.0), 0, 1)
+
+
 def board_texture(p):
+  if "photo" in p["board"]:
+    return _photo_texture(p["board"])
   rng = np.random.default_rng(p["board"]["texture_seed"])
   img, _ = texture(rng, p["board"]["material"], np.array(p["board"]["colour"]))
   return img
 
 
 def background_texture(p):
+  if "photo" in p["background"]:
+    return _photo_texture(p["background"])
   rng = np.random.default_rng(p["background"]["texture_seed"])
   base = np.array(p["background"]["colour"])
   material = p["background"]["material"]
@@ -311,16 +358,26 @@ def light_args(p):
 
 def post_process(img, p, noise_rng):
   """Camera effects on a uint8 HxWx3 frame at the stored size: blur, white balance, exposure, gamma, saturation,
-  vignetting, noise (noise_rng draws the frame's noise)."""
+  vignetting, noise (noise_rng draws the frame's noise); the photo look adds lateral chromatic aberration and a
+  filmic tone curve."""
   cam = p["camera"]
   h, w = img.shape[:2]
   x = img.astype(np.float32) / 255.0
   if cam["blur"] > 0:
     x = cv2.GaussianBlur(x, (0, 0), sigmaX=cam["blur"] * h)
+  if cam.get("chromatic_aberration", 0) > 0:
+    # Lateral CA: red magnified and blue shrunk about the image centre by this fraction.
+    for channel, sign in ((0, 1.0), (2, -1.0)):
+      s = 1.0 + sign * cam["chromatic_aberration"]
+      m = np.array([[s, 0, (1 - s) * (w - 1) / 2], [0, s, (1 - s) * (h - 1) / 2]], np.float32)
+      x[..., channel] = cv2.warpAffine(x[..., channel], m, (w, h), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REFLECT)
   wb = cam["white_balance"]
   gains = np.array([1 - 0.15 * wb, 1.0, 1 + 0.15 * wb], np.float32)
   x = x * gains * cam["exposure"]
   x = np.clip(x, 0, 1) ** cam["gamma"]
+  if cam.get("tone", 0) > 0:
+    x = x + cam["tone"] * (x * x * (3 - 2 * x) - x)  # toward smoothstep: an S-shaped (filmic) response
   grey = x.mean(axis=2, keepdims=True)
   x = grey + (x - grey) * cam["saturation"]
   if cam["vignette"] > 0:
@@ -329,7 +386,10 @@ def post_process(img, p, noise_rng):
     x = x * (1 - cam["vignette"] * np.clip(r2 / 2, 0, 1))[..., None]
   x = x * 255.0
   if cam["noise"] > 0:
-    x = x + noise_rng.normal(0, cam["noise"], size=x.shape).astype(np.float32)
+    noise = noise_rng.normal(0, cam["noise"], size=x.shape).astype(np.float32)
+    if "tone" in cam:  # the photo look: shot noise, stronger where brighter
+      noise *= np.sqrt(np.clip(x, 0, 255) / 128.0)
+    x = x + noise
   return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 

@@ -111,6 +111,9 @@ def parse_args(argv):
   p.add_argument("--looks", default="",
                  help="pool looks for the appearance cameras, one each, e.g. 5,47 (with --appearance-pool; sets "
                       "--appearances): every episode in those looks, to score styled targets against")
+  p.add_argument("--photo", action="store_true",
+                 help="one appearance camera, appearance_0, in the fixed photo-like look (appearance.photo_look: "
+                      "photographed board and background, a real camera's optics): edge_to_real's data")
   p.add_argument("--max-steps", type=int, default=100, help="oracle steps before an episode is cut")
   p.add_argument("--crf", type=int, default=18, help="x264 quality (lower: better, larger)")
   p.add_argument("--stage", help="staging directory (default: OUT.episodes)")
@@ -120,7 +123,11 @@ def parse_args(argv):
   p.add_argument("--jobs", type=int, default=1, help="worker processes staging seeds in parallel (same bytes)")
   args = p.parse_args(argv)
   args.look_list = [int(x) for x in args.looks.split(",") if x]
-  if args.look_list:
+  if args.photo:
+    if args.look_list or args.appearance_pool:
+      p.error("--photo fixes the one appearance camera's look: no --looks or --appearance-pool with it")
+    args.look_list, args.appearances = [0], 1
+  elif args.look_list:
     if not all(0 <= i < args.appearance_pool for i in args.look_list):
       p.error(f"--looks {args.looks}: pool indices below --appearance-pool {args.appearance_pool}")
     args.appearances = len(args.look_list)
@@ -133,7 +140,8 @@ def _stage_in_parallel(args, todo, stage):
   jobs = min(args.jobs, len(todo))
   common = ["--out", args.out, "--stage", stage, "--size", args.size, "--appearances", str(args.appearances),
             "--appearance-pool", str(args.appearance_pool), "--looks", args.looks,
-            "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"]
+            "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"] + (
+                ["--photo"] if args.photo else [])
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--seeds",
                              ",".join(str(s) for s in todo[j::jobs])] + common) for j in range(jobs)]
   failed = [j for j, p in enumerate(procs) if p.wait() != 0]
@@ -165,7 +173,7 @@ def main(argv=None):
     done = set(lerobot_v3.staged_seeds(stage))
     todo = [s for s in seeds if s not in done]
     print(f"generate.py: {len(seeds) - len(todo)} of {len(seeds)} seeds already staged in {stage}", flush=True)
-    pool = appearance_pool(args.appearance_pool)
+    pool = [rollout.appearance_module.photo_look()] if args.photo else appearance_pool(args.appearance_pool)
     if args.jobs > 1 and todo:
       _stage_in_parallel(args, todo, stage)
       todo = []

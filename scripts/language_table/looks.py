@@ -3,9 +3,11 @@ of generated episodes, as JPEGs named after their look, plus looks.json with eac
 and camera. Development time, like generate.py (the interop venv has PyAV and pyarrow):
 
   python scripts/language_table/looks.py out/language_table/pool models/language_table/looks \
-      0:appearance_0 0:appearance_2 4:appearance_0 4:appearance_3 5:appearance_1 6:appearance_0 8:appearance_1 32:appearance_1
+      0:appearance_0 0:appearance_2 4:appearance_0 4:appearance_3 5:appearance_1 6:appearance_0 8:appearance_1 32:appearance_1 \
+      78:appearance_0
 
-(eight looks of the pooled restyle data, `generate.py --appearance-pool 64`, with distinct board colours)
+(nine looks of the pooled restyle data, `generate.py --appearance-pool 64`, with distinct board colours; the ninth,
+painted-grey-violet, was added in session 20 as the second styled target, chosen on seeds 908-915: docs/results.md)
 """
 import sys, glob, json, av, pyarrow.parquet as pq
 root, out = sys.argv[1], sys.argv[2]

@@ -46,12 +46,12 @@ def _draw_appearances(world, env, seed, count, size, render_size, pool=None, loo
     for attempt in range(MAX_APPEARANCE_TRIES):
       if pool:
         if looks and attempt:
-          raise RuntimeError(f"seed {seed}: look pool-{looks[k]:03d} fails the block-colour check")
+          raise RuntimeError(f"seed {seed}: look {params['look']} fails the block-colour check ({reason})")
         i = next(order, None)
         if i is None:
           raise RuntimeError(f"seed {seed}: the appearance pool has no acceptable look left for camera {k}")
         params = copy.deepcopy(pool[i])
-        params["look"] = f"pool-{i:03d}"
+        params.setdefault("look", f"pool-{i:03d}")  # the photo look names itself
       else:
         params = appearance_module.sample(rng)
       raw, seg = world.render(render_size, params, segmentation=True)

@@ -54,8 +54,27 @@ if [ ! -f "$LT_SRC/.patched" ]; then
   rm -rf "$LT_SRC" && mv "$tmp" "$LT_SRC"
 fi
 
+# 3. Photographs for the photo-like look (appearance.photo_look, the real_aug model's data): two texture photos from
+#    Debian's sweethome3d package (GPL-2+; only the rendered training data uses them, nothing in the repository
+#    ships them), extracted to PHOTO_TEXTURES. `apt-get download` needs Debian's package index, not root.
+PHOTO_TEXTURES="${PHOTO_TEXTURES:-$HOME/.cache/vadapt/photo-textures}"
+if [ ! -f "$PHOTO_TEXTURES/.done" ]; then
+  tmp="$PHOTO_TEXTURES.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$tmp" && apt-get download sweethome3d >/dev/null 2>&1) || {
+    echo "setup: apt-get download sweethome3d failed (the photo look's textures; apt-get update first?)" >&2; exit 1; }
+  dpkg-deb --fsys-tarfile "$tmp"/sweethome3d_*.deb | tar -x -C "$tmp" ./usr/share/sweethome3d/sweethome3d.jar
+  for f in greyTile woodenFloor roughcast oldWoodenFloor; do
+    unzip -q -j -o "$tmp/usr/share/sweethome3d/sweethome3d.jar" \
+      "com/eteks/sweethome3d/io/resources/textures/$f.jpg" -d "$tmp"
+  done
+  ls "$tmp"/sweethome3d_*.deb | sed 's|.*/||' > "$tmp/.done"
+  rm -rf "$tmp/usr" "$tmp"/sweethome3d_*.deb
+  rm -rf "$PHOTO_TEXTURES" && mv "$tmp" "$PHOTO_TEXTURES"
+fi
+
 # Smoke test: the environment and the oracle import without tensorflow / tf_agents.
 PYTHONPATH="$LT_SRC" "$LT_VENV/bin/python" -c '
 from language_table.environments import language_table
 from language_table.environments.oracles import push_oracle_rrt_slowdown' 2>/dev/null
-echo "setup: venv $LT_VENV, simulator source $LT_SRC (commit ${COMMIT:0:12})"
+echo "setup: venv $LT_VENV, simulator source $LT_SRC (commit ${COMMIT:0:12}), photo textures $PHOTO_TEXTURES"

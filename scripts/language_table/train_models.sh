@@ -17,6 +17,8 @@
 # (31 minutes; 5-6 s a step on the older EPYC hosts). Evaluation: 8 episodes ~2 min with --threads 2 for the base
 # alone, ~2.5 min with the SR stage (Sapphire Rapids).
 # The restyle model (stage 5): its pooled-look data ~25 minutes, 1000 steps ~17 minutes, evaluation ~15 minutes.
+# edge_to_real (stage 6, session 20): its photo-look data 7 minutes with --jobs 2, 1500 steps ~28 minutes alone
+# (35 beside other work), evaluation 1 minute.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-$HOME/.cache/vadapt/langtable-venv/bin/python}"
@@ -115,3 +117,34 @@ PY=.venv/bin/python bash scripts/language_table/restyle_eval.sh models/language_
     "$DATA/restyle_eval"
 PY=.venv/bin/python SHIFT=1 bash scripts/language_table/restyle_eval.sh models/language_table/restyle "$DATA/eval" \
     "$DATA/restyle_eval_shift"
+
+# 6. edge_to_real (the pipeline's real_aug): the default look -> the photo-like look (appearance.photo_look), from
+#    edge_to_sim: its data (generate.py --photo: the same seeds and states as $DATA/train, one camera in the photo
+#    look; ~25 minutes with --jobs 2), then the recipe's steps, exported as F16 and scored on the unseen seeds
+#    against the simulator's render of the photo look (docs/results.md, "real_aug").
+[ -d "$DATA/photo/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/photo" --seeds 0-85 \
+    --size 180x320 --photo --jobs 2
+[ -d "$DATA/photo_eval/meta" ] || "$PY" scripts/language_table/generate.py --out "$DATA/photo_eval" \
+    --seeds 900-907 --size 180x320 --photo --jobs 2
+train_or_continue out/train/lt_edge_to_real edge_to_real
+export_f16 out/train/lt_edge_to_real edge_to_real
+cat > "$DATA/real_eval.toml" <<TOML
+seed = 0
+[input]
+image_key = "observation.images.rgb"
+[output]
+layout = "paired"
+codec = "h264"
+[[target]]
+name = "real_aug"
+adapter = "models/language_table/edge_to_real"
+guidance = 1.0
+steps = 6
+window_overlap = 2
+TOML
+rm -rf "$DATA/real_eval"
+"$VADAPT" augment --pipeline "$DATA/real_eval.toml" --input "$DATA/photo_eval" --output "$DATA/real_eval" \
+    --threads 2 --quiet
+echo "== real_aug from the default look, against the photo look"
+"$VADAPT" eval "$DATA/real_eval" --key observation.images.real_aug --condition-key observation.images.rgb \
+    --reference-key observation.images.appearance_0 --size 90x160
