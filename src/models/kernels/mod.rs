@@ -107,5 +107,56 @@ pub mod bench {
             )
         }
     }
+
+    /// `c (+)= a · bᵀ` on one thread, the layout of the convolution weight gradient (`conv_grad::weight_grad`):
+    /// row-major (m, k) `a` (dy), (n, k) `bt` (the im2col rows) and (m, n) `c`; `accumulate` adds to `c`.
+    pub fn gemm_abt_one_thread(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        bt: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
+        assert!(a.len() >= m * k && bt.len() >= k * n && c.len() >= m * n);
+        // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
+        unsafe {
+            super::gemm::gemm_into(
+                (m, n, k),
+                c.as_mut_ptr(),
+                n,
+                accumulate,
+                a.as_ptr(),
+                (1, k),
+                bt.as_ptr(),
+                (k, 1),
+                gemm::Parallelism::None,
+            )
+        }
+    }
+
+    /// `c = aᵀ · b` on one thread, the layout of the convolution input gradient before its col2im
+    /// (`conv_grad::input_grad`): row-major (k, m) `a` (the weight), (k, n) `b` (dy) and (m, n) `c`.
+    pub fn gemm_atb_one_thread(
+        (m, n, k): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+    ) {
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+        // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
+        unsafe {
+            super::gemm::gemm_into(
+                (m, n, k),
+                c.as_mut_ptr(),
+                n,
+                false,
+                a.as_ptr(),
+                (m, 1),
+                b.as_ptr(),
+                (1, n),
+                gemm::Parallelism::None,
+            )
+        }
+    }
     pub use super::tokens::{fused_group_norm_tokens as group_norm_tokens, TokenLayout};
 }
