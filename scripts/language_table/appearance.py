@@ -293,7 +293,8 @@ def photo_look():
       "light": {"azimuth_deg": 35.0, "elevation_deg": 55.0, "temperature": -0.35, "tint": 0.0, "ambient": 0.55,
                 "diffuse": 0.6, "specular": 0.25, "shadow": True},
       "camera": {"white_balance": -0.15, "exposure": 1.1, "gamma": 1.0, "saturation": 0.85, "vignette": 0.3,
-                 "blur": 0.0035, "noise": 3.0, "chromatic_aberration": 0.004, "tone": 0.35},
+                 "blur": 0.0035, "noise": 3.0, "chromatic_aberration": 0.004, "tone": 0.35,
+                 "shot_noise": True},
       "arm_rgb": [0.16, 0.16, 0.17],
       "look": "photo",
   }
@@ -358,8 +359,8 @@ def light_args(p):
 
 def post_process(img, p, noise_rng):
   """Camera effects on a uint8 HxWx3 frame at the stored size: blur, white balance, exposure, gamma, saturation,
-  vignetting, noise (noise_rng draws the frame's noise); the photo look adds lateral chromatic aberration and a
-  filmic tone curve."""
+  vignetting, noise (noise_rng draws the frame's noise); the photo look adds lateral chromatic aberration, a
+  filmic tone curve and brightness-dependent (shot) noise."""
   cam = p["camera"]
   h, w = img.shape[:2]
   x = img.astype(np.float32) / 255.0
@@ -387,7 +388,7 @@ def post_process(img, p, noise_rng):
   x = x * 255.0
   if cam["noise"] > 0:
     noise = noise_rng.normal(0, cam["noise"], size=x.shape).astype(np.float32)
-    if "tone" in cam:  # the photo look: shot noise, stronger where brighter
+    if cam.get("shot_noise"):  # the photo look: stronger where brighter
       noise *= np.sqrt(np.clip(x, 0, 255) / 128.0)
     x = x + noise
   return np.clip(np.rint(x), 0, 255).astype(np.uint8)

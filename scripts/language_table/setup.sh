@@ -64,7 +64,7 @@ if [ ! -f "$PHOTO_TEXTURES/.done" ]; then
   (cd "$tmp" && apt-get download sweethome3d >/dev/null 2>&1) || {
     echo "setup: apt-get download sweethome3d failed (the photo look's textures; apt-get update first?)" >&2; exit 1; }
   dpkg-deb --fsys-tarfile "$tmp"/sweethome3d_*.deb | tar -x -C "$tmp" ./usr/share/sweethome3d/sweethome3d.jar
-  for f in greyTile woodenFloor roughcast oldWoodenFloor; do
+  for f in woodenFloor roughcast; do
     unzip -q -j -o "$tmp/usr/share/sweethome3d/sweethome3d.jar" \
       "com/eteks/sweethome3d/io/resources/textures/$f.jpg" -d "$tmp"
   done

@@ -87,37 +87,21 @@ pub mod bench {
     };
     pub use super::norm::fused_layer_norm as layer_norm;
 
-    /// `c = a · b` for row-major (m, k) `a`, (k, n) `b` and (m, n) `c` through the kernels' GEMM (AMX where the
-    /// CPU has it, unless `VADAPT_NO_AMX`; gemm's otherwise), on rayon's pool.
-    pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-        let threads = rayon::current_num_threads();
-        // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
-        unsafe {
-            super::gemm::gemm_into(
-                (m, n, k),
-                c.as_mut_ptr(),
-                n,
-                false,
-                a.as_ptr(),
-                (1, k),
-                b.as_ptr(),
-                (1, n),
-                gemm::Parallelism::Rayon(threads),
-            )
-        }
-    }
-
-    /// `c (+)= a · bᵀ` on one thread, the layout of the convolution weight gradient (`conv_grad::weight_grad`):
-    /// row-major (m, k) `a` (dy), (n, k) `bt` (the im2col rows) and (m, n) `c`; `accumulate` adds to `c`.
-    pub fn gemm_abt_one_thread(
+    /// `c (+)= a · b` through the kernels' GEMM for dense (m, k) `a`, (k, n) `b` and row-major (m, n) `c`, the
+    /// operands laid out by their (column, row) strides; `accumulate` adds to `c`.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_gemm(
         (m, n, k): (usize, usize, usize),
         a: &[f32],
-        bt: &[f32],
+        a_strides: (usize, usize),
+        b: &[f32],
+        b_strides: (usize, usize),
         c: &mut [f32],
         accumulate: bool,
+        parallelism: gemm::Parallelism,
     ) {
-        assert!(a.len() >= m * k && bt.len() >= k * n && c.len() >= m * n);
+        // Dense operands: each stride pair addresses exactly its matrix's m·k or k·n elements.
+        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
         // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
         unsafe {
             super::gemm::gemm_into(
@@ -126,37 +110,66 @@ pub mod bench {
                 n,
                 accumulate,
                 a.as_ptr(),
-                (1, k),
-                bt.as_ptr(),
-                (k, 1),
-                gemm::Parallelism::None,
+                a_strides,
+                b.as_ptr(),
+                b_strides,
+                parallelism,
             )
         }
     }
 
+    /// `c = a · b` for row-major (m, k) `a`, (k, n) `b` and (m, n) `c` through the kernels' GEMM (AMX where the
+    /// CPU has it, unless `VADAPT_NO_AMX`; gemm's otherwise), on rayon's pool.
+    pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let threads = rayon::current_num_threads();
+        dense_gemm(
+            (m, n, k),
+            a,
+            (1, k),
+            b,
+            (1, n),
+            c,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
+
+    /// `c (+)= a · bᵀ` on one thread, the layout of the convolution weight gradient (`conv_grad::weight_grad`):
+    /// row-major (m, k) `a` (dy), (n, k) `bt` (the im2col rows) and (m, n) `c`; `accumulate` adds to `c`.
+    pub fn gemm_abt_one_thread(
+        dims: (usize, usize, usize),
+        a: &[f32],
+        bt: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) {
+        let k = dims.2;
+        dense_gemm(
+            dims,
+            a,
+            (1, k),
+            bt,
+            (k, 1),
+            c,
+            accumulate,
+            gemm::Parallelism::None,
+        );
+    }
+
     /// `c = aᵀ · b` on one thread, the layout of the convolution input gradient before its col2im
     /// (`conv_grad::input_grad`): row-major (k, m) `a` (the weight), (k, n) `b` (dy) and (m, n) `c`.
-    pub fn gemm_atb_one_thread(
-        (m, n, k): (usize, usize, usize),
-        a: &[f32],
-        b: &[f32],
-        c: &mut [f32],
-    ) {
-        assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-        // SAFETY: the three slices hold the matrices, checked above; c is a distinct &mut.
-        unsafe {
-            super::gemm::gemm_into(
-                (m, n, k),
-                c.as_mut_ptr(),
-                n,
-                false,
-                a.as_ptr(),
-                (m, 1),
-                b.as_ptr(),
-                (1, n),
-                gemm::Parallelism::None,
-            )
-        }
+    pub fn gemm_atb_one_thread(dims: (usize, usize, usize), a: &[f32], b: &[f32], c: &mut [f32]) {
+        let (m, n, _) = dims;
+        dense_gemm(
+            dims,
+            a,
+            (m, 1),
+            b,
+            (1, n),
+            c,
+            false,
+            gemm::Parallelism::None,
+        );
     }
     pub use super::tokens::{fused_group_norm_tokens as group_norm_tokens, TokenLayout};
 }
