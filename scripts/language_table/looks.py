@@ -24,6 +24,9 @@ for e, cam in picks:
                 img = fr.to_image(); break
     name = ep[f"appearance/{key}/name"]
     short = "-".join(name.split(",")[0].split()[:2]) + "-" + name.split(",")[1].split()[0]
+    base, n = short, 2
+    while f"{short}.jpg" in names:  # two looks may share board and background words
+        short, n = f"{base}-{n}", n + 1
     img.save(f"{out}/{short}.jpg", quality=92)
     names[f"{short}.jpg"] = {"name": name, "episode_index": e, "camera": key}
     print(short, name)

@@ -52,13 +52,20 @@ pub enum Conditioning {
     /// `reference_tiles` (vision::tiles), repeated over time, 3 channels: a restyle model takes the look from it
     /// and the scene from the edges and the first frame.
     Reference,
+    /// The source camera's own frames in [-1, 1], 3 channels per frame: a restyle model that sees them keeps what
+    /// the edges lose (the fill of the arm and the blocks) and changes only the look, the way Cosmos-Transfer's
+    /// "vis" control keeps a blurred copy of the input video.
+    Source,
 }
 
 impl Conditioning {
     pub fn channels(self) -> usize {
         match self {
             Conditioning::Edges => 1,
-            Conditioning::FirstFrame | Conditioning::LowRes | Conditioning::Reference => 3,
+            Conditioning::FirstFrame
+            | Conditioning::LowRes
+            | Conditioning::Reference
+            | Conditioning::Source => 3,
         }
     }
 }

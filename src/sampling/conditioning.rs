@@ -10,6 +10,8 @@
 //!              [-1, 1], 3 channels per frame
 //! reference    a still of the look to render in [-1, 1] (tiles shuffled for models trained so), repeated over
 //!              time, 3 channels
+//! source       the source camera's frames themselves in [-1, 1], 3 channels per frame (a restyle model that keeps
+//!              the scene's fill and changes its look)
 //! ```
 //! each average-pooled to the sample resolution (by the VAE's downscale for a latent model, unchanged for a pixel
 //! model) and concatenated in the order the model's `conditioning` lists (edges, then the first frame, as
@@ -37,6 +39,8 @@ pub struct Signals {
     pub low_res: Option<Tensor>,
     /// The look's reference still, (3, h, w) in [-1, 1].
     pub reference: Option<Tensor>,
+    /// The source frames, (3, F, h, w) in [-1, 1].
+    pub source: Option<Tensor>,
 }
 
 /// Builds each signal from frames at the model's pixel resolution: the one recipe of the module docs.
@@ -80,6 +84,16 @@ impl<'a> SignalBuilder<'a> {
 
     /// A super-resolution stage's input video as the low_res signal, (3, F, h, w).
     pub fn low_res(&self, frames: &[RgbImage]) -> Result<Tensor> {
+        self.video(frames)
+    }
+
+    /// The source frames as the source signal, (3, F, h, w).
+    pub fn source(&self, frames: &[RgbImage]) -> Result<Tensor> {
+        self.video(frames)
+    }
+
+    /// A video as a per-frame signal, (3, F, h, w) in [-1, 1].
+    fn video(&self, frames: &[RgbImage]) -> Result<Tensor> {
         self.at_sample_resolution(frames_to_tensor(frames, self.device)?)
     }
 
@@ -90,6 +104,7 @@ impl<'a> SignalBuilder<'a> {
             first_frame: Some(self.first_frame(&frames[0])?),
             low_res: low_res.map(|l| self.low_res(l)).transpose()?,
             reference: None,
+            source: Some(self.source(frames)?),
         })
     }
 
@@ -149,6 +164,17 @@ impl Signals {
                         })?
                         .unsqueeze(0)?,
                 ),
+                Conditioning::Source => parts.push(
+                    self.source
+                        .as_ref()
+                        .ok_or_else(|| {
+                            Error::config(
+                                Location::file(model).field("source"),
+                                "this model is conditioned on the source video itself; give a video",
+                            )
+                        })?
+                        .unsqueeze(0)?,
+                ),
                 Conditioning::FirstFrame | Conditioning::Reference => {
                     let (signal, field, msg) = if *c == Conditioning::FirstFrame {
                         (&self.first_frame, "first_frame", "this model is conditioned on the first frame; give a video")
@@ -172,5 +198,75 @@ impl Signals {
             return Ok(None);
         }
         Ok(Some(Tensor::cat(&parts, 1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three 2x3 frames, each one flat grey level (frame i: 40 * (i + 1)).
+    fn frames() -> Vec<RgbImage> {
+        (0..3)
+            .map(|i| RgbImage::from_pixel(3, 2, image::Rgb([40 * (i as u8 + 1); 3])))
+            .collect()
+    }
+
+    /// A model conditioned on `source` takes the clip's own frames, frame by frame, in the slot its `conditioning`
+    /// lists (after the edge channel and the repeated first frame here); one that lists it without a source video
+    /// is refused, naming the field.
+    #[test]
+    fn the_source_channels_are_the_clip_frames_in_their_listed_slot() {
+        let device = Device::Cpu;
+        let clip = frames();
+        let signals = SignalBuilder::new(1, &device).clip(&clip, None).unwrap();
+        let order = [
+            Conditioning::Edges,
+            Conditioning::FirstFrame,
+            Conditioning::Source,
+        ];
+        let ch = signals
+            .channels(&order, 3, Path::new("m"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ch.dims(), &[1, 7, 3, 2, 3]);
+        // Channels 4..7 are the source: frame t at 40 (t + 1) / 127.5 - 1; channels 1..4 repeat frame 0.
+        let at = |c: usize, t: usize| -> f32 {
+            ch.get(0)
+                .unwrap()
+                .get(c)
+                .unwrap()
+                .get(t)
+                .unwrap()
+                .get(1)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        for t in 0..3 {
+            let want = 40.0 * (t as f32 + 1.0) / 127.5 - 1.0;
+            for c in 4..7 {
+                assert!(
+                    (at(c, t) - want).abs() < 1e-6,
+                    "source c{c} t{t}: {}",
+                    at(c, t)
+                );
+            }
+            assert!(
+                (at(1, t) - (40.0 / 127.5 - 1.0)).abs() < 1e-6,
+                "first frame repeated"
+            );
+        }
+        let without = Signals {
+            source: None,
+            ..signals
+        };
+        let err = without
+            .channels(&order, 3, Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source"), "{err}");
     }
 }

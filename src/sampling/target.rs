@@ -127,6 +127,10 @@ impl<'a> TargetSampler<'a> {
         let build = SignalBuilder::for_model(model, device);
         let edges = build.edges(&clip)?;
         let low_res = low_res.map(|l| build.low_res(&pad(l))).transpose()?; // (3, n, h, w)
+        let wants_source = std::iter::once(model)
+            .chain(self.priors.iter().map(|(p, _)| p.model))
+            .any(|m| m.conditioning.contains(&Conditioning::Source));
+        let source = wants_source.then(|| build.source(&clip)).transpose()?; // (3, n, h, w)
         check("edges")?;
 
         let (text, uncond) = model.embed(&self.small.prompt, 1, device)?;
@@ -162,6 +166,7 @@ impl<'a> TargetSampler<'a> {
                 })?),
                 low_res: low_res.as_ref().map(|l| l.narrow(1, st, f)).transpose()?,
                 reference: reference_signal.clone(),
+                source: source.as_ref().map(|s| s.narrow(1, st, f)).transpose()?,
             };
             let small = Conditioned {
                 model: &model.unet,

@@ -336,11 +336,18 @@ impl ClipSet {
                 .reference_image(*c, holdout)
                 .map(|r| build.first_frame(&r))
                 .transpose()?;
+            let source = if self.conditioning.contains(&Conditioning::Source) {
+                let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.condition[i].clone()).collect();
+                Some(build.source(&frames)?)
+            } else {
+                None
+            };
             let signals = Signals {
                 edges: Some(edges),
                 first_frame: Some(first_frame),
                 low_res,
                 reference,
+                source,
             };
             if let Some(ch) = signals.channels(&self.conditioning, f, Path::new(&ep.name))? {
                 channels.push(ch);

@@ -610,6 +610,81 @@ fn a_reference_channel_added_to_a_trained_model_starts_at_zero_weight() {
     );
 }
 
+/// A `source` channel (the condition camera's own frames) added to a trained model conditioned on edges and the
+/// first frame: it starts at zero weight, a batch's last three channels are the clip's condition frames (the
+/// source camera, not the target), and the exported model samples through the window sampler from a source video.
+#[test]
+fn a_source_channel_carries_the_condition_frames_and_starts_at_zero_weight() {
+    use vadapt::model_dir::{Conditioning, ModelDir};
+    use vadapt::sampling::TargetSampler;
+    use vadapt::train::data::ClipRef;
+    use vadapt::vision::tensor::frames_to_tensor;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base_dir = dir.path().join("base");
+    let with = |list: &str, text: String| {
+        text.replace("width = 16", &format!("width = 16\nconditioning = {list}"))
+    };
+    run_to_end(config(
+        &with(r#"["edges", "first_frame"]"#, recipe(&base_dir, ""))
+            .replace("steps = 6", "steps = 1"),
+    ));
+    let widened_dir = dir.path().join("widened");
+    let widened = with(
+        &format!(
+            "[\"edges\", \"first_frame\", \"source\"]\ninit_from = \"{}\"",
+            base_dir.join("model").display()
+        ),
+        recipe(&widened_dir, ""),
+    )
+    .replace("steps = 6", "steps = 1");
+    let mut c = config(&widened);
+    c.optim.lr = 1e-12;
+    c.optim.ema_decay = 0.0;
+    let (t, losses) = run_to_end(c);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert_conv_in_widened(&base_dir, &widened_dir, 7, 3);
+
+    let clip = ClipRef {
+        episode: 1,
+        start: 2,
+    };
+    let batch = t.data.batch(&[clip], false, &Device::Cpu).unwrap();
+    let ch = batch.channels.unwrap();
+    assert_eq!(
+        ch.dims(),
+        &[1, 7, 4, 8, 16],
+        "edges (1) + first frame (3) + source (3)"
+    );
+    let source = t.data.condition_frames(clip, false);
+    let want = frames_to_tensor(&source, &Device::Cpu).unwrap();
+    let got = ch.get(0).unwrap().narrow(0, 4, 3).unwrap();
+    assert!(
+        max_abs_diff(&got, &want) < 1e-6,
+        "source channels are the condition frames"
+    );
+    let target = frames_to_tensor(&t.data.target_frames(clip, false), &Device::Cpu).unwrap();
+    assert!(
+        max_abs_diff(&got, &target) > 0.05,
+        "the source camera, not the target"
+    );
+
+    let model = ModelDir::load(&widened_dir.join("model"), &Device::Cpu).unwrap();
+    assert_eq!(
+        model.conditioning,
+        vec![
+            Conditioning::Edges,
+            Conditioning::FirstFrame,
+            Conditioning::Source
+        ]
+    );
+    let out = TargetSampler::alone("restyle", &model, 2, 0)
+        .sample_episode_checked(&source, None, 1, 0, &Device::Cpu, &|_| Ok(()))
+        .unwrap();
+    assert_eq!(out.len(), source.len());
+    assert!(out.iter().all(|f| f.dimensions() == (16, 8)));
+}
+
 /// The exported conv_in of run `widened` is run `base`'s (`have` input channels) with `more` zero channels after.
 fn assert_conv_in_widened(base: &Path, widened: &Path, have: usize, more: usize) {
     let conv_in = |run: &Path| {
