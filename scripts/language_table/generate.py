@@ -114,6 +114,9 @@ def parse_args(argv):
   p.add_argument("--photo", action="store_true",
                  help="one appearance camera, appearance_0, in the fixed photo-like look (appearance.photo_look: "
                       "photographed board and background, a real camera's optics): edge_to_real's data")
+  p.add_argument("--robot-mask", action="store_true",
+                 help="one more camera, observation.images.robot_mask: the robot's pixels (arm and effector, from "
+                      "the renderer's segmentation) white on black, area-averaged to --size; other cameras unchanged")
   p.add_argument("--max-steps", type=int, default=100, help="oracle steps before an episode is cut")
   p.add_argument("--crf", type=int, default=18, help="x264 quality (lower: better, larger)")
   p.add_argument("--stage", help="staging directory (default: OUT.episodes)")
@@ -141,7 +144,7 @@ def _stage_in_parallel(args, todo, stage):
   common = ["--out", args.out, "--stage", stage, "--size", args.size, "--appearances", str(args.appearances),
             "--appearance-pool", str(args.appearance_pool), "--looks", args.looks,
             "--max-steps", str(args.max_steps), "--crf", str(args.crf), "--no-finalize"] + (
-                ["--photo"] if args.photo else [])
+                ["--photo"] if args.photo else []) + (["--robot-mask"] if args.robot_mask else [])
   procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--seeds",
                              ",".join(str(s) for s in todo[j::jobs])] + common) for j in range(jobs)]
   failed = [j for j, p in enumerate(procs) if p.wait() != 0]
@@ -181,7 +184,7 @@ def main(argv=None):
       t = time.time()
       reward, block_mode = task_of_seed(seed)
       ep = rollout.run_episode(stage, seed, reward, block_mode, size, args.appearances, args.max_steps, args.crf,
-                               pool, args.look_list)
+                               pool, args.look_list, args.robot_mask)
       print(f"seed {seed} ({i + 1}/{len(todo)}): {reward} {block_mode}, {ep['steps']} steps, "
             f"{'success' if ep['success'] else 'cut'}, {time.time() - t:.1f} s: {ep['instruction']!r}", flush=True)
   if args.no_finalize:

@@ -71,8 +71,10 @@ def _draw_appearances(world, env, seed, count, size, render_size, pool=None, loo
   return out
 
 
-def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf, pool=None, looks=None):
-  """Simulate seed `seed` and stage it under stage_dir; returns the episode's metadata."""
+def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_steps, crf, pool=None, looks=None,
+                robot_mask=False):
+  """Simulate seed `seed` and stage it under stage_dir; returns the episode's metadata. `robot_mask` adds the camera
+  observation.images.robot_mask (RenderWorld.robot_mask at the render size, area-averaged to `size`: a soft matte)."""
   tmp = os.path.join(stage_dir, f"seed-{seed:04d}.tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -84,6 +86,8 @@ def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_st
   scene.reset_with_plan(env, oracle)
   world = scene.RenderWorld(block_mode, texture_dir)
   keys = ["observation.images.rgb"] + [f"observation.images.appearance_{k}" for k in range(n_appearances)]
+  if robot_mask:
+    keys.append("observation.images.robot_mask")
   writers = {k: lerobot_v3.VideoWriter(os.path.join(tmp, f"{k}.mp4"), size, crf) for k in keys}
   frames_for_stats = {k: [] for k in keys}
   try:
@@ -105,6 +109,9 @@ def run_episode(stage_dir, seed, reward, block_mode, size, n_appearances, max_st
         raw = world.render(render_size, params)
         frames[f"observation.images.appearance_{k}"] = appearance_module.post_process(
             _fit(raw, size), params, np.random.default_rng([seed, k, step]))
+      if robot_mask:
+        mask = np.repeat(world.robot_mask(render_size)[:, :, None], 3, axis=2).astype(np.uint8) * 255
+        frames["observation.images.robot_mask"] = _fit(mask, size)
       for k, f in frames.items():
         writers[k].write(f)
         if step % 2 == 0:

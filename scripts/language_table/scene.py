@@ -147,6 +147,8 @@ class RenderWorld:
     self._textures = {}
     self._arm = self._env._robot.xarm
     self._arm_rgba = [(v[1], v[7]) for v in self.client.getVisualShapeData(self._arm)]
+    # The robot as the renderer's segmentation sees it: the arm and the effector cylinder (a body of its own).
+    self.robot_bodies = [self._arm, self._env._robot.end_effector]
     self._movable = [b for b in range(self.client.getNumBodies()) if b not in (PLANE_BODY, BOARD_BODY)
                      and b not in (self._board[0], self._background[0])]
     self._joints = {b: [j for j in range(self.client.getNumJoints(b))
@@ -206,6 +208,12 @@ class RenderWorld:
     for link, _ in self._arm_rgba:
       c.changeVisualShape(self._arm, link, rgbaColor=appearance["arm_rgb"] + [1])
     return render(c, self._env, size, segmentation=segmentation, **appearance_module.light_args(appearance))
+
+
+  def robot_mask(self, size):
+    """(h, w) bool: the robot's pixels (arm and effector) in the default look's render at `size`."""
+    _, seg = self.render(size, segmentation=True)
+    return np.isin(seg & ((1 << 24) - 1), self.robot_bodies)
 
 
 def block_bodies(env):
