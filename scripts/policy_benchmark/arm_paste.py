@@ -9,11 +9,12 @@ unsaturated, the board dark. A pixel is arm where the frame is bright (mean > 10
 and either lies on the board (the episode's per-pixel median frame is dark there) or has moved (it differs from
 that median by more than 25); then grown by one pixel for the arm's shaded rim. It misses the parts of the arm that
 sit still over the white background (the same colour as the arm there). This only works for the default look, which
-is why it is a diagnostic: the augmentation itself would need a robot mask camera from the simulator.
+is why it is a diagnostic. `--mask DS:KEY` takes the mask from a camera instead: the simulator's own robot matte
+(`generate.py --robot-mask`, the same seeds as the source; its actions must match the source's), blended as alpha.
 
   .venv/bin/python scripts/policy_benchmark/arm_paste.py --source /work/data/language_table:observation.images.rgb \
       --augmented out/pb_lt2/augmented:observation.images.rgb --targets randomized --eval /work/data/lt_heldout ... \
-      --arms source+vadapt --out out/pb_arm.json
+      --arms source+vadapt --out out/pb_arm.json [--mask /work/data/lt_mask:observation.images.robot_mask]
 """
 
 import sys
@@ -48,9 +49,15 @@ def main() -> None:
     sources: list[bc.Camera] = []
     augmented_specs = set()
     argv = sys.argv[1:]
+    mask_spec = None
+    if "--mask" in argv:
+        i = argv.index("--mask")
+        mask_spec = argv[i + 1]
+        del sys.argv[i + 1 : i + 3]  # bc.py does not know the flag
     for flag, value in zip(argv, argv[1:]):
         if flag == "--augmented":
             augmented_specs.add(value)
+    alpha = {}
 
     def load(spec, default_key, size, targets=None):
         cam = load_camera(spec, default_key, size, targets)
@@ -69,8 +76,17 @@ def main() -> None:
         rows = np.array([first[e] + i for e, i in zip(source_episode, frame)])
         if not np.allclose(src.actions[rows], cam.actions):
             sys.exit(f"{spec}: its frames do not pair with {src.name} (actions differ)")
-        mask = arm_mask(src.frames, src.episode)[rows]
-        cam.frames = np.where(mask, src.frames[rows], cam.frames)
+        if mask_spec is None:
+            mask = arm_mask(src.frames, src.episode)[rows].astype(np.float32)
+        else:
+            if "matte" not in alpha:
+                matte = load_camera(mask_spec, default_key, size)
+                if not np.array_equal(matte.actions, src.actions):
+                    sys.exit(f"{mask_spec}: its episodes do not pair with {src.name} (actions differ)")
+                alpha["matte"] = matte.frames[:, :1].astype(np.float32) / 255.0
+            mask = alpha["matte"][rows]
+        blend = mask * src.frames[rows] + (1.0 - mask) * cam.frames
+        cam.frames = np.round(blend).clip(0, 255).astype(np.uint8)
         bc.log(f"{spec}: the source's arm pasted into {mask.mean() * 100:.1f}% of the pixels")
         return cam
 

@@ -141,43 +141,38 @@ impl Signals {
         let mut parts = Vec::new();
         for c in conditioning {
             match c {
-                Conditioning::Edges => parts.push(
-                    self.edges
+                Conditioning::Edges | Conditioning::LowRes | Conditioning::Source => {
+                    // Per-frame signals, already (k, F, h, w).
+                    let (signal, field, msg) = match c {
+                        Conditioning::Edges => (
+                            &self.edges,
+                            "edges",
+                            "this model is conditioned on edges; give an edge video",
+                        ),
+                        Conditioning::LowRes => (
+                            &self.low_res,
+                            "low_res",
+                            "this model is a super-resolution stage: it needs the previous stage's video (list it \
+                             under a target's stages, after the base model)",
+                        ),
+                        _ => (
+                            &self.source,
+                            "source",
+                            "this model is conditioned on the source video itself; give a video",
+                        ),
+                    };
+                    let f = signal
                         .as_ref()
-                        .ok_or_else(|| {
-                            Error::config(
-                                Location::file(model).field("edges"),
-                                "this model is conditioned on edges; give an edge video",
-                            )
-                        })?
-                        .unsqueeze(0)?,
-                ),
-                Conditioning::LowRes => parts.push(
-                    self.low_res
-                        .as_ref()
-                        .ok_or_else(|| {
-                            Error::config(
-                                Location::file(model).field("low_res"),
-                                "this model is a super-resolution stage: it needs the previous stage's video (list \
-                                 it under a target's stages, after the base model)",
-                            )
-                        })?
-                        .unsqueeze(0)?,
-                ),
-                Conditioning::Source => parts.push(
-                    self.source
-                        .as_ref()
-                        .ok_or_else(|| {
-                            Error::config(
-                                Location::file(model).field("source"),
-                                "this model is conditioned on the source video itself; give a video",
-                            )
-                        })?
-                        .unsqueeze(0)?,
-                ),
+                        .ok_or_else(|| Error::config(Location::file(model).field(field), msg))?;
+                    parts.push(f.unsqueeze(0)?);
+                }
                 Conditioning::FirstFrame | Conditioning::Reference => {
                     let (signal, field, msg) = if *c == Conditioning::FirstFrame {
-                        (&self.first_frame, "first_frame", "this model is conditioned on the first frame; give a video")
+                        (
+                            &self.first_frame,
+                            "first_frame",
+                            "this model is conditioned on the first frame; give a video",
+                        )
                     } else {
                         (&self.reference, "reference", "this model restyles after a reference image; give the target one (reference = ...)")
                     };
