@@ -154,7 +154,7 @@ pub(crate) fn unpack_grads(
 
 /// The contiguous f32 CPU data of each present tensor in `ts`, for `f` (the storages stay read-locked while it
 /// runs): how the fused ops read operands that a candle custom op cannot pass (optional ones, more than three).
-pub(super) fn with_f32<const N: usize, R>(
+pub(crate) fn with_f32<const N: usize, R>(
     ts: [Option<&Tensor>; N],
     what: &str,
     f: impl FnOnce([Option<&[f32]>; N]) -> candle_core::Result<R>,

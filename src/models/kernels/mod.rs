@@ -57,6 +57,7 @@ mod x86_64;
 
 pub(crate) use attention::attention;
 pub(crate) use conv::{conv2d, conv2d_epilogue, temporal_conv};
+pub(crate) use cpu::with_f32;
 pub use gemm::{
     effective_matmul_precision, matmul_precision, set_matmul_precision, MatmulPrecision,
 };
