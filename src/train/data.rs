@@ -337,8 +337,7 @@ impl ClipSet {
                 .map(|r| build.first_frame(&r))
                 .transpose()?;
             let source = if self.conditioning.contains(&Conditioning::Source) {
-                let frames: Vec<RgbImage> = idx.iter().map(|&i| ep.condition[i].clone()).collect();
-                Some(build.source(&frames)?)
+                Some(build.source(&self.condition_frames(*c, holdout))?)
             } else {
                 None
             };

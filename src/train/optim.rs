@@ -65,6 +65,16 @@ impl AdamW {
         self.t += 1;
         let bc1 = 1.0 - s.beta1.powi(self.t as i32);
         let bc2 = 1.0 - s.beta2.powi(self.t as i32);
+        let coef = Coefficients {
+            beta1: s.beta1 as f32,
+            beta2: s.beta2 as f32,
+            eps: s.eps as f32,
+            decay: (1.0 - lr * s.weight_decay) as f32,
+            inv_bc1: (1.0 / bc1) as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            lr: lr as f32,
+            grad_scale: grad_scale as f32,
+        };
         for (name, p) in params {
             let Some(g) = grads.get(p.as_tensor()) else {
                 continue; // not in the graph this step (e.g. a frozen branch)
@@ -73,16 +83,6 @@ impl AdamW {
             // holding on to every step's activations.
             let g = g.detach();
             let theta = p.as_tensor().detach();
-            let coef = Coefficients {
-                beta1: s.beta1 as f32,
-                beta2: s.beta2 as f32,
-                eps: s.eps as f32,
-                decay: (1.0 - lr * s.weight_decay) as f32,
-                inv_bc1: (1.0 / bc1) as f32,
-                inv_bc2: (1.0 / bc2) as f32,
-                lr: lr as f32,
-                grad_scale: grad_scale as f32,
-            };
             if let Some((theta, m, v)) = fused_step(&theta, &g, &self.m[name], &self.v[name], coef)?
             {
                 p.set(&theta)?;
@@ -97,7 +97,6 @@ impl AdamW {
             };
             let m = ((&self.m[name] * s.beta1)? + (&g * (1.0 - s.beta1))?)?.detach();
             let v = ((&self.v[name] * s.beta2)? + (g.sqr()? * (1.0 - s.beta2))?)?.detach();
-            let theta = p.as_tensor().detach();
             let decayed = (&theta * (1.0 - lr * s.weight_decay))?;
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + s.eps)?)?;
             p.set(&(decayed - (update * lr)?)?)?;
