@@ -339,6 +339,11 @@ pub struct TargetConfig {
     /// target's camera is the last stage's output.
     #[serde(default)]
     pub stages: Vec<StageConfig>,
+    /// A camera of the dataset that masks what to keep (e.g. `observation.images.robot_mask`, white on the
+    /// robot): the output is `m * source + (1 - m) * generated` at the output size, `m` the mask frame's
+    /// brightness in [0, 1], so only the scene around the robot is generated (`pipeline::keep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_mask: Option<String>,
 }
 
 /// One super-resolution stage of a target (the paper's 24x40 -> 48x80 -> 192x320 cascade). Composition with
@@ -563,6 +568,17 @@ impl PipelineConfig {
             }
             check_model_dir(&t.adapter, path, &k("adapter"))?;
             check_draws(t, &k(""), path, self.output.layout)?;
+            if let Some(m) = &t.keep_mask {
+                if m.is_empty() || *m == self.input.image_key {
+                    return err(
+                        k("keep_mask"),
+                        format!(
+                            "{m:?} must name a mask camera of the dataset other than the input camera (e.g. \
+                             \"observation.images.robot_mask\")"
+                        ),
+                    );
+                }
+            }
             if t.prior.is_none() && (t.prior_strength.is_some() || t.prior_prompt.is_some()) {
                 return err(
                     k("prior_strength"),

@@ -113,6 +113,9 @@ pub struct Shapes<'a> {
     pub output_key: &'static str,
     /// Cameras the writer encodes (source cameras re-encoded, and the targets').
     pub cameras: usize,
+    /// Mask cameras (the targets' `keep_mask`) decoded with the input camera and held at the output size while an
+    /// episode is written (assumed at the input camera's size).
+    pub masks: usize,
     pub threads: usize,
     /// Bytes per element of the UNets' and VAEs' weights and activations.
     pub dtype_bytes: u64,
@@ -186,8 +189,10 @@ pub(super) fn estimate(targets: &[LoadedTarget], s: &Shapes) -> Result<Estimate>
     let threads = s.threads.max(1) as u64;
     // Source episodes held by the channels (read 2, the reader's and prepare's own, the writer's queue of
     // 2 x threads + 2), each as decoded frames and the writer's copy; the writer's episode at the output size.
-    let in_flight = (6 + 2 * threads) * n * (ih * iw * 3) as u64;
-    let writer = s.cameras as u64 * n * (oh * ow * 3) as u64;
+    let decoded = 1 + s.masks as u64;
+    let in_flight = (6 + 2 * threads) * n * (ih * iw * 3) as u64 * decoded;
+    let keep = if s.masks > 0 { decoded } else { 0 };
+    let writer = (s.cameras as u64 + keep) * n * (oh * ow * 3) as u64;
     let encoders = s.cameras as u64 * (ENCODER_FIXED + ENCODER_PER_PIXEL * (oh * ow) as u64);
     let run = vec![
         Part {

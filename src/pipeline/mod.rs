@@ -1,10 +1,11 @@
 //! The streaming augment pipeline behind `vadapt augment`: a TOML config ([`config`]), the [`plan`] of a run (the
 //! dataset, the episodes, every target's models loaded once and checked: [`target`]), the workers that read,
-//! prepare, sample (through `sampling::TargetSampler`) and write on their own threads ([`workers`]), the resumable
-//! work directory ([`units`]) and the output's state and publishing ([`output`]),
+//! prepare, sample (through `sampling::TargetSampler`) and write on their own threads ([`workers`]), the source's
+//! pixels kept under a mask camera ([`keep`]), the resumable work directory ([`units`]) and the output's state and publishing ([`output`]),
 //! all run by [`run`]; shard merging ([`merge`]) and contact-sheet previews ([`preview`]).
 
 pub mod config;
+mod keep;
 pub mod memory;
 pub mod merge;
 mod options;

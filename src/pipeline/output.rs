@@ -211,6 +211,15 @@ fn provenance(
         "source_episodes": written,
         "skipped": skipped.iter().map(|(e, why)| json!({"episode": e, "reason": why})).collect::<Vec<_>>(),
     });
+    // Targets that keep the source under a mask camera (`pipeline::keep`) say which.
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(m) = &t.cfg.keep_mask {
+            prov["targets"][i]["keep_mask"] = json!({
+                "camera": m,
+                "rule": "out = m * source + (1 - m) * generated, m = mean(R, G, B) / 255 of the mask frame",
+            });
+        }
+    }
     // The expanded layout: what each output episode is (source, target, variant and what it drew).
     if cfg.output.layout == Layout::Expanded {
         prov["episodes"] = json!(super::variants::episode_entries(cfg, &written));

@@ -222,13 +222,7 @@ pub(super) fn output_size(
             format!(
                 "the dataset has no camera {:?} (cameras: {})",
                 cfg.input.image_key,
-                source
-                    .features()
-                    .iter()
-                    .filter(|(_, f)| f.is_visual())
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                cameras(source)
             ),
         )
     })?;
@@ -239,6 +233,37 @@ pub(super) fn output_size(
             format!("camera shape {s:?} (expected [height, width, 3])"),
         )),
     }
+}
+
+/// A target's `keep_mask` names a camera of the dataset.
+fn check_mask_camera(
+    source: &dyn EpisodeSource,
+    key: &str,
+    target: &str,
+    file: &Path,
+) -> Result<()> {
+    if source.features().get(key).is_some_and(|f| f.is_visual()) {
+        return Ok(());
+    }
+    Err(Error::config(
+        Location::file(file).field(format!("target.{target}.keep_mask")),
+        format!(
+            "the dataset has no camera {key:?} to keep the source under (cameras: {}); LanguageTable data \
+             written by scripts/language_table/generate.py --robot-mask has observation.images.robot_mask",
+            cameras(source)
+        ),
+    ))
+}
+
+/// The dataset's camera keys, for messages.
+fn cameras(source: &dyn EpisodeSource) -> String {
+    source
+        .features()
+        .iter()
+        .filter(|(_, f)| f.is_visual())
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Frames of the longest selected episode: from the metadata where it says (LeRobot), else read from the first
@@ -305,6 +330,9 @@ pub fn plan(
         }
         let lt = LoadedTarget::load(t, file, &mut models)?;
         check_edges(cfg.edges.kind, &lt, file)?;
+        if let Some(m) = &t.keep_mask {
+            check_mask_camera(source.as_ref(), m, &t.name, file)?;
+        }
         targets.push(TargetPlan {
             name: t.name.clone(),
             camera_key: match cfg.output.layout {
@@ -329,6 +357,7 @@ pub fn plan(
         output_size,
         output_key: "output.resolution",
         cameras: output_cameras(cfg, source.as_ref()),
+        masks: super::keep::mask_keys(&cfg.targets).len(),
         threads: opts.threads,
         dtype_bytes: opts.compute.precision.dtype().size_in_bytes() as u64,
         fused_attention: device.is_cpu()

@@ -121,7 +121,7 @@ pub fn regenerate(
     )?;
     let idx = EpisodeIndex(source_episode);
     let key = &rec.cfg.input.image_key;
-    let (mut ep, decoded) = read_camera(source.read_episode(idx)?, idx, key)?;
+    let (mut ep, decoded) = read_camera(source.read_episode(idx)?, idx, key, setup.keep_masks())?;
     let at_res: Vec<Arc<Vec<RgbImage>>> = target
         .resolutions()
         .into_iter()
@@ -142,12 +142,13 @@ pub fn regenerate(
     ep.cameras.insert(key.clone(), Frames::from_images(decoded));
 
     let record = target.record(&prompt, &draw)?;
+    let keep = setup.keep(&ep)?;
     let draws = variants::records_draws(&rec.cfg);
     let new = variants::expanded_episode(
         &ep,
         0,
         variants::expanded_key(&rec.cfg),
-        setup.at_output_size(frames.clone()),
+        setup.finish(&keep, &target, frames.clone()),
         &record,
         draws,
     )?;

@@ -89,6 +89,7 @@ pub fn run(cfg: &PipelineConfig, file: &Path, opts: &RunOptions) -> Result<RunSu
         targets: &plan.loaded.targets,
         units: super::variants::unit_slots(&cfg.targets),
         image_key: &cfg.input.image_key,
+        keep_masks: super::keep::mask_keys(&cfg.targets),
         sampled: AtomicU64::new(0),
         reused: AtomicU64::new(0),
     };

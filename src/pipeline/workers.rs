@@ -20,6 +20,7 @@ use image::RgbImage;
 use serde_json::json;
 
 use super::config::{Codec, Layout, PipelineConfig, Storage};
+use super::keep::{mask_keys, Keep};
 use super::options::{FailAt, FailPoint, Progress, INTERRUPTED};
 use super::plan::Plan;
 use super::prompt::PromptContext;
@@ -222,6 +223,8 @@ pub(super) struct Shared<'a> {
     pub units: Vec<UnitSlot>,
     /// The input camera.
     pub image_key: &'a str,
+    /// The mask cameras of the targets' `keep_mask`, decoded with the input camera (`pipeline::keep`).
+    pub keep_masks: Vec<String>,
     pub sampled: AtomicU64,
     pub reused: AtomicU64,
 }
@@ -242,7 +245,7 @@ pub(super) fn read(
         halt.check()?;
         halt.inject(FailAt::Read, pos, idx.0)?;
         let t0 = Instant::now();
-        let got = read_one(source.as_ref(), idx, sh.image_key, &|| {
+        let got = read_one(source.as_ref(), idx, sh.image_key, &sh.keep_masks, &|| {
             halt.inject(FailAt::Decode, pos, idx.0)
         })?;
         Timers::add(&sh.timers.read, t0);
@@ -395,12 +398,14 @@ fn with_episode(e: Error, episode: u64, target: &str) -> Error {
     }
 }
 
-/// Read episode `idx` and decode its camera `key`. A bad episode is `Ok(Err(..))` (skipped or fatal, as
-/// `--strict` says); `before_decode` (the test hook) failing is a worker failure, `Err`.
+/// Read episode `idx` and decode its camera `key` and the mask cameras `masks` (kept decoded in the episode). A
+/// bad episode is `Ok(Err(..))` (skipped or fatal, as `--strict` says); `before_decode` (the test hook) failing is
+/// a worker failure, `Err`.
 fn read_one(
     source: &dyn EpisodeSource,
     idx: EpisodeIndex,
     key: &str,
+    masks: &[String],
     before_decode: &dyn Fn() -> Result<()>,
 ) -> Result<Result<(Episode, Vec<RgbImage>)>> {
     let ep = match source.read_episode(idx) {
@@ -408,14 +413,26 @@ fn read_one(
         Err(e) => return Ok(Err(e)),
     };
     before_decode()?;
-    Ok(read_camera(ep, idx, key))
+    Ok(read_camera(ep, idx, key, masks))
 }
 
+/// Episode `ep`'s camera `key`, decoded and checked against its rows; the cameras `masks` are decoded and
+/// checked too, and replace their encoded selves in the episode (the writer blends and re-encodes them).
 pub(super) fn read_camera(
-    ep: Episode,
+    mut ep: Episode,
     idx: EpisodeIndex,
     key: &str,
+    masks: &[String],
 ) -> Result<(Episode, Vec<RgbImage>)> {
+    for m in masks {
+        let frames = decode_camera(&ep, idx, m)?;
+        ep.cameras.insert(m.clone(), Frames::from_images(frames));
+    }
+    let frames = decode_camera(&ep, idx, key)?;
+    Ok((ep, frames))
+}
+
+fn decode_camera(ep: &Episode, idx: EpisodeIndex, key: &str) -> Result<Vec<RgbImage>> {
     let cam = ep.cameras.get(key).ok_or_else(|| {
         Error::invalid(
             Location::none().episode(idx.0).field(key),
@@ -435,7 +452,7 @@ pub(super) fn read_camera(
             format!("{} frames for {} table rows", frames.len(), ep.len()),
         ));
     }
-    Ok((ep, frames))
+    Ok(frames)
 }
 
 /// The writer's fixed settings: features and where each target's frames go.
@@ -450,6 +467,8 @@ pub(super) struct WriterSetup {
     output_size: (usize, usize),
     /// (target name, camera key).
     targets: Vec<(String, String)>,
+    /// The mask cameras the targets keep the source under (`pipeline::keep`).
+    keep_masks: Vec<String>,
 }
 
 impl WriterSetup {
@@ -516,6 +535,7 @@ impl WriterSetup {
                 .iter()
                 .map(|t| (t.cfg.name.clone(), t.cfg.camera_key()))
                 .collect(),
+            keep_masks: mask_keys(targets.iter().map(|t| &t.cfg)),
         })
     }
 }
@@ -524,6 +544,26 @@ impl WriterSetup {
     /// A writer of a dataset with these settings at `root`.
     pub fn create_writer(&self, root: &Path) -> Result<LeRobotWriter> {
         LeRobotWriter::create(root, self.fps, &self.features, self.options.clone())
+    }
+
+    /// The mask cameras to decode with the input camera.
+    pub fn keep_masks(&self) -> &[String] {
+        &self.keep_masks
+    }
+
+    /// Target `target`'s `frames` as written: at the output size, the source kept under its `keep_mask`.
+    pub fn finish(
+        &self,
+        keep: &Keep,
+        target: &LoadedTarget,
+        frames: Vec<RgbImage>,
+    ) -> Vec<RgbImage> {
+        keep.apply(target.cfg.keep_mask.as_deref(), self.at_output_size(frames))
+    }
+
+    /// One episode's source and masks for [`finish`](Self::finish).
+    pub fn keep(&self, ep: &Episode) -> Result<Keep> {
+        Keep::of(ep, &self.image_key, &self.keep_masks, self.output_size)
     }
 
     /// `frames` at the output size (upsampled when a model sampled them smaller).
@@ -641,11 +681,13 @@ fn write_episode(
     units: Vec<Vec<RgbImage>>,
 ) -> Result<u64> {
     let up = |f: Vec<RgbImage>| setup.at_output_size(f);
+    let keep = setup.keep(&ep)?;
     match setup.layout {
         Layout::Paired => {
             let mut ep = ep;
-            for ((_, key), f) in setup.targets.iter().zip(units) {
-                ep.cameras.insert(key.clone(), Frames::from_images(up(f)));
+            for (((_, key), t), f) in setup.targets.iter().zip(targets).zip(units) {
+                let f = setup.finish(&keep, t, f);
+                ep.cameras.insert(key.clone(), Frames::from_images(f));
             }
             writer.save_episode(&ep)?;
             Ok(ep.len() as u64)
@@ -672,7 +714,7 @@ fn write_episode(
                         let rec = targets[target]
                             .record(&prompt, &draw)
                             .map_err(|e| with_episode(e, ep.index.0, &targets[target].cfg.name))?;
-                        (up(f), rec)
+                        (setup.finish(&keep, &targets[target], f), rec)
                     }
                 };
                 let index = writer.num_episodes();

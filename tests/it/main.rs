@@ -11,6 +11,7 @@ mod episode_columns;
 mod eval;
 mod fuzz_props;
 mod interop;
+mod keep_mask;
 mod language_table_sample;
 mod lerobot;
 mod lerobot_images;
