@@ -217,6 +217,27 @@ def train(arm: str, source: Camera, augmented: Camera | None, args, seed: int, n
     return policy
 
 
+def save_policy(policy: Policy, stem: Path, args, norm) -> None:
+    """`stem`.safetensors (the weights) and `stem`.json (what rebuilds and feeds it): for closed_loop.py."""
+    from safetensors.torch import save_file
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in policy.state_dict().items()}, str(stem) + ".safetensors")
+    meta = {"size": list(args.size), "width": args.width, "action_dim": int(norm[0].shape[0]),
+            "mean": norm[0].tolist(), "std": norm[1].tolist()}
+    Path(str(stem) + ".json").write_text(json.dumps(meta))
+
+
+def load_policy(stem: Path) -> tuple[Policy, tuple[np.ndarray, np.ndarray]]:
+    from safetensors.torch import load_file
+
+    meta = json.loads(Path(str(stem) + ".json").read_text())
+    policy = Policy(tuple(meta["size"]), meta["action_dim"], meta["width"])
+    policy.load_state_dict(load_file(str(stem) + ".safetensors"))
+    policy.eval()
+    return policy, (np.asarray(meta["mean"], np.float32), np.asarray(meta["std"], np.float32))
+
+
 @torch.no_grad()
 def predict(policy: Policy, cam: Camera, norm) -> np.ndarray:
     policy.eval()
@@ -248,6 +269,7 @@ def parse_args():
     p.add_argument("--out-key", type=lambda v: v.split(","), default=["observation.images.styled"],
                    help="out-of-domain camera(s) of --eval, comma-separated: pooled")
     p.add_argument("--size", default="48x80", help="policy input HxW")
+    p.add_argument("--save-policies", type=Path, help="write each trained policy here (ARM.seedS.safetensors + .json)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -298,7 +320,8 @@ def main() -> None:
     truth_out = ev_out.actions
     styles = sorted({style_of(t) for t in ev_out.tasks})
     results = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "out"},
+        "config": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                   for k, v in vars(args).items() if k != "out"},
         "train_frames": {"source": len(source), "augmented": 0 if augmented is None else len(augmented)},
         "eval_frames": len(ev_in),
         "mean_action_rmse": rmse(np.broadcast_to(mean, truth.shape), truth),
@@ -309,6 +332,8 @@ def main() -> None:
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             policy = train(arm, source, augmented if "vadapt" in arm else None, args, seed, norm)
+            if args.save_policies:
+                save_policy(policy, args.save_policies / f"{arm}.seed{seed}", args, norm)
             p_in, p_out = predict(policy, ev_in, norm), predict(policy, ev_out, norm)
             run = {"seed": seed, "in_domain": rmse(p_in, truth), "out_of_domain": rmse(p_out, truth_out),
                    "train_s": round(time.perf_counter() - t0, 1)}

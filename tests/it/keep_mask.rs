@@ -62,7 +62,7 @@ fn with_mask(source: &Path, out: &Path) -> PathBuf {
             .insert(MASK.to_string(), Frames::from_images(masks));
         w.save_episode(&ep).unwrap();
     }
-    w.finalize().unwrap();
+    let _ = w.finalize().unwrap();
     out.to_path_buf()
 }
 
