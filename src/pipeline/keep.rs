@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use image::{GrayImage, RgbImage};
 
 use super::config::TargetConfig;
+use super::workers::decode_camera;
 use crate::episode::Episode;
-use crate::error::{Error, Location, Result};
+use crate::error::Result;
 use crate::vision::resize::resize_rgb;
 
 /// The distinct mask cameras `targets` name, in target order.
@@ -55,26 +56,15 @@ impl Keep {
             });
         }
         let (h, w) = (size.0 as u32, size.1 as u32);
+        // Checked against the table's rows as the read worker checks the input camera.
         let camera = |key: &str| -> Result<Vec<RgbImage>> {
-            let at = || Location::none().episode(ep.index.0).field(key);
-            let frames = ep
-                .cameras
-                .get(key)
-                .ok_or_else(|| Error::invalid(at(), "episode has no such camera"))?
-                .decode()?;
-            if frames.len() != ep.len() {
-                return Err(Error::invalid(
-                    at(),
-                    format!("{} frames for {} table rows", frames.len(), ep.len()),
-                ));
-            }
-            Ok(frames
-                .iter()
+            Ok(decode_camera(ep, ep.index, key)?
+                .into_iter()
                 .map(|f| {
                     if f.dimensions() == (w, h) {
-                        f.clone()
+                        f
                     } else {
-                        resize_rgb(f, h, w)
+                        resize_rgb(&f, h, w)
                     }
                 })
                 .collect())

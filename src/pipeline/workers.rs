@@ -432,7 +432,8 @@ pub(super) fn read_camera(
     Ok((ep, frames))
 }
 
-fn decode_camera(ep: &Episode, idx: EpisodeIndex, key: &str) -> Result<Vec<RgbImage>> {
+/// Camera `key` of `ep`, decoded: refused naming the episode and key when it is missing, empty or not one frame per row.
+pub(super) fn decode_camera(ep: &Episode, idx: EpisodeIndex, key: &str) -> Result<Vec<RgbImage>> {
     let cam = ep.cameras.get(key).ok_or_else(|| {
         Error::invalid(
             Location::none().episode(idx.0).field(key),
