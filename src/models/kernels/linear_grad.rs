@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use super::conv_grad::summed_over_items;
 use super::cpu::{apply3, apply3_differentiable, contiguous_f32, output_buffer, unpack_grads};
 use super::gemm::gemm_into;
-use super::linear::linear_rows;
+use super::linear::{linear_rows, transposed};
 
 /// Rows per partial weight gradient (the partials are added in a fixed order: the same bits under any thread count).
 const ROWS_PER_PARTIAL: usize = 2048;
@@ -73,7 +73,7 @@ impl CustomOp3 for LinearTrained {
         let rows = x.len() / i.max(1);
         let mut out = output_buffer(rows * o);
         let bias = self.has_bias.then_some(b);
-        linear_rows(&mut out, x, w, (rows, o, i), None, bias);
+        linear_rows(&mut out, x, &transposed(w, o), (rows, o, i), None, bias);
         let mut shape = dims.to_vec();
         if let Some(l) = shape.last_mut() {
             *l = o;
@@ -145,14 +145,8 @@ impl CustomOp3 for LinearGrad {
         let (dx, dwb) = out.split_at_mut(nx);
         weight_and_bias_grad(x, dy, dwb, (rows, o, i));
         if self.need_dx {
-            // dx = dy W = dy (Wᵀ)ᵀ: the forward's kernel with the transposed weight (o·i floats).
-            let mut wt = output_buffer(o * i);
-            for (r, row) in w.chunks_exact(i).enumerate() {
-                for (c, &v) in row.iter().enumerate() {
-                    wt[c * o + r] = v;
-                }
-            }
-            linear_rows(dx, dy, &wt, (rows, i, o), None, None);
+            // dx = dy W: the forward's kernel for the weight Wᵀ (i, o), which it takes transposed: W as stored.
+            linear_rows(dx, dy, w, (rows, i, o), None, None);
         }
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
