@@ -265,7 +265,24 @@ fn compose_once(s: &Setup, args: &Args) -> anyhow::Result<Tensor> {
     Ok(traj.x0)
 }
 
-fn unet_forward(s: &Setup, args: &Args, matmul: f64) -> anyhow::Result<Value> {
+/// The CPU's f32 FMA peak on `threads` cores (`kernels::bench::measure_fma_peak`: measured clock and FMA lanes
+/// per cycle), logged with its formula; None off x86-64 or without AVX2 + FMA.
+fn fma_peak(threads: usize, reps: usize) -> Option<vadapt::models::kernels::bench::FmaPeak> {
+    let peak = vadapt::models::kernels::bench::measure_fma_peak(threads, reps);
+    if let Some(p) = peak {
+        eprintln!(
+            "f32 FMA peak: {} cores x {} lanes/cycle x 2 x {:.2} GHz = {:.0} GFLOP/s (measured {:.1} FLOP/cycle/core)",
+            p.cores,
+            p.fma_lanes_per_cycle,
+            p.clock_ghz,
+            p.peak_gflop_per_s(),
+            p.measured_flop_per_cycle
+        );
+    }
+    peak
+}
+
+fn unet_forward(s: &Setup, args: &Args, matmul: f64, peak: Option<f64>) -> anyhow::Result<Value> {
     let dev = Device::Cpu;
     let (h, w) = parse_size(&args.size)?;
     let mut out = serde_json::Map::new();
@@ -302,6 +319,7 @@ fn unet_forward(s: &Setup, args: &Args, matmul: f64) -> anyhow::Result<Value> {
                 "gflop": flops / 1e9,
                 "gflop_per_s": gflops,
                 "percent_of_matmul": 100.0 * gflops / matmul,
+                "percent_of_fma_peak": peak.map(|p| 100.0 * gflops / p),
             }),
         );
     }
@@ -615,8 +633,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let threads = rayon::current_num_threads();
     let matmul = matmul_gflops(args.reps)?;
     eprintln!("matmul 1024^3: {matmul:.1} GFLOP/s on {threads} threads");
+    let peak = fma_peak(threads, args.reps);
     let s = setup(&args, &dev)?;
-    let forward = unet_forward(&s, &args, matmul)?;
+    let forward = unet_forward(&s, &args, matmul, peak.map(|p| p.peak_gflop_per_s()))?;
     eprintln!("unet forward: {forward}");
     let (compose_s, x0) = best_of(args.reps, || compose_once(&s, &args))?;
     eprintln!(
@@ -635,6 +654,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                   "guidance": args.guidance, "rule": "composed", "scheduler": "DDIM",
                   "small": args.small.display().to_string(), "prior": args.prior.display().to_string()},
         "matmul_gflop_per_s": matmul,
+        "fma_peak": peak.map(|p| json!({
+            "formula": "cores x fma_lanes_per_cycle x 2 FLOP x clock_ghz",
+            "cores": p.cores,
+            "clock_ghz": p.clock_ghz,
+            "vector_lanes": p.vector_lanes,
+            "measured_flop_per_cycle": p.measured_flop_per_cycle,
+            "fma_lanes_per_cycle": p.fma_lanes_per_cycle,
+            "gflop_per_s": p.peak_gflop_per_s(),
+        })),
         "unet_forward": forward,
         "compose": {"seconds": compose_s, "seconds_per_step": compose_s / args.steps as f64},
     });

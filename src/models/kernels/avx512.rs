@@ -5,8 +5,9 @@
 //! The AVX2 kernel is bound by loads and by `exp`, not by FMAs: per block of 8 keys it loads 8 key and 8 value
 //! channel-vectors and runs one 8-lane `exp`. Here a block is 16 keys in one 512-bit register (half the loads,
 //! FMAs and `exp` calls per key), and two query rows share every key and value load (AVX-512's 32 registers hold
-//! both rows' 8 broadcast query channels and 16 value accumulators). Same polynomial `exp` as `x86_64::exp8`,
-//! same math; only the summation order differs (16 lanes), so results agree with the AVX2 kernel to a few ulp.
+//! both rows' 8 broadcast query channels and 16 value accumulators). The exponential is computed in base 2 with
+//! a shorter polynomial (`exp2_16_nonpositive`); with the summation order (16 lanes) that is the only difference
+//! from the AVX2 kernel, and results agree with it to a few ulp.
 //!
 //! Everything here is `unsafe` + `#[target_feature(enable = "avx512f")]`: callers check `cpu::has_avx512f()`.
 
@@ -21,38 +22,32 @@ use super::x86_64::{transpose_head, HEAD};
 /// Keys per block: one 512-bit register of scores.
 pub(crate) const KEYS: usize = 16;
 
-/// 16 lanes of `activation::exp` for x ≤ 0 (softmax after subtracting the row max): `x86_64::exp8_nonpositive`'s
-/// range reduction and Cephes degree-6 polynomial, with 2ⁿ applied by `vscalefps`. x is clamped at −87.3 as
-/// there: below, 2ⁿ would be subnormal, and subnormal FMA operands take microcode assists (the value product ran
-/// 10x slower without the clamp).
+/// 16 lanes of `2^t` for t ≤ 0: the softmax's `exp(scale · (s − max))` with log2(e) folded into the scale and
+/// the shift by the caller (`LOG2_E`), so that the range reduction is `t = n + f`, n = round(t), |f| ≤ 1/2, on
+/// the add ports (the shifter trick: adding 1.5·2²³ rounds to an integer), and `2^f` a degree-5 polynomial
+/// (relative minimax fit on [−1/2, 1/2]: 1.9e-7 in f32, ~1.5 ulp, against the 1 ulp of the natural-log form),
+/// with 2ⁿ applied by `vscalefps`. Against `exp(x)` as Cephes computes it (two FMAs of Cody-Waite reduction and
+/// a degree-6 polynomial) it takes 6 FMA-port instructions instead of 11; the FMA ports bound these kernels
+/// (per 16 keys and query row: 8 score FMAs, the exponential, 8 value FMAs). t is clamped at −125: below, 2ⁿ
+/// would be subnormal, and subnormal FMA operands take microcode assists (the value product ran 10x slower
+/// without the clamp).
 #[inline(always)]
-unsafe fn exp16_nonpositive(x: __m512) -> __m512 {
+unsafe fn exp2_16_nonpositive(t: __m512) -> __m512 {
     unsafe {
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+        let t = _mm512_max_ps(t, _mm512_set1_ps(-125.0));
         let shifter = _mm512_set1_ps(12_582_912.0);
-        let n = _mm512_sub_ps(
-            _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), shifter),
-            shifter,
-        );
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            5e-1,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let n = _mm512_sub_ps(_mm512_add_ps(t, shifter), shifter);
+        let f = _mm512_sub_ps(t, n);
+        let mut p = _mm512_set1_ps(1.326_472_6e-3);
+        for c in [9.671_507e-3, 5.550_734e-2, 2.402_224_2e-1, 6.931_47e-1, 1.0] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
         }
-        let e = _mm512_add_ps(
-            _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
-            _mm512_set1_ps(1.0),
-        );
-        _mm512_scalef_ps(e, n)
+        _mm512_scalef_ps(p, n)
     }
 }
+
+/// log2(e): the factor that turns the softmax's natural exponent into `exp2_16_nonpositive`'s argument.
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 /// `rows` query rows of one 8-wide head: `out_i = softmax(scale · q_i kᵀ) v`, with `kt` and `vt` the head's keys
 /// and values transposed by `x86_64::transpose_head` to (HEAD, m16), `m16` = `m` rounded up to 16, `m` real keys.
@@ -156,10 +151,12 @@ impl HeadRows {
             // p = exp(scale · s − scale · max), summed and multiplied into the values in the same pass:
             // out_c = Σ_j p_j vᵀ_cj / Σ_j p_j, one accumulator per row and channel. The padded keys' lanes are
             // masked to exactly 0.
-            let scale16 = _mm512_set1_ps(self.scale);
+            // In base 2: e = 2^(scale·log2(e) · (s − max)).
+            let scale2 = self.scale * LOG2_E;
+            let scale16 = _mm512_set1_ps(scale2);
             let mut shift = [_mm512_setzero_ps(); R];
             for r in 0..R {
-                shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]) * self.scale);
+                shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]) * scale2);
             }
             let mut sum = [_mm512_setzero_ps(); R];
             let mut acc = [[_mm512_setzero_ps(); HEAD]; R];
@@ -168,7 +165,7 @@ impl HeadRows {
                 let mut e = [_mm512_setzero_ps(); R];
                 for (r, er) in e.iter_mut().enumerate() {
                     let s = _mm512_loadu_ps(p.add(r * m16 + o));
-                    *er = exp16_nonpositive(_mm512_fmsub_ps(s, scale16, shift[r]));
+                    *er = exp2_16_nonpositive(_mm512_fmsub_ps(s, scale16, shift[r]));
                     if b + 1 == self.blocks {
                         *er = _mm512_maskz_mov_ps(self.tail, *er);
                     }
@@ -320,8 +317,10 @@ pub(crate) unsafe fn attention_grad_head8_few(
         transpose_head(k, stride, m, kt);
         transpose_head(v, stride, m, vt);
         let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let floor = _mm512_set1_ps(-80.0);
-        let scale16 = _mm512_set1_ps(scale);
+        // Base 2, as in the forward: the −80 floor of `attention_grad_head8`'s pass B times log2(e).
+        let floor = _mm512_set1_ps(-80.0 * LOG2_E);
+        let scale2 = scale * LOG2_E;
+        let scale16 = _mm512_set1_ps(scale2);
         let mut dkt = [_mm512_setzero_ps(); HEAD];
         let mut dvt = [_mm512_setzero_ps(); HEAD];
         for i in 0..n {
@@ -337,10 +336,10 @@ pub(crate) unsafe fn attention_grad_head8_few(
             }
             let s = _mm512_mask_blend_ps(lanes, neg_inf, _mm512_add_ps(s[0], s[1]));
             let dp = _mm512_add_ps(d[0], d[1]);
-            let shift = _mm512_set1_ps(_mm512_reduce_max_ps(s) * scale);
+            let shift = _mm512_set1_ps(_mm512_reduce_max_ps(s) * scale2);
             // The −80 floor: `attention_grad_head8`'s pass B says why.
             let x = _mm512_max_ps(_mm512_fmsub_ps(s, scale16, shift), floor);
-            let e = _mm512_maskz_mov_ps(lanes, exp16_nonpositive(x));
+            let e = _mm512_maskz_mov_ps(lanes, exp2_16_nonpositive(x));
             let p = _mm512_mul_ps(e, _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(e)));
             let big_d = _mm512_set1_ps(_mm512_reduce_add_ps(_mm512_mul_ps(p, dp)));
             let ds = _mm512_mul_ps(p, _mm512_sub_ps(dp, big_d));
@@ -435,11 +434,13 @@ impl GradRows {
             // B: e = exp(scale · (s − max)) in place of s, Σ e and Σ e·dp. The exponent is kept above −80, not
             // −87.3 as in the forward: p = e / Σ e then stays a normal float for up to ~2000 keys (subnormal FMA
             // operands take microcode assists); e^−80 is 2e-35 of the row's largest weight.
-            let scale16 = _mm512_set1_ps(self.scale);
-            let floor = _mm512_set1_ps(-80.0);
+            // (In base 2, as in the forward: scale, shift and floor times log2(e).)
+            let scale2 = self.scale * LOG2_E;
+            let scale16 = _mm512_set1_ps(scale2);
+            let floor = _mm512_set1_ps(-80.0 * LOG2_E);
             let mut shift = [_mm512_setzero_ps(); R];
             for r in 0..R {
-                shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]) * self.scale);
+                shift[r] = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]) * scale2);
             }
             let mut sum = [_mm512_setzero_ps(); R];
             let mut edp = [_mm512_setzero_ps(); R];
@@ -448,7 +449,7 @@ impl GradRows {
                 for r in 0..R {
                     let s = _mm512_loadu_ps(p.add(r * m16 + o));
                     let x = _mm512_max_ps(_mm512_fmsub_ps(s, scale16, shift[r]), floor);
-                    let mut e = exp16_nonpositive(x);
+                    let mut e = exp2_16_nonpositive(x);
                     if b + 1 == self.blocks {
                         e = _mm512_maskz_mov_ps(self.tail, e);
                     }

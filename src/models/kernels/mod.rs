@@ -29,7 +29,8 @@
 //! `activation`), the shared plumbing (`cpu`: storage access and the dispatch checks; `gemm`; `portable`: the
 //! building blocks of the auto-vectorised loops) and one per instruction set (`x86_64`: the AVX2 + FMA intrinsics;
 //! `avx512`: the attention over many keys, where the CPU has AVX-512F; `amx`: the GEMM on AMX tiles that `gemm`
-//! calls under `--matmul-precision high | medium`). Calls go one way: op files → `x86_64` / `avx512` / `gemm` →
+//! calls under `--matmul-precision high | medium`), and `peak`: the CPU's measured clock and FMA peak, which
+//! `vadapt bench` holds the forwards against. Calls go one way: op files → `x86_64` / `avx512` / `gemm` →
 //! `activation` (its scalar tails) / `amx`; nothing below an op file calls an op.
 
 mod activation;
@@ -50,6 +51,7 @@ mod linear_grad;
 mod norm;
 #[cfg(test)]
 mod paths;
+mod peak;
 mod portable;
 mod tokens;
 #[cfg(target_arch = "x86_64")]
@@ -71,6 +73,7 @@ pub mod bench {
     pub use super::attention::fused_attention as attention;
     pub use super::conv::fused_conv2d as conv2d;
     pub use super::cpu::{has_avx2_fma, has_avx512f};
+    pub use super::peak::{measure as measure_fma_peak, FmaPeak};
 
     /// Whether this CPU runs the AMX bf16 GEMM (`--matmul-precision high | medium` take it). False off x86-64.
     pub fn has_amx() -> bool {
