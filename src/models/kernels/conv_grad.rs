@@ -23,6 +23,8 @@ use super::portable::sum;
 /// Images per partial weight gradient: partials are summed in a fixed order afterwards, so `dW` has the same bits
 /// under any thread count.
 const ITEMS_PER_PARTIAL: usize = 4;
+/// Columns (frames x pixels) of one item in one unit of the temporal convolution's weight gradient.
+const TEMPORAL_COLS_PER_UNIT: usize = 512;
 
 /// The gradients of `conv::Conv2d` (no epilogue) from (x, W, dy), packed as [dx (all of x, when `need_dx`), dW,
 /// dbias].
@@ -368,28 +370,35 @@ impl CustomOp3 for TemporalConvGrad {
         let (dx, rest) = out.split_at_mut(nx);
         let (dw, db) = rest.split_at_mut(o * c * 3);
         bias_grad(dy, db, cols);
-        // dW per tap as (3, o, c), reordered to the weight's (o, c, 3) below.
+        // dW per tap as (3, o, c), reordered to the weight's (o, c, 3) below. The sum runs over units of one item
+        // and `TEMPORAL_COLS_PER_UNIT` columns (all three taps), so that a batch of 2 still makes enough partials
+        // for every thread: per item, the GEMMs are (o, c) outputs of 24-48 channels over thousands of columns,
+        // which gemm cannot split over threads well (28-38 GFLOP/s on 2 threads at the demo prior's shapes).
         let mut taps = vec![0f32; 3 * o * c];
-        summed_over_items(b, &mut taps, |i, acc, first, par| {
+        let chunks = cols.div_ceil(TEMPORAL_COLS_PER_UNIT);
+        summed_over_items(b * chunks, &mut taps, |unit, acc, first, par| {
             if first {
-                // A single frame has no shifted taps: every tap's block must start from zero.
+                // A chunk past a shifted tap's columns adds nothing to it: every tap's block starts from zero.
                 acc.fill(0.0);
             }
+            let (i, chunk) = (unit / chunks, unit % chunks);
+            let start = chunk * TEMPORAL_COLS_PER_UNIT;
             for (tap, dst_off, src_off, n) in temporal_taps(cols, hw) {
-                if n == 0 {
+                let len = n.min(start + TEMPORAL_COLS_PER_UNIT).saturating_sub(start);
+                if len == 0 {
                     continue;
                 }
-                // SAFETY: dst tap's (o, c) block; lhs dy_i (o, n) rows `cols` apart; rhs x_iᵀ (n, c), column
-                // stride `cols`; all inside item i.
+                // SAFETY: dst tap's (o, c) block; lhs dy_i (o, len) rows `cols` apart; rhs x_iᵀ (len, c), column
+                // stride `cols`; columns start..start + len of the tap's n, all inside item i.
                 unsafe {
                     gemm_into(
-                        (o, c, n),
+                        (o, c, len),
                         acc[tap * o * c..].as_mut_ptr(),
                         c,
                         true,
-                        dy[i * o * cols + dst_off..].as_ptr(),
+                        dy[i * o * cols + dst_off + start..].as_ptr(),
                         (1, cols),
-                        x[i * c * cols + src_off..].as_ptr(),
+                        x[i * c * cols + src_off + start..].as_ptr(),
                         (cols, 1),
                         par,
                     )

@@ -17,7 +17,7 @@ use super::gemm::gemm_into;
 use super::linear::{linear_rows, transposed};
 
 /// Rows per partial weight gradient (the partials are added in a fixed order: the same bits under any thread count).
-const ROWS_PER_PARTIAL: usize = 2048;
+const ROWS_PER_PARTIAL: usize = 512;
 
 /// `x Wᵀ + b` with a graph recorded through it (x (..., i), W (o, i), b (o,) or none).
 pub(super) fn linear_trained(
