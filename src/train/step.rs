@@ -154,7 +154,24 @@ pub fn new_optimizer(params: &Params, c: &TrainConfig) -> Result<(AdamW, Option<
 
 /// Optimizer step `s` (0-based) of recipe `c` on `batch`: forward and loss, backward, clipping to
 /// `optim.grad_clip`, AdamW at `learning_rate(s, c.steps, …)`, then the EMA.
+///
+/// The step runs on a thread of rayon's pool (`rayon::scope`), not on the caller's: each kernel's parallel loop
+/// (a few hundred a step) then starts from a pool thread, which pushes its halves onto its own deque for the
+/// other worker to steal, instead of injecting the loop from outside and sleeping until a worker has run it.
 pub fn step_on_batch(
+    unet: &UNet3DConditionModel,
+    batch: &Batch,
+    s: usize,
+    c: &TrainConfig,
+    params: &Params,
+    opt: &mut AdamW,
+    ema: Option<&mut Ema>,
+) -> Result<StepStats> {
+    rayon::scope(|_| step_in_pool(unet, batch, s, c, params, opt, ema))
+}
+
+/// `step_on_batch`'s work, on whichever thread runs it.
+fn step_in_pool(
     unet: &UNet3DConditionModel,
     batch: &Batch,
     s: usize,
