@@ -116,49 +116,48 @@ mod x86 {
     /// Independent accumulators of the FMA loops: more than ports × latency (2 × 4 on the cores above).
     const ACC: usize = 12;
 
-    /// f32 FLOP per second of independent 512-bit FMAs on this thread.
-    pub(super) fn fma512_flop_per_s() -> f64 {
-        // SAFETY: called only where the CPU has AVX-512F (`measure`).
-        unsafe { fma512() }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn fma512() -> f64 {
-        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
-        let mut acc = [_mm512_set1_ps(1.0); ACC];
-        let iters = ITERS / 4;
-        let t = Instant::now();
-        for _ in 0..iters {
-            for c in acc.iter_mut() {
-                *c = _mm512_fmadd_ps(*c, a, b);
+    /// `$public`: f32 FLOP per second of independent `$lanes`-lane FMAs on this thread, through `$inner` compiled
+    /// for `$feature` (one loop, written once for both vector widths).
+    macro_rules! fma_rate {
+        ($public:ident, $inner:ident, $feature:literal, $lanes:literal, $set1:ident, $fmadd:ident) => {
+            pub(super) fn $public() -> f64 {
+                // SAFETY: `measure` calls it only where the CPU has the feature.
+                unsafe { $inner() }
             }
-        }
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(acc);
-        (iters as usize * ACC * 16 * 2) as f64 / secs
-    }
 
-    /// f32 FLOP per second of independent 256-bit FMAs on this thread.
-    pub(super) fn fma256_flop_per_s() -> f64 {
-        // SAFETY: called only where the CPU has AVX2 + FMA (`measure`).
-        unsafe { fma256() }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn fma256() -> f64 {
-        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
-        let mut acc = [_mm256_set1_ps(1.0); ACC];
-        let iters = ITERS / 4;
-        let t = Instant::now();
-        for _ in 0..iters {
-            for c in acc.iter_mut() {
-                *c = _mm256_fmadd_ps(*c, a, b);
+            #[target_feature(enable = $feature)]
+            unsafe fn $inner() -> f64 {
+                let (a, b) = ($set1(0.999_999), $set1(1e-7));
+                let mut acc = [$set1(1.0); ACC];
+                let iters = ITERS / 4;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    for c in acc.iter_mut() {
+                        *c = $fmadd(*c, a, b);
+                    }
+                }
+                let secs = t.elapsed().as_secs_f64();
+                std::hint::black_box(acc);
+                (iters as usize * ACC * $lanes * 2) as f64 / secs
             }
-        }
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(acc);
-        (iters as usize * ACC * 8 * 2) as f64 / secs
+        };
     }
+    fma_rate!(
+        fma512_flop_per_s,
+        fma512,
+        "avx512f",
+        16,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
+    fma_rate!(
+        fma256_flop_per_s,
+        fma256,
+        "avx2,fma",
+        8,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]
