@@ -14,7 +14,7 @@ use super::cpu::{
 };
 #[cfg(target_arch = "x86_64")]
 use super::portable::Fused;
-use super::portable::{max, MulAdd, Plain, LANES};
+use super::portable::{max, transpose, MulAdd, Plain, LANES};
 
 /// Upper bound of one attention score block of the composed path on the CPU (see `attention_composed`).
 const SCORE_CHUNK_BYTES: usize = 8 << 20;
@@ -644,16 +644,6 @@ fn pv_transposed<F: MulAdd>(p: &[f32], vt: &[f32], oi: &mut [f32], inv: f32) {
 /// Whether the value product reads transposed values (`pv_transposed`) rather than value rows (`pv_rows`).
 fn use_transposed_values(d: usize, m: usize) -> bool {
     m >= 64 && (d < LANES || d <= 16)
-}
-
-/// xᵀ (d, m) of one head's m key or value rows (`d` wide, `stride` apart), so that the loops over keys read them
-/// contiguously.
-fn transpose(x: &[f32], (d, stride): (usize, usize), m: usize, xt: &mut [f32]) {
-    for j in 0..m {
-        for c in 0..d {
-            xt[c * m + j] = x[j * stride + c];
-        }
-    }
 }
 
 thread_local! {

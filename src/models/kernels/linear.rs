@@ -13,6 +13,7 @@ use super::cpu::{
 };
 use super::gemm::gemm_into;
 use super::linear_grad;
+use super::portable::transpose;
 
 /// `x Wᵀ + b (+ residual)` of a candle-nn `Linear`: one fused GEMM for CPU f32 inference (`fused_linear`); while
 /// training on the CPU the same GEMM with its own backward (`linear_grad`) and an add; candle-nn's `Linear` and an
@@ -153,11 +154,7 @@ fn row_block(rows: usize, width: usize) -> usize {
 pub(super) fn transposed(w: &[f32], rows: usize) -> Vec<f32> {
     let cols = w.len() / rows.max(1);
     let mut t = output_buffer(w.len());
-    for (r, row) in w.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            t[c * rows + r] = v;
-        }
-    }
+    transpose(w, (cols, cols), rows, &mut t);
     t
 }
 
@@ -187,8 +184,9 @@ fn linear_block(
             .for_each(|row| row.copy_from_slice(b)),
         (None, None) => {}
     }
-    // SAFETY: dst (n, o) row-major; lhs x (n, i) row-major; rhs Wᵀ (i, o) row-major; all in bounds (asserted). Without an initial value (read_dst false) gemm writes
-    // dst without reading it, so an uninitialised buffer is never read.
+    // SAFETY: dst (n, o) row-major; lhs x (n, i) row-major; rhs Wᵀ (i, o) row-major; all in bounds (asserted).
+    // Without an initial value (read_dst false) gemm writes dst without reading it, so an uninitialised buffer is
+    // never read.
     unsafe {
         gemm_into(
             (n, o, i),
@@ -204,10 +202,11 @@ fn linear_block(
     }
 }
 
-/// `out = x Wᵀ (+ bias) (+ residual)` for x (rows, i), `wt` = Wᵀ (i, o) (`transposed`), out (rows, o), in blocks of rows: each block's
-/// output is initialised (residual and bias, or nothing) and multiplied into while it is in cache, the blocks in
-/// parallel. Initialising the whole output first and then running one large GEMM over it wrote and re-read every
-/// element from memory (the GEGLU projection at 24x40 is 30 MB); that pass was 5% of a composed step.
+/// `out = x Wᵀ (+ bias) (+ residual)` for x (rows, i), `wt` = Wᵀ (i, o) (`transposed`), out (rows, o), in blocks
+/// of rows: each block's output is initialised (residual and bias, or nothing) and multiplied into while it is in
+/// cache, the blocks in parallel. Initialising the whole output first and then running one large GEMM over it
+/// wrote and re-read every element from memory (the GEGLU projection at 24x40 is 30 MB); that pass was 5% of a
+/// composed step.
 pub(super) fn linear_rows(
     out: &mut [f32],
     x: &[f32],

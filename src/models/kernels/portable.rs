@@ -75,3 +75,13 @@ pub(super) fn sum(a: &[f32]) -> f32 {
     }
     acc.iter().sum::<f32>() + r
 }
+
+/// xᵀ (d, m) of m rows of `d` floats, `stride` apart: one head's key or value rows, so that the attention's loops
+/// over keys read them contiguously, or a linear layer's (o, i) weight as the (i, o) its GEMM reads.
+pub(super) fn transpose(x: &[f32], (d, stride): (usize, usize), m: usize, xt: &mut [f32]) {
+    for j in 0..m {
+        for c in 0..d {
+            xt[c * m + j] = x[j * stride + c];
+        }
+    }
+}
